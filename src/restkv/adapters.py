@@ -1,0 +1,81 @@
+"""What the press needs to know about a model family: where attention lives and how queries are made.
+
+Every supported family builds queries the same way (``q_proj``, an optional per-head
+``q_norm``, rotary embedding with ``rotate_half``), so one adapter serves them all; a family
+that differs needs its own entry here, not a copy of its forward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+#: ``config.model_type`` values the press is tested on
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3")
+
+
+def text_config(config):
+    return getattr(config, "text_config", None) or config
+
+
+def check_supported(model: nn.Module) -> None:
+    """Raise a one-sentence error for a model the press cannot handle."""
+    config = getattr(model, "config", None)
+    model_type = getattr(text_config(config), "model_type", None) if config is not None else None
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"unsupported architecture {model_type!r}: restkv supports {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+
+
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    """The self-attention modules of a decoder, in layer order."""
+    found = [
+        m
+        for m in model.modules()
+        if all(hasattr(m, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")) and hasattr(m, "layer_idx")
+    ]
+    if not found:
+        raise ValueError(f"found no attention layers with q_proj/k_proj/v_proj/o_proj in {type(model).__name__}")
+    return sorted(found, key=lambda m: m.layer_idx)
+
+
+def decoder_model(model: nn.Module) -> nn.Module:
+    """The module that owns the decoder layers and receives ``position_ids`` and the cache."""
+    getter = getattr(model, "get_decoder", None)
+    decoder = getter() if callable(getter) else None
+    return decoder if isinstance(decoder, nn.Module) else getattr(model, "model", model)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def project_queries(
+    module: nn.Module, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
+    """Post-RoPE queries ``[b, H, q, d]`` of ``hidden_states`` ``[b, q, hidden]``.
+
+    ``position_embeddings`` is the ``(cos, sin)`` pair the layer received, already sliced to
+    the same ``q`` positions.
+    """
+    b, q, _ = hidden_states.shape
+    head_dim = module.head_dim
+    states = module.q_proj(hidden_states).view(b, q, -1, head_dim)
+    if hasattr(module, "q_norm"):
+        states = module.q_norm(states)
+    states = states.transpose(1, 2)
+    cos, sin = (t.unsqueeze(1).to(states.dtype) for t in position_embeddings)
+    return states * cos + rotate_half(states) * sin
+
+
+def logit_softcap(module: nn.Module) -> float | None:
+    return getattr(module, "attn_logit_softcapping", None) or getattr(
+        getattr(module, "config", None), "attn_logit_softcapping", None
+    )
+
+
+def is_sliding(module: nn.Module, cache_layer) -> bool:
+    """Sliding-window layers keep their own window and are left alone by every press."""
+    return bool(getattr(cache_layer, "is_sliding", False) or getattr(module, "is_sliding", False))

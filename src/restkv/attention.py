@@ -1,0 +1,105 @@
+"""Observation attention: the attention that scorers read, computed apart from the model's own.
+
+Everything here is float32 whatever the model's dtype, so that low-precision models give the
+same rankings as float32 ones and no score overflows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Repeat key/value heads ``[b, H_kv, n, d]`` to query heads ``[b, H_kv * groups, n, d]``."""
+    if groups == 1:
+        return x
+    b, h, n, d = x.shape
+    return x[:, :, None].expand(b, h, groups, n, d).reshape(b, h * groups, n, d)
+
+
+def group_size(queries: torch.Tensor, keys: torch.Tensor) -> int:
+    """Query heads per key/value head, with a clear error when the head counts do not divide."""
+    heads, kv_heads = queries.shape[1], keys.shape[1]
+    if kv_heads == 0 or heads % kv_heads:
+        raise ValueError(
+            f"queries have {heads} heads and keys {kv_heads}: the query head count must be a "
+            "multiple of the key/value head count"
+        )
+    return heads // kv_heads
+
+
+def _logits(queries, keys, scaling, softcap):
+    scaling = 1.0 / math.sqrt(queries.shape[-1]) if scaling is None else scaling
+    logits = torch.matmul(queries.float(), keys.float().transpose(-1, -2)) * scaling
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits
+
+
+def window_attention(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    *,
+    scaling: float | None = None,
+    key_mask: torch.Tensor | None = None,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """Softmax attention of the last ``q`` prompt tokens over all ``n`` keys.
+
+    Args:
+        queries: ``[b, H, q, d]`` post-RoPE queries of the last ``q`` tokens of the prompt.
+        keys: ``[b, H_kv, n, d]`` post-RoPE keys of the whole prompt (``n >= q``).
+        scaling: logit scale, ``1/sqrt(d)`` by default (Gemma models use their own).
+        key_mask: optional ``[b, n]`` bool, False for padding keys, which get zero weight.
+        softcap: optional logit soft-capping (Gemma 2).
+
+    Returns:
+        ``[b, H, q, n]`` float32 attention weights, causal inside the window: window query
+        ``i`` does not see window key ``j > i``.
+    """
+    q, n = queries.shape[-2], keys.shape[-2]
+    keys = repeat_kv(keys, group_size(queries, keys))
+    logits = _logits(queries, keys, scaling, softcap)
+    future = torch.ones(q, q, dtype=torch.bool, device=logits.device).triu(1)
+    logits[..., n - q :].masked_fill_(future, float("-inf"))
+    if key_mask is not None:
+        logits.masked_fill_(~key_mask[:, None, None, :].to(logits.device), float("-inf"))
+    return torch.softmax(logits, dim=-1).nan_to_num_(0.0)
+
+
+def accumulated_attention(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    *,
+    scaling: float | None = None,
+    key_mask: torch.Tensor | None = None,
+    softcap: float | None = None,
+    chunk: int = 1024,
+) -> torch.Tensor:
+    """Causal attention received by each key, summed over all ``q`` queries (H2O's statistic).
+
+    The ``q`` queries are the last ``q`` tokens of the prompt. Computed in query chunks so that
+    memory stays ``O(chunk * n)`` however long the prompt.
+
+    Returns:
+        ``[b, H, n]`` float32.
+    """
+    b, heads, q, _ = queries.shape
+    n = keys.shape[-2]
+    keys = repeat_kv(keys, group_size(queries, keys))
+    total = torch.zeros(b, heads, n, dtype=torch.float32, device=queries.device)
+    key_pos = torch.arange(n, device=queries.device)
+    for start in range(0, q, chunk):
+        stop = min(start + chunk, q)
+        logits = _logits(queries[..., start:stop, :], keys, scaling, softcap)
+        query_pos = torch.arange(n - q + start, n - q + stop, device=queries.device)
+        logits.masked_fill_(key_pos[None, :] > query_pos[:, None], float("-inf"))
+        if key_mask is not None:
+            logits.masked_fill_(~key_mask[:, None, None, :].to(logits.device), float("-inf"))
+            # padding queries would spread their weight over padding-free rows; drop them
+            valid_q = key_mask[:, n - q + start : n - q + stop].to(logits.device)
+            logits.masked_fill_(~valid_q[:, None, :, None], float("-inf"))
+        total += torch.softmax(logits, dim=-1).nan_to_num_(0.0).sum(dim=-2)
+    return total

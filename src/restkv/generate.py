@@ -1,0 +1,114 @@
+"""Greedy generation with a press, for users and the CLI.
+
+The loop is written out rather than delegated to ``model.generate`` so that the timings it
+reports separate prefill (where the press acts) from decoding, and so that decoding runs on
+exactly the cache the press left.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from .press import KVPress
+
+
+@dataclass
+class GenerationResult:
+    """A generation and what it cost."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    kept_entries: int  # KV entries (tokens x KV heads) stored over all layers after prefill
+    full_entries: int  # what the full cache would have stored
+    prefill_s: float
+    decode_ms_per_token: float
+
+
+def encode_prompt(tokenizer, prompt: str, chat: bool = True) -> torch.Tensor:
+    """Token ids ``[1, n]`` of ``prompt``, through the chat template when asked and available."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("the prompt is empty")
+    if chat and getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )["input_ids"]
+    else:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    return ids
+
+
+def cache_entries(cache) -> int:
+    """Key entries (tokens x heads) stored in ``cache`` for batch row 0, over all layers."""
+    return sum(layer.keys.shape[1] * layer.keys.shape[2] for layer in cache.layers if layer.keys is not None and layer.keys.dim() == 4)
+
+
+@torch.inference_mode()
+def greedy_decode(model, input_ids: torch.Tensor, press: KVPress | None, max_new_tokens: int, eos_ids=()):
+    """Prefill ``input_ids`` under ``press``, then decode greedily. Returns ids, cache and timings."""
+    press = press or KVPress(None)
+    input_ids = input_ids.to(model.device)
+    cache = DynamicCache(config=model.config)
+    n = input_ids.shape[1]
+    generated: list[int] = []
+    with press(model):
+        start = time.perf_counter()
+        logits = model(input_ids=input_ids, cache=cache, use_cache=True).logits[:, -1]
+        prefill_s = time.perf_counter() - start
+        kept = cache_entries(cache)
+        start = time.perf_counter()
+        for step in range(max_new_tokens):
+            token = int(logits.argmax(-1)[0])
+            generated.append(token)
+            if token in eos_ids or step == max_new_tokens - 1:
+                break
+            position = torch.tensor([[n + step]], device=model.device)
+            logits = model(
+                input_ids=torch.tensor([[token]], device=model.device), cache=cache, position_ids=position, use_cache=True
+            ).logits[:, -1]
+        decode_steps = max(len(generated) - 1, 1)
+        decode_ms = (time.perf_counter() - start) * 1000 / decode_steps
+    return generated, kept, prefill_s, decode_ms
+
+
+def full_cache_entries(model, n: int) -> int:
+    """Entries a full cache holds for ``n`` tokens (sliding layers counted at their window)."""
+    config = getattr(model.config, "text_config", None) or model.config
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    layer_types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
+    window = getattr(config, "sliding_window", None) or n
+    return sum(kv_heads * (min(n, window) if t == "sliding_attention" else n) for t in layer_types)
+
+
+def generate_with_stats(
+    model, tokenizer, prompt: str, press: KVPress | None = None, max_new_tokens: int = 64, chat: bool = True
+) -> GenerationResult:
+    """Like :func:`generate`, with prompt length, kept entries and timings."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    input_ids = encode_prompt(tokenizer, prompt, chat)
+    eos = tokenizer.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+    ids, kept, prefill_s, decode_ms = greedy_decode(model, input_ids, press, max_new_tokens, eos_ids)
+    text = tokenizer.decode([t for t in ids if t not in eos_ids], skip_special_tokens=True)
+    n = input_ids.shape[1]
+    return GenerationResult(text, ids, n, kept, full_cache_entries(model, n), prefill_s, decode_ms)
+
+
+def generate(
+    model, tokenizer, prompt: str, press: KVPress | None = None, max_new_tokens: int = 64, chat: bool = True
+) -> str:
+    """Answer ``prompt`` greedily with ``press`` applied at prefill; returns the new text.
+
+    Args:
+        model, tokenizer: a Hugging Face causal LM and its tokenizer.
+        prompt: the user's text (wrapped in the chat template when ``chat`` and the tokenizer
+            has one).
+        press: e.g. ``RestKVPress(budget=128)``; None keeps the full cache.
+        max_new_tokens: stop after this many tokens (or at end of sequence).
+    """
+    return generate_with_stats(model, tokenizer, prompt, press, max_new_tokens, chat).text

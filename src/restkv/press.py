@@ -1,0 +1,285 @@
+"""The bridge to transformers: a context manager that compresses each attention layer's cache at prefill.
+
+``with press(model): model.generate(...)`` installs three kinds of hooks and removes them all
+on exit, whatever happens inside:
+
+* after each attention layer's forward on a prompt (more than one token), the layer's full
+  attention output is already computed; the hook scores the cached keys and keeps
+  ``budget`` entries per KV head, layer by layer, so the full cache of every layer is never
+  alive at once;
+* before each compressed layer's forward, the attention mask is rebuilt for that layer's
+  compressed cache (kept entries visible, padding kept only to fill a budget masked, new
+  tokens causal), since transformers builds one mask for the uncompressed length;
+* before the decoder's forward, missing ``position_ids`` are filled in from the true number of
+  tokens seen, since the compressed cache is shorter than the sequence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .adapters import (
+    attention_modules,
+    check_supported,
+    decoder_model,
+    is_sliding,
+    logit_softcap,
+    project_queries,
+)
+from .budgets import ALLOCATORS, layer_budgets, validate_budget
+from .scorers import Scorer, get_scorer
+from .scorers.base import check_choice
+
+
+@dataclass
+class LayerState:
+    """A compressed layer: how many prompt entries it kept and which of them are real tokens."""
+
+    prompt_tokens: int
+    kept: int
+    #: ``[b, H_kv, kept]`` bool, False where a padding token was kept to fill the budget;
+    #: None when every kept entry is real (the common case)
+    valid: torch.Tensor | None = None
+
+
+@dataclass
+class PressStats:
+    """What the last prefill did, for reports: prompt length and entries kept per compressed layer."""
+
+    prompt_tokens: int = 0
+    kept_per_layer: dict[int, int] = field(default_factory=dict)
+    heads_per_layer: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def kept_entries(self) -> int:
+        """KV entries (tokens x KV heads) kept over all compressed layers, per batch row."""
+        return sum(k * self.heads_per_layer[i] for i, k in self.kept_per_layer.items())
+
+
+class KVPress:
+    """Prefill-time KV cache eviction with any registered scorer.
+
+    Args:
+        scorer: a :class:`~restkv.scorers.Scorer`, or None for the full cache.
+        budget: entries kept per KV head in each compressed layer (the paper's unit).
+        compression_ratio: alternatively, the fraction of the prompt's entries to remove.
+        allocator: ``uniform`` (every layer keeps ``budget``) or ``pyramid`` (more in lower
+            layers, same total).
+    """
+
+    def __init__(
+        self,
+        scorer: Scorer | None,
+        budget: int | None = None,
+        compression_ratio: float | None = None,
+        allocator: str = "uniform",
+    ):
+        self.scorer = scorer
+        self.budget = budget
+        self.compression_ratio = compression_ratio
+        self.allocator = check_choice("allocator", allocator, ALLOCATORS)
+        if scorer is not None:
+            validate_budget(budget, compression_ratio, scorer.window_size)
+        self.last_stats = PressStats()
+
+    @property
+    def name(self) -> str:
+        return self.scorer.name if self.scorer is not None else "full"
+
+    def params(self) -> dict:
+        params = self.scorer.params() if self.scorer is not None else {}
+        return {**params, "budget": self.budget, "compression_ratio": self.compression_ratio, "allocator": self.allocator}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items() if v is not None)
+        return f"{type(self).__name__}({self.name}, {args})"
+
+    @contextlib.contextmanager
+    def __call__(self, model: nn.Module):
+        """Apply the press to ``model`` for the duration of the ``with`` block."""
+        if self.scorer is None:
+            yield self
+            return
+        check_supported(model)
+        session = _Session(self, model)
+        try:
+            yield self
+        finally:
+            session.remove()
+
+
+class _Session:
+    """Hooks and per-sequence state of one ``with press(model)`` block."""
+
+    def __init__(self, press: KVPress, model: nn.Module):
+        self.press = press
+        self.modules = attention_modules(model)
+        self.handles = [decoder_model(model).register_forward_pre_hook(self._before_model, with_kwargs=True)]
+        for module in self.modules:
+            self.handles.append(module.register_forward_pre_hook(self._before_attention, with_kwargs=True))
+            self.handles.append(module.register_forward_hook(self._after_attention, with_kwargs=True))
+        self._reset(None)
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        self._reset(None)
+
+    # -- state ------------------------------------------------------------------------------
+    def _reset(self, cache) -> None:
+        self.cache_ref = weakref.ref(cache) if cache is not None else None
+        self.layers: dict[int, LayerState] = {}
+        self.next_pos: torch.Tensor | None = None
+        self.prompt_mask: torch.Tensor | None = None
+        self.budgets: dict[int, int] | None = None
+
+    def _bind(self, cache) -> None:
+        """Start a new sequence when a different or empty cache comes in."""
+        current = self.cache_ref() if self.cache_ref is not None else None
+        if cache is not current or cache.get_seq_length() == 0:
+            self._reset(cache)
+
+    # -- hooks ------------------------------------------------------------------------------
+    def _before_model(self, module, args, kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        tokens = kwargs.get("input_ids", args[0] if args else None)
+        if tokens is None:
+            tokens = kwargs.get("inputs_embeds")
+        if cache is None or tokens is None:
+            return None
+        fresh = cache.get_seq_length() == 0
+        if fresh:
+            self._reset(cache)
+        else:
+            self._bind(cache)
+        q = tokens.shape[1]
+        position_ids = kwargs.get("position_ids")
+        if position_ids is None and self.layers and self.next_pos is not None:
+            position_ids = self.next_pos[:, None] + torch.arange(q, device=self.next_pos.device)
+            kwargs["position_ids"] = position_ids
+        if position_ids is not None:
+            self.next_pos = position_ids.reshape(-1, position_ids.shape[-1])[:, -1] + 1
+        elif self.next_pos is None:
+            self.next_pos = torch.full((tokens.shape[0],), q, device=tokens.device)
+        else:
+            self.next_pos = self.next_pos + q
+        mask = kwargs.get("attention_mask")
+        if fresh and isinstance(mask, torch.Tensor) and mask.dim() == 2 and not bool(mask.all()):
+            self.prompt_mask = mask[:, -q:].bool()
+        return args, kwargs
+
+    def _before_attention(self, module, args, kwargs):
+        state = self.layers.get(module.layer_idx)
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if state is None or cache is None:
+            return None
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        stored = cache.layers[module.layer_idx].get_seq_length()
+        kwargs["attention_mask"] = compressed_mask(state, stored, hidden.shape[1], module.num_key_value_groups, hidden.dtype)
+        return args, kwargs
+
+    def _after_attention(self, module, args, kwargs, output):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        if cache is None or hidden is None or hidden.shape[1] < 2:
+            return None
+        layer = cache.layers[module.layer_idx]
+        if is_sliding(module, layer) or layer.keys is None:
+            return None
+        self._bind(cache)
+        if layer.get_seq_length() != hidden.shape[1]:
+            return None  # a continuation after a compressed prompt: chunked prefill is not supported yet
+        self._compress(module, cache, hidden, kwargs["position_embeddings"])
+        return None
+
+    # -- compression ------------------------------------------------------------------------
+    def _compress(self, module, cache, hidden, position_embeddings) -> None:
+        press, scorer = self.press, self.press.scorer
+        layer = cache.layers[module.layer_idx]
+        keys, values = layer.keys, layer.values
+        n = keys.shape[-2]
+        if self.budgets is None:
+            compressible = [m for m in self.modules if not is_sliding(m, cache.layers[m.layer_idx])]
+            budgets = layer_budgets(
+                press.allocator, n, len(compressible), press.budget, press.compression_ratio, scorer.window_size
+            )
+            self.budgets = {m.layer_idx: b for m, b in zip(compressible, budgets)}
+            press.last_stats = PressStats(prompt_tokens=n)
+        budget = self.budgets[module.layer_idx]
+        press.last_stats.heads_per_layer[module.layer_idx] = keys.shape[1]
+        press.last_stats.kept_per_layer[module.layer_idx] = min(budget, n)
+        if n <= budget:
+            return
+        span = {"window": min(scorer.window_size, n), "all": n, "none": 1}[scorer.query_span]
+        cos, sin = position_embeddings
+        queries = project_queries(module, hidden[:, -span:], (cos[..., -span:, :], sin[..., -span:, :]))
+        idx = scorer.select(
+            queries,
+            keys,
+            values,
+            budget=budget,
+            o_proj=module.o_proj.weight,
+            key_mask=self.prompt_mask,
+            scaling=getattr(module, "scaling", None),
+            softcap=logit_softcap(module),
+        )
+        gather = idx[..., None].expand(-1, -1, -1, keys.shape[-1])
+        layer.keys = keys.gather(2, gather)
+        layer.values = values.gather(2, gather)
+        valid = None
+        if self.prompt_mask is not None:
+            valid = self.prompt_mask[:, None, :].expand(-1, keys.shape[1], -1).gather(2, idx)
+            valid = None if bool(valid.all()) else valid
+        self.layers[module.layer_idx] = LayerState(prompt_tokens=n, kept=budget, valid=valid)
+
+
+def compressed_mask(
+    state: LayerState, stored: int, new: int, groups: int, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """Additive attention mask ``[b, 1 or H, new, stored + new]`` for a compressed layer.
+
+    The ``state.kept`` prompt entries are visible (except kept padding), the entries appended
+    since are visible, and the ``new`` tokens see each other causally. None when nothing needs
+    masking (one new token, no kept padding), which lets SDPA take its fast path.
+    """
+    if state.valid is None and new == 1:
+        return None
+    total = stored + new
+    device = state.valid.device if state.valid is not None else None
+    visible = torch.ones(new, total, dtype=torch.bool, device=device)
+    visible[:, stored:] = torch.ones(new, new, dtype=torch.bool, device=device).tril()
+    visible = visible[None, None]
+    if state.valid is not None:
+        valid = torch.ones(*state.valid.shape[:2], total, dtype=torch.bool, device=device)
+        valid[..., : state.kept] = state.valid
+        valid = valid.repeat_interleave(groups, dim=1)
+        visible = visible & valid[:, :, None, :]
+    mask = torch.zeros(visible.shape, dtype=dtype, device=device)
+    return mask.masked_fill_(~visible, torch.finfo(dtype).min)
+
+
+def get_press(name: str, budget: int | None = None, compression_ratio: float | None = None, allocator: str = "uniform", **params) -> KVPress:
+    """A press by method name: ``get_press("restkv", budget=128, alpha=0.3)``; ``full`` keeps everything."""
+    if name == "full":
+        if params:
+            raise ValueError(f"full takes no parameters, got {', '.join(sorted(params))}")
+        return KVPress(None)
+    return KVPress(get_scorer(name, **params), budget=budget, compression_ratio=compression_ratio, allocator=allocator)
+
+
+class RestKVPress(KVPress):
+    """ReST-KV at prefill: ``RestKVPress(budget=128)`` or ``RestKVPress(compression_ratio=0.75)``.
+
+    Scorer parameters (``window_size``, ``alpha``, ``temporal``, ``metric_mode``, ``use_wo``,
+    ``tau``, ``pooling``, ``kernel_size``, ``scale``, ``gqa_reduce``) default to the paper's
+    main setting.
+    """
+
+    def __init__(self, budget: int | None = None, compression_ratio: float | None = None, allocator: str = "uniform", **params):
+        super().__init__(get_scorer("restkv", **params), budget, compression_ratio, allocator)

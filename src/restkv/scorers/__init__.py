@@ -1,0 +1,54 @@
+"""Scorers: one small file per method, one registry.
+
+>>> from restkv.scorers import get_scorer
+>>> scorer = get_scorer("restkv", window_size=32)
+>>> # idx = scorer.select(queries, keys, values, budget=128, o_proj=W)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .base import Scorer, top_positions
+from .h2o import H2OScorer
+from .knorm import KnormScorer
+from .random import RandomScorer
+from .restkv import RestKVScorer
+from .snapkv import SnapKVScorer
+from .streaming import StreamingLLMScorer
+from .tova import TOVAScorer
+
+SCORERS: dict[str, type[Scorer]] = {
+    cls.name: cls
+    for cls in (RestKVScorer, SnapKVScorer, H2OScorer, TOVAScorer, StreamingLLMScorer, KnormScorer, RandomScorer)
+}
+
+
+def available() -> list[str]:
+    """Names of every registered scorer."""
+    return sorted(SCORERS)
+
+
+def defaults(name: str) -> dict:
+    """A scorer's parameters and their default values."""
+    cls = scorer_class(name)
+    return {f.name: f.default for f in dataclasses.fields(cls)}
+
+
+def scorer_class(name: str) -> type[Scorer]:
+    if name not in SCORERS:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(available())}")
+    return SCORERS[name]
+
+
+def get_scorer(name: str, **params) -> Scorer:
+    """Build the scorer registered as ``name`` with ``params`` (unknown parameters are an error)."""
+    cls = scorer_class(name)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"{name} has no parameter {', '.join(unknown)}; its parameters are {', '.join(sorted(known))}")
+    return cls(**params)
+
+
+__all__ = ["Scorer", "SCORERS", "available", "defaults", "get_scorer", "scorer_class", "top_positions"]

@@ -1,0 +1,109 @@
+"""Smoothing of scores over time (the window's queries) and space (neighbouring positions)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+TEMPORAL_RULES = ("ema", "mean", "last")
+POOLINGS = ("adaptive", "avgpool", "maxpool", "none")
+
+
+def temporal(x: torch.Tensor, rule: str = "ema", alpha: float = 0.3, dim: int = -2) -> torch.Tensor:
+    """Reduce ``dim`` (the window's queries, in time order) to one value.
+
+    ``ema``: ``acc = x[0]``, then ``acc = alpha * x[t] + (1 - alpha) * acc``; written as the
+    equivalent weighted sum (weight ``(1-alpha)^(T-1)`` on the first query and
+    ``alpha (1-alpha)^(T-1-t)`` on query ``t >= 1``) so it is one reduction, not a loop.
+    ``mean``: plain mean. ``last``: the last query only.
+    """
+    if rule == "mean":
+        return x.mean(dim=dim)
+    if rule == "last":
+        return x.select(dim, -1)
+    if rule != "ema":
+        raise ValueError(f"temporal rule {rule!r} is not one of {', '.join(TEMPORAL_RULES)}")
+    steps = x.shape[dim]
+    t = torch.arange(steps, device=x.device, dtype=torch.float64)
+    weights = alpha * (1 - alpha) ** (steps - 1 - t)
+    weights[0] = (1 - alpha) ** (steps - 1)
+    shape = [1] * x.dim()
+    shape[dim] = steps
+    return (x * weights.to(x.dtype).view(shape)).sum(dim=dim)
+
+
+def pool(scores: torch.Tensor, mode: str = "avgpool", kernel_size: int = 5) -> torch.Tensor:
+    """Pool ``[b, H, L]`` scores along ``L`` with stride 1 and symmetric zero padding ``k//2``."""
+    if mode == "none":
+        return scores
+    if kernel_size % 2 == 0 or kernel_size < 1:
+        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+    b, h, length = scores.shape
+    flat = scores.reshape(b * h, 1, length)
+    if mode == "avgpool":
+        out = F.avg_pool1d(flat, kernel_size, stride=1, padding=kernel_size // 2)
+    elif mode == "maxpool":
+        out = F.max_pool1d(flat, kernel_size, stride=1, padding=kernel_size // 2)
+    else:
+        raise ValueError(f"pooling {mode!r} is not one of {', '.join(POOLINGS)}")
+    return out.reshape(b, h, length)
+
+
+def attention_drift(attn: torch.Tensor, top: int) -> torch.Tensor:
+    """Mean drift of the attended positions inside the observation window.
+
+    For each head, the positions of the ``top`` most attended keys of each query in the first
+    half of the window minus those of the matching query (same index within its half) in the
+    second half, aligned rank by rank, averaged over queries and ranks.
+
+    Args:
+        attn: ``[b, H, w, n]`` window attention over all keys.
+    Returns:
+        ``[b, H]`` float drift (positive: attention moves towards earlier positions).
+    """
+    w = attn.shape[-2]
+    half = w // 2
+    top = max(1, min(top, attn.shape[-1]))
+    first = attn[..., :half, :].topk(top, dim=-1).indices
+    second = attn[..., w - half :, :].topk(top, dim=-1).indices
+    return (first - second).float().mean(dim=(-2, -1))
+
+
+def adaptive_kernels(drift: torch.Tensor, kernel_size: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-head kernel size ``max(kernel_size, 2*floor(|t|/scale)+1)`` and shift ``s``.
+
+    ``s = floor(t/scale)`` when ``t > 0``, else ``floor(t/scale) + 1``.
+    """
+    steps = torch.floor(drift / scale)
+    kernels = (2 * torch.floor(drift.abs() / scale) + 1).clamp(min=kernel_size).long()
+    shifts = torch.where(drift > 0, steps, steps + 1).long()
+    return kernels, shifts
+
+
+def adaptive_pool(
+    scores: torch.Tensor, attn: torch.Tensor, top: int, kernel_size: int = 5, scale: float = 2000.0
+) -> torch.Tensor:
+    """ReST-KV's adaptive window pooling, per batch row and head.
+
+    Each head's row is replicate-padded ``k//2 - s`` on the left and ``k//2 + s`` on the right
+    and average-pooled with kernel ``k``, where ``k`` and ``s`` come from the attention drift.
+    Heads sharing ``(k, s)`` are pooled together.
+    """
+    b, h, length = scores.shape
+    kernels, shifts = adaptive_kernels(attention_drift(attn, top), kernel_size, scale)
+    out = torch.empty_like(scores)
+    flat_scores, flat_out = scores.reshape(b * h, length), out.view(b * h, length)
+    pairs = torch.stack([kernels.flatten(), shifts.flatten()], dim=-1)
+    for k, s in pairs.unique(dim=0).tolist():
+        rows = ((pairs[:, 0] == k) & (pairs[:, 1] == s)).nonzero().flatten()
+        padded = F.pad(flat_scores[rows][:, None], (k // 2 - s, k // 2 + s), mode="replicate")
+        flat_out[rows] = F.avg_pool1d(padded, k, stride=1)[:, 0]
+    return out
+
+
+def validate_alpha(alpha: float) -> float:
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha <= 1 or math.isnan(alpha):
+        raise ValueError(f"alpha must be a number in (0, 1], got {alpha!r}")
+    return float(alpha)

@@ -1,0 +1,170 @@
+"""ReST-KV's scorer against the spec, knob by knob, and hand-checkable small cases."""
+
+import itertools
+
+import pytest
+import torch
+
+from restkv.scorers import get_scorer, top_positions
+from restkv.smoothing import adaptive_kernels, adaptive_pool, attention_drift, pool, temporal
+from spec_reference import spec_pool, spec_scores, spec_select
+
+
+def observation(heads=3, kv_heads=3, n=160, d=16, hidden=40, seed=0, batch=1):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads, n, d, generator=gen) * 1.5
+    k = torch.randn(batch, kv_heads, n, d, generator=gen) * 1.5
+    v = torch.randn(batch, kv_heads, n, d, generator=gen)
+    wo = torch.randn(hidden, heads * d, generator=gen) / 8
+    return q, k, v, wo
+
+
+KNOBS = [
+    dict(temporal=t, metric_mode=m, use_wo=u, pooling=p)
+    for t, m, u, p in itertools.product(("ema", "mean", "last"), ("after", "before"), (True, False), ("adaptive", "avgpool", "maxpool", "none"))
+]
+
+
+@pytest.mark.parametrize("knobs", KNOBS, ids=lambda k: "-".join(str(v) for v in k.values()))
+def test_kept_set_equals_spec_for_every_knob(knobs):
+    q, k, v, wo = observation()
+    # a small scale makes the adaptive kernel and shift differ between heads
+    params = dict(window_size=16, alpha=0.4, kernel_size=5, scale=3.0, **knobs)
+    ours = get_scorer("restkv", **params).select(q, k, v, budget=48, o_proj=wo)
+    spec = spec_select(q[0], k[0], v[0], wo, budget=48, w=16, alpha=0.4, kernel_size=5, scale=3.0, **knobs)
+    assert torch.equal(ours[0], spec)
+
+
+def test_paper_defaults_equal_spec():
+    q, k, v, wo = observation(n=200)
+    ours = get_scorer("restkv").select(q, k, v, budget=96, o_proj=wo)
+    assert torch.equal(ours[0], spec_select(q[0], k[0], v[0], wo, budget=96))
+
+
+def test_tau_changes_scores_as_spec():
+    q, k, v, wo = observation()
+    ours = get_scorer("restkv", window_size=16, tau=2.0, pooling="none").select(q, k, v, budget=40, o_proj=wo)
+    spec = spec_select(q[0], k[0], v[0], wo, budget=40, w=16, pooling="none", tau=2.0)
+    assert torch.equal(ours[0], spec)
+
+
+def test_scores_match_spec_values():
+    q, k, v, wo = observation(n=80)
+    scorer = get_scorer("restkv", window_size=16, pooling="none")
+    ours = scorer.score(q, k, v, budget=40, o_proj=wo)[0, :, :-16]
+    spec, _ = spec_scores(q[0], k[0], v[0], wo, w=16)
+    torch.testing.assert_close(ours.double(), spec, rtol=1e-4, atol=1e-7)
+    assert torch.isinf(scorer.score(q, k, v, budget=40, o_proj=wo)[0, :, -16:]).all()
+
+
+def test_gqa_aggregates_group_mean_and_keeps_kv_heads():
+    q, k, v, wo = observation(heads=4, kv_heads=2)
+    idx = get_scorer("restkv", window_size=16, scale=3.0).select(q, k, v, budget=48, o_proj=wo)
+    assert idx.shape == (1, 2, 48)
+    per_head, A = spec_scores(q[0], k[0].repeat_interleave(2, 0), v[0].repeat_interleave(2, 0), wo, w=16)
+    pooled = spec_pool(per_head, A, pooling="adaptive", kernel_size=5, scale=3.0, budget=48, w=16)
+    grouped = pooled.view(2, 2, -1).mean(1)
+    expected = torch.cat([top_positions(grouped, 32), torch.arange(144, 160).expand(2, 16)], -1).sort(-1).values
+    assert torch.equal(idx[0], expected)
+
+
+@pytest.mark.parametrize("reduce,fn", [("max", lambda g: g.amax(1)), ("sum", lambda g: g.sum(1))])
+def test_gqa_reduction_is_configurable(reduce, fn):
+    q, k, v, wo = observation(heads=4, kv_heads=2)
+    scorer = get_scorer("restkv", window_size=16, pooling="none", gqa_reduce=reduce)
+    per_head, _ = spec_scores(q[0], k[0].repeat_interleave(2, 0), v[0].repeat_interleave(2, 0), wo, w=16)
+    expected = top_positions(fn(per_head.view(2, 2, -1)), 32)
+    assert torch.equal(scorer.select(q, k, v, budget=48, o_proj=wo)[0, :, :32], expected)
+
+
+def test_queries_may_be_whole_prompt_or_window():
+    q, k, v, wo = observation()
+    scorer = get_scorer("restkv", window_size=16)
+    assert torch.equal(scorer.select(q, k, v, budget=48, o_proj=wo), scorer.select(q[..., -16:, :], k, v, budget=48, o_proj=wo))
+
+
+def test_short_prompt_keeps_everything():
+    q, k, v, wo = observation(n=40)
+    idx = get_scorer("restkv").select(q, k, v, budget=64, o_proj=wo)
+    assert torch.equal(idx[0, 0], torch.arange(40))
+
+
+def test_batch_rows_are_independent():
+    q, k, v, wo = observation(batch=3, seed=5)
+    scorer = get_scorer("restkv", window_size=16, scale=3.0)
+    together = scorer.select(q, k, v, budget=48, o_proj=wo)
+    for row in range(3):
+        alone = scorer.select(q[row : row + 1], k[row : row + 1], v[row : row + 1], budget=48, o_proj=wo)
+        assert torch.equal(together[row], alone[0])
+
+
+# -- hand-checkable pieces -------------------------------------------------------------------
+
+
+def test_temporal_rules_by_hand():
+    x = torch.tensor([[1.0], [2.0], [4.0]])  # three queries, one token
+    assert temporal(x, "ema", alpha=0.5, dim=0).item() == pytest.approx(2.75)  # 1 -> 1.5 -> 2.75
+    assert temporal(x, "mean", dim=0).item() == pytest.approx(7 / 3)
+    assert temporal(x, "last", dim=0).item() == 4.0
+    assert temporal(x, "ema", alpha=1.0, dim=0).item() == 4.0
+
+
+def test_adaptive_kernel_and_shift_by_hand():
+    kernels, shifts = adaptive_kernels(torch.tensor([0.0, 4500.0, -4500.0, 10000.0, -1.0, -10000.0]), 5, 2000.0)
+    assert kernels.tolist() == [5, 5, 5, 11, 5, 11]
+    # floor(t/scale) for t > 0, floor(t/scale) + 1 otherwise (so t = 0 shifts by one)
+    assert shifts.tolist() == [1, 2, -2, 5, 0, -4]
+
+
+def test_attention_drift_by_hand():
+    attn = torch.zeros(1, 1, 4, 10)
+    attn[..., :2, 7] = 1.0  # first half looks at position 7
+    attn[..., 2:, 3] = 1.0  # second half at position 3
+    assert attention_drift(attn, top=1).item() == pytest.approx(4.0)
+
+
+def test_adaptive_pool_replicate_padding_by_hand():
+    attn = torch.zeros(1, 1, 4, 10)
+    attn[..., :2, 5] = 1.0
+    attn[..., 2:, 4] = 1.0  # drift +1: with scale 1, kernel 3 and shift 1
+    scores = torch.tensor([[[1.0, 2.0, 3.0, 4.0, 5.0]]])
+    out = adaptive_pool(scores, attn, top=1, kernel_size=3, scale=1.0)
+    # padding 0 left, 2 right (replicated 5s): [1,2,3,4,5,5,5] averaged by 3
+    torch.testing.assert_close(out[0, 0], torch.tensor([2.0, 3.0, 4.0, 14 / 3, 5.0]))
+
+
+def test_symmetric_pooling_by_hand():
+    scores = torch.tensor([[[3.0, 0.0, 0.0, 6.0, 0.0]]])
+    torch.testing.assert_close(pool(scores, "avgpool", 3)[0, 0], torch.tensor([1.0, 1.0, 2.0, 2.0, 2.0]))
+    torch.testing.assert_close(pool(scores, "maxpool", 3)[0, 0], torch.tensor([3.0, 3.0, 6.0, 6.0, 6.0]))
+    assert torch.equal(pool(scores, "none"), scores)
+
+
+def test_after_mode_by_hand():
+    # one head, d=1, window of 1 query: attention and values chosen by hand
+    q = torch.zeros(1, 1, 4, 1)
+    k = torch.zeros(1, 1, 4, 1)  # uniform attention: 1/4 on each of the 4 tokens
+    v = torch.tensor([1.0, 2.0, 3.0, 10.0]).view(1, 1, 4, 1)
+    scorer = get_scorer("restkv", window_size=1, pooling="none", use_wo=False)
+    s = scorer.score(q, k, v, budget=2)[0, 0, :3]
+    # prefix weights a = 1/4 each (not renormalised); o = (1+2+3)/4 = 1.5; odds = 1/3
+    expected = torch.tensor([0.5, 0.5, 1.5]) / 3
+    torch.testing.assert_close(s, expected)
+
+
+def test_saturated_attention_in_float16_is_finite_and_ranks_first():
+    n, d = 64, 8
+    q = torch.zeros(1, 1, n, d, dtype=torch.float16)
+    q[..., 0] = 30.0
+    k = torch.randn(1, 1, n, d, dtype=torch.float16) * 0.01
+    k[0, 0, 10, 0] = 60.0  # token 10 takes (numerically) all of the attention: logit gap ~ 1800/sqrt(8)
+    v = torch.randn(1, 1, n, d, dtype=torch.float16)
+    wo = torch.randn(16, d, dtype=torch.float16)
+    for mode in ("after", "before"):
+        scorer = get_scorer("restkv", window_size=8, pooling="none", metric_mode=mode)
+        scores = scorer.score(q, k, v, budget=16, o_proj=wo)[0, 0, :-8]
+        assert torch.isfinite(scores).all()
+        assert scores.argmax().item() == 10
+        assert 10 in scorer.select(q, k, v, budget=9, o_proj=wo)[0, 0].tolist()
+        pooled = get_scorer("restkv", window_size=8, metric_mode=mode).score(q, k, v, budget=16, o_proj=wo)
+        assert torch.isfinite(pooled[0, 0, :-8]).all()

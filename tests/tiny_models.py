@@ -1,0 +1,51 @@
+"""Tiny random-weight models of every supported family, built in code (no hub, no download)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+COMMON = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    head_dim=16,
+    max_position_embeddings=4096,
+    tie_word_embeddings=False,
+)
+
+FAMILY_CONFIGS = {
+    "llama": dict(),
+    "mistral": dict(sliding_window=None),
+    "qwen2": dict(),
+    "qwen3": dict(),
+    "gemma": dict(),
+    "gemma2": dict(sliding_window=16, query_pre_attn_scalar=16, attn_logit_softcapping=50.0, final_logit_softcapping=30.0),
+    "gemma3_text": dict(sliding_window=16, query_pre_attn_scalar=16, layer_types=["sliding_attention", "full_attention", "full_attention"]),
+}
+
+FAMILIES = list(FAMILY_CONFIGS)
+
+
+def tiny_model(family: str = "llama", kv_heads: int = 2, attn: str = "eager", dtype=torch.float32, seed: int = 0, layers: int = 3):
+    """A seeded random-weight causal LM of ``family`` with 4 query heads and ``kv_heads`` KV heads."""
+    torch.manual_seed(seed)
+    params = {**COMMON, **FAMILY_CONFIGS[family], "num_key_value_heads": kv_heads, "num_hidden_layers": layers}
+    if "layer_types" in params:
+        params["layer_types"] = params["layer_types"][:layers]
+    config = CONFIG_MAPPING[family](**params)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=dtype)
+    # sharper attention than the default init, so scores are not near-uniform
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(4)
+    return model.eval()
+
+
+def prompt_ids(n: int, batch: int = 1, seed: int = 1) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(3, COMMON["vocab_size"], (batch, n), generator=gen)
