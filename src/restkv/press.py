@@ -17,7 +17,6 @@ on exit, whatever happens inside:
 from __future__ import annotations
 
 import contextlib
-import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -113,8 +112,41 @@ class KVPress:
             session.remove()
 
 
+@dataclass
+class SequenceState:
+    """What the press knows about one sequence; stored on its cache as ``cache.restkv_state``.
+
+    Keeping it on the cache (not on the press or the ``with`` block) means a compressed cache
+    decodes correctly in any later press block, and two caches never share state.
+    """
+
+    layers: dict[int, LayerState] = field(default_factory=dict)
+    #: next position id per batch row (the cache is shorter than the sequence once compressed)
+    next_pos: torch.Tensor | None = None
+    #: ``[b, n]`` bool, False at the prompt's padding; None without padding
+    prompt_mask: torch.Tensor | None = None
+    budgets: dict[int, int] | None = None
+
+
+def sequence_state(cache) -> SequenceState:
+    """The cache's state, created fresh for an empty cache."""
+    state = getattr(cache, "restkv_state", None)
+    if state is None or cache.get_seq_length() == 0:
+        state = SequenceState()
+        cache.restkv_state = state
+    return state
+
+
+def _cache_of(kwargs):
+    return kwargs.get("cache", kwargs.get("past_key_values"))
+
+
+def _hidden_of(args, kwargs):
+    return kwargs.get("hidden_states", args[0] if args else None)
+
+
 class _Session:
-    """Hooks and per-sequence state of one ``with press(model)`` block."""
+    """The hooks of one ``with press(model)`` block."""
 
     def __init__(self, press: KVPress, model: nn.Module):
         self.press = press
@@ -123,95 +155,78 @@ class _Session:
         for module in self.modules:
             self.handles.append(module.register_forward_pre_hook(self._before_attention, with_kwargs=True))
             self.handles.append(module.register_forward_hook(self._after_attention, with_kwargs=True))
-        self._reset(None)
 
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
-        self._reset(None)
-
-    # -- state ------------------------------------------------------------------------------
-    def _reset(self, cache) -> None:
-        self.cache_ref = weakref.ref(cache) if cache is not None else None
-        self.layers: dict[int, LayerState] = {}
-        self.next_pos: torch.Tensor | None = None
-        self.prompt_mask: torch.Tensor | None = None
-        self.budgets: dict[int, int] | None = None
-
-    def _bind(self, cache) -> None:
-        """Start a new sequence when a different or empty cache comes in."""
-        current = self.cache_ref() if self.cache_ref is not None else None
-        if cache is not current or cache.get_seq_length() == 0:
-            self._reset(cache)
 
     # -- hooks ------------------------------------------------------------------------------
     def _before_model(self, module, args, kwargs):
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        cache = _cache_of(kwargs)
         tokens = kwargs.get("input_ids", args[0] if args else None)
         if tokens is None:
             tokens = kwargs.get("inputs_embeds")
         if cache is None or tokens is None:
             return None
         fresh = cache.get_seq_length() == 0
-        if fresh:
-            self._reset(cache)
-        else:
-            self._bind(cache)
+        state = sequence_state(cache)
         q = tokens.shape[1]
         position_ids = kwargs.get("position_ids")
-        if position_ids is None and self.layers and self.next_pos is not None:
-            position_ids = self.next_pos[:, None] + torch.arange(q, device=self.next_pos.device)
+        if position_ids is None and state.layers and state.next_pos is not None:
+            position_ids = state.next_pos[:, None] + torch.arange(q, device=state.next_pos.device)
             kwargs["position_ids"] = position_ids
         if position_ids is not None:
-            self.next_pos = position_ids.reshape(-1, position_ids.shape[-1])[:, -1] + 1
-        elif self.next_pos is None:
-            self.next_pos = torch.full((tokens.shape[0],), q, device=tokens.device)
+            state.next_pos = position_ids.reshape(-1, position_ids.shape[-1])[:, -1] + 1
+        elif state.next_pos is None:
+            state.next_pos = torch.full((tokens.shape[0],), q, device=tokens.device)
         else:
-            self.next_pos = self.next_pos + q
+            state.next_pos = state.next_pos + q
         mask = kwargs.get("attention_mask")
         if fresh and isinstance(mask, torch.Tensor) and mask.dim() == 2 and not bool(mask.all()):
-            self.prompt_mask = mask[:, -q:].bool()
+            state.prompt_mask = mask[:, -q:].bool()
         return args, kwargs
 
     def _before_attention(self, module, args, kwargs):
-        state = self.layers.get(module.layer_idx)
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        if state is None or cache is None:
+        cache = _cache_of(kwargs)
+        state = getattr(cache, "restkv_state", None)
+        layer_state = state.layers.get(module.layer_idx) if state is not None else None
+        if layer_state is None:
             return None
-        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        hidden = _hidden_of(args, kwargs)
         stored = cache.layers[module.layer_idx].get_seq_length()
-        kwargs["attention_mask"] = compressed_mask(state, stored, hidden.shape[1], module.num_key_value_groups, hidden.dtype)
+        kwargs["attention_mask"] = compressed_mask(
+            layer_state, stored, hidden.shape[1], module.num_key_value_groups, hidden.dtype
+        )
         return args, kwargs
 
     def _after_attention(self, module, args, kwargs, output):
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        cache = _cache_of(kwargs)
+        hidden = _hidden_of(args, kwargs)
         if cache is None or hidden is None or hidden.shape[1] < 2:
             return None
         layer = cache.layers[module.layer_idx]
         if is_sliding(module, layer) or layer.keys is None:
             return None
-        self._bind(cache)
         if layer.get_seq_length() != hidden.shape[1]:
             return None  # a continuation after a compressed prompt: chunked prefill is not supported yet
-        self._compress(module, cache, hidden, kwargs["position_embeddings"])
+        self._compress(module, cache, sequence_state(cache), hidden, kwargs["position_embeddings"])
         return None
 
     # -- compression ------------------------------------------------------------------------
-    def _compress(self, module, cache, hidden, position_embeddings) -> None:
+    def _compress(self, module, cache, state: SequenceState, hidden, position_embeddings) -> None:
         press, scorer = self.press, self.press.scorer
         layer = cache.layers[module.layer_idx]
         keys, values = layer.keys, layer.values
         n = keys.shape[-2]
-        if self.budgets is None:
+        if state.budgets is None:
             compressible = [m for m in self.modules if not is_sliding(m, cache.layers[m.layer_idx])]
             budgets = layer_budgets(
                 press.allocator, n, len(compressible), press.budget, press.compression_ratio, scorer.window_size
             )
-            self.budgets = {m.layer_idx: b for m, b in zip(compressible, budgets)}
+            state.budgets = {m.layer_idx: b for m, b in zip(compressible, budgets)}
             press.last_stats = PressStats(prompt_tokens=n)
-        budget = self.budgets[module.layer_idx]
+        budget = state.budgets[module.layer_idx]
         press.last_stats.heads_per_layer[module.layer_idx] = keys.shape[1]
         press.last_stats.kept_per_layer[module.layer_idx] = min(budget, n)
         if n <= budget:
@@ -225,7 +240,7 @@ class _Session:
             values,
             budget=budget,
             o_proj=module.o_proj.weight,
-            key_mask=self.prompt_mask,
+            key_mask=state.prompt_mask,
             scaling=getattr(module, "scaling", None),
             softcap=logit_softcap(module),
         )
@@ -233,10 +248,10 @@ class _Session:
         layer.keys = keys.gather(2, gather)
         layer.values = values.gather(2, gather)
         valid = None
-        if self.prompt_mask is not None:
-            valid = self.prompt_mask[:, None, :].expand(-1, keys.shape[1], -1).gather(2, idx)
+        if state.prompt_mask is not None:
+            valid = state.prompt_mask[:, None, :].expand(-1, keys.shape[1], -1).gather(2, idx)
             valid = None if bool(valid.all()) else valid
-        self.layers[module.layer_idx] = LayerState(prompt_tokens=n, kept=budget, valid=valid)
+        state.layers[module.layer_idx] = LayerState(prompt_tokens=n, kept=budget, valid=valid)
 
 
 def compressed_mask(
