@@ -21,7 +21,9 @@ def observation(heads=3, kv_heads=3, n=160, d=16, hidden=40, seed=0, batch=1):
 
 KNOBS = [
     dict(temporal=t, metric_mode=m, use_wo=u, pooling=p)
-    for t, m, u, p in itertools.product(("ema", "mean", "last"), ("after", "before"), (True, False), ("adaptive", "avgpool", "maxpool", "none"))
+    for t, m, u, p in itertools.product(
+        ("ema", "mean", "last"), ("after", "before"), (True, False), ("adaptive", "avgpool", "maxpool", "none")
+    )
 ]
 
 
@@ -80,7 +82,9 @@ def test_gqa_reduction_is_configurable(reduce, fn):
 def test_queries_may_be_whole_prompt_or_window():
     q, k, v, wo = observation()
     scorer = get_scorer("restkv", window_size=16)
-    assert torch.equal(scorer.select(q, k, v, budget=48, o_proj=wo), scorer.select(q[..., -16:, :], k, v, budget=48, o_proj=wo))
+    assert torch.equal(
+        scorer.select(q, k, v, budget=48, o_proj=wo), scorer.select(q[..., -16:, :], k, v, budget=48, o_proj=wo)
+    )
 
 
 def test_short_prompt_keeps_everything():

@@ -23,14 +23,22 @@ FAMILY_CONFIGS = {
     "qwen2": dict(),
     "qwen3": dict(),
     "gemma": dict(),
-    "gemma2": dict(sliding_window=16, query_pre_attn_scalar=16, attn_logit_softcapping=50.0, final_logit_softcapping=30.0),
-    "gemma3_text": dict(sliding_window=16, query_pre_attn_scalar=16, layer_types=["sliding_attention", "full_attention", "full_attention"]),
+    "gemma2": dict(
+        sliding_window=16, query_pre_attn_scalar=16, attn_logit_softcapping=50.0, final_logit_softcapping=30.0
+    ),
+    "gemma3_text": dict(
+        sliding_window=16,
+        query_pre_attn_scalar=16,
+        layer_types=["sliding_attention", "full_attention", "full_attention"],
+    ),
 }
 
 FAMILIES = list(FAMILY_CONFIGS)
 
 
-def tiny_model(family: str = "llama", kv_heads: int = 2, attn: str = "eager", dtype=torch.float32, seed: int = 0, layers: int = 3):
+def tiny_model(
+    family: str = "llama", kv_heads: int = 2, attn: str = "eager", dtype=torch.float32, seed: int = 0, layers: int = 3
+):
     """A seeded random-weight causal LM of ``family`` with 4 query heads and ``kv_heads`` KV heads."""
     torch.manual_seed(seed)
     params = {**COMMON, **FAMILY_CONFIGS[family], "num_key_value_heads": kv_heads, "num_hidden_layers": layers}

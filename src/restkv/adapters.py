@@ -23,9 +23,7 @@ def check_supported(model: nn.Module) -> None:
     config = getattr(model, "config", None)
     model_type = getattr(text_config(config), "model_type", None) if config is not None else None
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"unsupported architecture {model_type!r}: restkv supports {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
+        raise ValueError(f"unsupported architecture {model_type!r}: restkv supports {', '.join(SUPPORTED_MODEL_TYPES)}")
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:

@@ -44,7 +44,11 @@ def encode_prompt(tokenizer, prompt: str, chat: bool = True) -> torch.Tensor:
 
 def cache_entries(cache) -> int:
     """Key entries (tokens x heads) stored in ``cache`` for batch row 0, over all layers."""
-    return sum(layer.keys.shape[1] * layer.keys.shape[2] for layer in cache.layers if layer.keys is not None and layer.keys.dim() == 4)
+    return sum(
+        layer.keys.shape[1] * layer.keys.shape[2]
+        for layer in cache.layers
+        if layer.keys is not None and layer.keys.dim() == 4
+    )
 
 
 @torch.inference_mode()
@@ -68,7 +72,10 @@ def greedy_decode(model, input_ids: torch.Tensor, press: KVPress | None, max_new
                 break
             position = torch.tensor([[n + step]], device=model.device)
             logits = model(
-                input_ids=torch.tensor([[token]], device=model.device), cache=cache, position_ids=position, use_cache=True
+                input_ids=torch.tensor([[token]], device=model.device),
+                cache=cache,
+                position_ids=position,
+                use_cache=True,
             ).logits[:, -1]
         decode_steps = max(len(generated) - 1, 1)
         decode_ms = (time.perf_counter() - start) * 1000 / decode_steps

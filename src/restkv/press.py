@@ -17,47 +17,23 @@ on exit, whatever happens inside:
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from .adapters import (
-    attention_modules,
-    check_supported,
-    decoder_model,
-    is_sliding,
-    logit_softcap,
-    project_queries,
+from .adapters import attention_modules, check_supported, decoder_model, is_sliding, project_queries
+from .budgets import ALLOCATORS, validate_budget
+from .compress import (
+    PressStats,
+    SequenceState,
+    compress_layer,
+    compressed_mask,
+    plan_budgets,
+    query_span,
+    sequence_state,
 )
-from .budgets import ALLOCATORS, layer_budgets, validate_budget
 from .scorers import Scorer, get_scorer
 from .scorers.base import check_choice
-
-
-@dataclass
-class LayerState:
-    """A compressed layer: how many prompt entries it kept and which of them are real tokens."""
-
-    prompt_tokens: int
-    kept: int
-    #: ``[b, H_kv, kept]`` bool, False where a padding token was kept to fill the budget;
-    #: None when every kept entry is real (the common case)
-    valid: torch.Tensor | None = None
-
-
-@dataclass
-class PressStats:
-    """What the last prefill did, for reports: prompt length and entries kept per compressed layer."""
-
-    prompt_tokens: int = 0
-    kept_per_layer: dict[int, int] = field(default_factory=dict)
-    heads_per_layer: dict[int, int] = field(default_factory=dict)
-
-    @property
-    def kept_entries(self) -> int:
-        """KV entries (tokens x KV heads) kept over all compressed layers, per batch row."""
-        return sum(k * self.heads_per_layer[i] for i, k in self.kept_per_layer.items())
 
 
 class KVPress:
@@ -92,7 +68,12 @@ class KVPress:
 
     def params(self) -> dict:
         params = self.scorer.params() if self.scorer is not None else {}
-        return {**params, "budget": self.budget, "compression_ratio": self.compression_ratio, "allocator": self.allocator}
+        return {
+            **params,
+            "budget": self.budget,
+            "compression_ratio": self.compression_ratio,
+            "allocator": self.allocator,
+        }
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items() if v is not None)
@@ -110,31 +91,6 @@ class KVPress:
             yield self
         finally:
             session.remove()
-
-
-@dataclass
-class SequenceState:
-    """What the press knows about one sequence; stored on its cache as ``cache.restkv_state``.
-
-    Keeping it on the cache (not on the press or the ``with`` block) means a compressed cache
-    decodes correctly in any later press block, and two caches never share state.
-    """
-
-    layers: dict[int, LayerState] = field(default_factory=dict)
-    #: next position id per batch row (the cache is shorter than the sequence once compressed)
-    next_pos: torch.Tensor | None = None
-    #: ``[b, n]`` bool, False at the prompt's padding; None without padding
-    prompt_mask: torch.Tensor | None = None
-    budgets: dict[int, int] | None = None
-
-
-def sequence_state(cache) -> SequenceState:
-    """The cache's state, created fresh for an empty cache."""
-    state = getattr(cache, "restkv_state", None)
-    if state is None or cache.get_seq_length() == 0:
-        state = SequenceState()
-        cache.restkv_state = state
-    return state
 
 
 def _cache_of(kwargs):
@@ -215,71 +171,20 @@ class _Session:
 
     # -- compression ------------------------------------------------------------------------
     def _compress(self, module, cache, state: SequenceState, hidden, position_embeddings) -> None:
-        press, scorer = self.press, self.press.scorer
-        layer = cache.layers[module.layer_idx]
-        keys, values = layer.keys, layer.values
-        n = keys.shape[-2]
+        scorer = self.press.scorer
+        n = cache.layers[module.layer_idx].keys.shape[-2]
         if state.budgets is None:
-            compressible = [m for m in self.modules if not is_sliding(m, cache.layers[m.layer_idx])]
-            budgets = layer_budgets(
-                press.allocator, n, len(compressible), press.budget, press.compression_ratio, scorer.window_size
-            )
-            state.budgets = {m.layer_idx: b for m, b in zip(compressible, budgets)}
-            press.last_stats = PressStats(prompt_tokens=n)
-        budget = state.budgets[module.layer_idx]
-        press.last_stats.heads_per_layer[module.layer_idx] = keys.shape[1]
-        press.last_stats.kept_per_layer[module.layer_idx] = min(budget, n)
-        if n <= budget:
-            return
-        span = {"window": min(scorer.window_size, n), "all": n, "none": 1}[scorer.query_span]
+            state.budgets = plan_budgets(self.press, self.modules, cache, n)
+            self.press.last_stats = PressStats(prompt_tokens=n)
+        span = query_span(scorer, n)
         cos, sin = position_embeddings
         queries = project_queries(module, hidden[:, -span:], (cos[..., -span:, :], sin[..., -span:, :]))
-        idx = scorer.select(
-            queries,
-            keys,
-            values,
-            budget=budget,
-            o_proj=module.o_proj.weight,
-            key_mask=state.prompt_mask,
-            scaling=getattr(module, "scaling", None),
-            softcap=logit_softcap(module),
-        )
-        gather = idx[..., None].expand(-1, -1, -1, keys.shape[-1])
-        layer.keys = keys.gather(2, gather)
-        layer.values = values.gather(2, gather)
-        valid = None
-        if state.prompt_mask is not None:
-            valid = state.prompt_mask[:, None, :].expand(-1, keys.shape[1], -1).gather(2, idx)
-            valid = None if bool(valid.all()) else valid
-        state.layers[module.layer_idx] = LayerState(prompt_tokens=n, kept=budget, valid=valid)
+        compress_layer(scorer, module, cache.layers[module.layer_idx], queries, state, self.press.last_stats)
 
 
-def compressed_mask(
-    state: LayerState, stored: int, new: int, groups: int, dtype: torch.dtype
-) -> torch.Tensor | None:
-    """Additive attention mask ``[b, 1 or H, new, stored + new]`` for a compressed layer.
-
-    The ``state.kept`` prompt entries are visible (except kept padding), the entries appended
-    since are visible, and the ``new`` tokens see each other causally. None when nothing needs
-    masking (one new token, no kept padding), which lets SDPA take its fast path.
-    """
-    if state.valid is None and new == 1:
-        return None
-    total = stored + new
-    device = state.valid.device if state.valid is not None else None
-    visible = torch.ones(new, total, dtype=torch.bool, device=device)
-    visible[:, stored:] = torch.ones(new, new, dtype=torch.bool, device=device).tril()
-    visible = visible[None, None]
-    if state.valid is not None:
-        valid = torch.ones(*state.valid.shape[:2], total, dtype=torch.bool, device=device)
-        valid[..., : state.kept] = state.valid
-        valid = valid.repeat_interleave(groups, dim=1)
-        visible = visible & valid[:, :, None, :]
-    mask = torch.zeros(visible.shape, dtype=dtype, device=device)
-    return mask.masked_fill_(~visible, torch.finfo(dtype).min)
-
-
-def get_press(name: str, budget: int | None = None, compression_ratio: float | None = None, allocator: str = "uniform", **params) -> KVPress:
+def get_press(
+    name: str, budget: int | None = None, compression_ratio: float | None = None, allocator: str = "uniform", **params
+) -> KVPress:
     """A press by method name: ``get_press("restkv", budget=128, alpha=0.3)``; ``full`` keeps everything."""
     if name == "full":
         if params:
@@ -296,5 +201,7 @@ class RestKVPress(KVPress):
     main setting.
     """
 
-    def __init__(self, budget: int | None = None, compression_ratio: float | None = None, allocator: str = "uniform", **params):
+    def __init__(
+        self, budget: int | None = None, compression_ratio: float | None = None, allocator: str = "uniform", **params
+    ):
         super().__init__(get_scorer("restkv", **params), budget, compression_ratio, allocator)

@@ -150,7 +150,9 @@ class Scorer:
                 shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ValueError(f"{label} must be a 4-D tensor [batch, heads, tokens, head_dim], got {shape}")
         if keys.shape[:3] != values.shape[:3]:
-            raise ValueError(f"keys {tuple(keys.shape)} and values {tuple(values.shape)} must agree in batch, heads and tokens")
+            raise ValueError(
+                f"keys {tuple(keys.shape)} and values {tuple(values.shape)} must agree in batch, heads and tokens"
+            )
         if queries.shape[0] != keys.shape[0] or queries.shape[-1] != keys.shape[-1]:
             raise ValueError(
                 f"queries {tuple(queries.shape)} and keys {tuple(keys.shape)} must agree in batch size and head_dim"
@@ -158,7 +160,11 @@ class Scorer:
         if not (queries.is_floating_point() and keys.is_floating_point() and values.is_floating_point()):
             raise ValueError("queries, keys and values must be floating-point tensors")
         group_size(queries, keys)
-        if self.query_span == "window" and self.window_size and queries.shape[-2] < min(self.window_size, keys.shape[-2]):
+        if (
+            self.query_span == "window"
+            and self.window_size
+            and queries.shape[-2] < min(self.window_size, keys.shape[-2])
+        ):
             raise ValueError(
                 f"{self.name} reads the last window_size={self.window_size} queries, "
                 f"but only {queries.shape[-2]} were given"

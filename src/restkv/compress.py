@@ -1,0 +1,135 @@
+"""Compressing one cache layer, and the per-sequence state that decoding a compressed cache needs.
+
+Shared by the press (which calls it from a hook during the model's own prefill) and the
+evaluation engine (which calls it on a recorded prefill, once per method and budget), so both
+compress in exactly the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .adapters import is_sliding, logit_softcap
+from .budgets import layer_budgets
+
+
+@dataclass
+class LayerState:
+    """A compressed layer: how many prompt entries it kept and which of them are real tokens."""
+
+    prompt_tokens: int
+    kept: int
+    #: ``[b, H_kv, kept]`` bool, False where a padding token was kept to fill the budget;
+    #: None when every kept entry is real (the common case)
+    valid: torch.Tensor | None = None
+
+
+@dataclass
+class PressStats:
+    """What the last prefill did, for reports: prompt length and entries kept per compressed layer."""
+
+    prompt_tokens: int = 0
+    kept_per_layer: dict[int, int] = field(default_factory=dict)
+    heads_per_layer: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def kept_entries(self) -> int:
+        """KV entries (tokens x KV heads) kept over all compressed layers, per batch row."""
+        return sum(k * self.heads_per_layer[i] for i, k in self.kept_per_layer.items())
+
+
+@dataclass
+class SequenceState:
+    """What the press knows about one sequence; stored on its cache as ``cache.restkv_state``.
+
+    Keeping it on the cache (not on the press or the ``with`` block) means a compressed cache
+    decodes correctly in any later press block, and two caches never share state.
+    """
+
+    layers: dict[int, LayerState] = field(default_factory=dict)
+    #: next position id per batch row (the cache is shorter than the sequence once compressed)
+    next_pos: torch.Tensor | None = None
+    #: ``[b, n]`` bool, False at the prompt's padding; None without padding
+    prompt_mask: torch.Tensor | None = None
+    budgets: dict[int, int] | None = None
+
+
+def sequence_state(cache) -> SequenceState:
+    """The cache's state, created fresh for an empty cache."""
+    state = getattr(cache, "restkv_state", None)
+    if state is None or cache.get_seq_length() == 0:
+        state = SequenceState()
+        cache.restkv_state = state
+    return state
+
+
+def query_span(scorer, n: int) -> int:
+    """How many of the prompt's last queries ``scorer`` reads."""
+    return {"window": min(scorer.window_size, n), "all": n, "none": 1}[scorer.query_span]
+
+
+def plan_budgets(press, modules, cache, n: int) -> dict[int, int]:
+    """Entries kept per KV head in each compressible (non-sliding) layer for an ``n``-token prompt."""
+    compressible = [m for m in modules if not is_sliding(m, cache.layers[m.layer_idx])]
+    budgets = layer_budgets(
+        press.allocator, n, len(compressible), press.budget, press.compression_ratio, press.scorer.window_size
+    )
+    return {m.layer_idx: b for m, b in zip(compressible, budgets)}
+
+
+def compress_layer(scorer, module, layer, queries: torch.Tensor, state: SequenceState, stats: PressStats) -> None:
+    """Shrink ``layer`` (a transformers cache layer) in place to its planned budget.
+
+    ``queries`` are the post-RoPE queries of the prompt's last ``query_span`` tokens; ``module``
+    is the layer's attention module (for the output projection, logit scale and soft-cap).
+    """
+    keys, values = layer.keys, layer.values
+    n = keys.shape[-2]
+    budget = state.budgets[module.layer_idx]
+    stats.heads_per_layer[module.layer_idx] = keys.shape[1]
+    stats.kept_per_layer[module.layer_idx] = min(budget, n)
+    if n <= budget:
+        return
+    idx = scorer.select(
+        queries,
+        keys,
+        values,
+        budget=budget,
+        o_proj=module.o_proj.weight,
+        key_mask=state.prompt_mask,
+        scaling=getattr(module, "scaling", None),
+        softcap=logit_softcap(module),
+    )
+    gather = idx[..., None].expand(-1, -1, -1, keys.shape[-1])
+    layer.keys = keys.gather(2, gather)
+    layer.values = values.gather(2, gather)
+    valid = None
+    if state.prompt_mask is not None:
+        valid = state.prompt_mask[:, None, :].expand(-1, keys.shape[1], -1).gather(2, idx)
+        valid = None if bool(valid.all()) else valid
+    state.layers[module.layer_idx] = LayerState(prompt_tokens=n, kept=budget, valid=valid)
+
+
+def compressed_mask(state: LayerState, stored: int, new: int, groups: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """Additive attention mask ``[b, 1 or H, new, stored + new]`` for a compressed layer.
+
+    The ``state.kept`` prompt entries are visible (except kept padding), the entries appended
+    since are visible, and the ``new`` tokens see each other causally. None when nothing needs
+    masking (one new token, no kept padding), which lets SDPA take its fast path.
+    """
+    if state.valid is None and new == 1:
+        return None
+    total = stored + new
+    device = state.valid.device if state.valid is not None else None
+    visible = torch.ones(new, total, dtype=torch.bool, device=device)
+    visible[:, stored:] = torch.ones(new, new, dtype=torch.bool, device=device).tril()
+    visible = visible[None, None]
+    if state.valid is not None:
+        valid = torch.ones(*state.valid.shape[:2], total, dtype=torch.bool, device=device)
+        valid[..., : state.kept] = state.valid
+        valid = valid.repeat_interleave(groups, dim=1)
+        visible = visible & valid[:, :, None, :]
+    mask = torch.zeros(visible.shape, dtype=dtype, device=device)
+    return mask.masked_fill_(~visible, torch.finfo(dtype).min)

