@@ -43,7 +43,7 @@ def spec_scores(q, k, v, wo, *, w, alpha=0.3, temporal="ema", metric_mode="after
     scores = torch.zeros(H, n - w, dtype=torch.float64)
     for h in range(H):
         W = wo.double()[:, h * d : (h + 1) * d]
-        proj = (lambda x: W @ x) if use_wo else (lambda x: x)
+        proj = (lambda x, W=W: W @ x) if use_wo else (lambda x: x)
         if metric_mode == "after":
             a = smooth_time(A[h, :, : n - w], temporal, alpha)
             o = (a[:, None] * v[h, : n - w]).sum(0)
