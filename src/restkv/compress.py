@@ -91,6 +91,10 @@ def compress_layer(scorer, module, layer, queries: torch.Tensor, state: Sequence
     stats.heads_per_layer[module.layer_idx] = keys.shape[1]
     stats.kept_per_layer[module.layer_idx] = min(budget, n)
     if n <= budget:
+        # nothing to evict, but the layer is registered so decoding builds its mask like the others'
+        state.layers[module.layer_idx] = LayerState(
+            prompt_tokens=n, kept=n, valid=_kept_valid(state, None, keys.shape[1])
+        )
         return
     idx = scorer.select(
         queries,
@@ -105,11 +109,18 @@ def compress_layer(scorer, module, layer, queries: torch.Tensor, state: Sequence
     gather = idx[..., None].expand(-1, -1, -1, keys.shape[-1])
     layer.keys = keys.gather(2, gather)
     layer.values = values.gather(2, gather)
-    valid = None
-    if state.prompt_mask is not None:
-        valid = state.prompt_mask[:, None, :].expand(-1, keys.shape[1], -1).gather(2, idx)
-        valid = None if bool(valid.all()) else valid
-    state.layers[module.layer_idx] = LayerState(prompt_tokens=n, kept=budget, valid=valid)
+    state.layers[module.layer_idx] = LayerState(
+        prompt_tokens=n, kept=budget, valid=_kept_valid(state, idx, keys.shape[1])
+    )
+
+
+def _kept_valid(state: SequenceState, idx: torch.Tensor | None, kv_heads: int) -> torch.Tensor | None:
+    """``[b, H_kv, kept]`` False where a kept entry is padding; None when all are real tokens."""
+    if state.prompt_mask is None:
+        return None
+    valid = state.prompt_mask[:, None, :].expand(-1, kv_heads, -1)
+    valid = valid.gather(2, idx) if idx is not None else valid
+    return None if bool(valid.all()) else valid
 
 
 def compressed_mask(state: LayerState, stored: int, new: int, groups: int, dtype: torch.dtype) -> torch.Tensor | None:

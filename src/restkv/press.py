@@ -44,7 +44,7 @@ class KVPress:
         budget: entries kept per KV head in each compressed layer (the paper's unit).
         compression_ratio: alternatively, the fraction of the prompt's entries to remove.
         allocator: ``uniform`` (every layer keeps ``budget``) or ``pyramid`` (more in lower
-            layers, same total).
+            layers, same total); by default the scorer's own (``pyramid`` for PyramidKV).
     """
 
     def __init__(
@@ -52,12 +52,13 @@ class KVPress:
         scorer: Scorer | None,
         budget: int | None = None,
         compression_ratio: float | None = None,
-        allocator: str = "uniform",
+        allocator: str | None = None,
     ):
         self.scorer = scorer
         self.budget = budget
         self.compression_ratio = compression_ratio
-        self.allocator = check_choice("allocator", allocator, ALLOCATORS)
+        default = scorer.default_allocator if scorer is not None else "uniform"
+        self.allocator = check_choice("allocator", allocator or default, ALLOCATORS)
         if scorer is not None:
             validate_budget(budget, compression_ratio, scorer.window_size)
         self.last_stats = PressStats()

@@ -12,6 +12,7 @@ import dataclasses
 from .base import Scorer, top_positions
 from .h2o import H2OScorer
 from .knorm import KnormScorer
+from .pyramidkv import PyramidKVScorer
 from .random import RandomScorer
 from .restkv import RestKVScorer
 from .snapkv import SnapKVScorer
@@ -20,7 +21,16 @@ from .tova import TOVAScorer
 
 SCORERS: dict[str, type[Scorer]] = {
     cls.name: cls
-    for cls in (RestKVScorer, SnapKVScorer, H2OScorer, TOVAScorer, StreamingLLMScorer, KnormScorer, RandomScorer)
+    for cls in (
+        RestKVScorer,
+        SnapKVScorer,
+        PyramidKVScorer,
+        H2OScorer,
+        TOVAScorer,
+        StreamingLLMScorer,
+        KnormScorer,
+        RandomScorer,
+    )
 }
 
 

