@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-ALLOCATORS = ("uniform", "pyramid")
+#: layer allocators; ``adakv`` is uniform across layers and adaptive across the heads of each
+ALLOCATORS = ("uniform", "pyramid", "adakv")
 
 
 def validate_budget(budget, compression_ratio, window_size: int) -> None:
@@ -62,7 +63,7 @@ def layer_budgets(
 ) -> list[int]:
     """Entries kept per head in each of ``num_layers`` compressed layers for an ``n``-token prompt."""
     keep = tokens_to_keep(n, budget, compression_ratio, window_size)
-    if allocator == "uniform" or keep >= n:
+    if allocator in ("uniform", "adakv") or keep >= n:
         return [keep] * num_layers
     if allocator == "pyramid":
         return [min(b, n) for b in pyramid_schedule(keep, window_size, num_layers, n)]

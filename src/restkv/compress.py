@@ -13,6 +13,8 @@ import torch
 
 from .adapters import is_sliding, logit_softcap
 from .budgets import layer_budgets
+from .cache import VarlenLayer
+from .select import head_adaptive_positions
 
 
 @dataclass
@@ -31,13 +33,14 @@ class PressStats:
     """What the last prefill did, for reports: prompt length and entries kept per compressed layer."""
 
     prompt_tokens: int = 0
-    kept_per_layer: dict[int, int] = field(default_factory=dict)
+    #: KV entries (tokens x KV heads, batch row 0) kept in each compressed layer
+    entries_per_layer: dict[int, int] = field(default_factory=dict)
     heads_per_layer: dict[int, int] = field(default_factory=dict)
 
     @property
     def kept_entries(self) -> int:
         """KV entries (tokens x KV heads) kept over all compressed layers, per batch row."""
-        return sum(k * self.heads_per_layer[i] for i, k in self.kept_per_layer.items())
+        return sum(self.entries_per_layer.values())
 
 
 @dataclass
@@ -79,39 +82,46 @@ def plan_budgets(press, modules, cache, n: int) -> dict[int, int]:
     return {m.layer_idx: b for m, b in zip(compressible, budgets)}
 
 
-def compress_layer(scorer, module, layer, queries: torch.Tensor, state: SequenceState, stats: PressStats) -> None:
-    """Shrink ``layer`` (a transformers cache layer) in place to its planned budget.
+def compress_layer(press, module, cache, queries: torch.Tensor, state: SequenceState, stats: PressStats) -> None:
+    """Shrink the layer's cache to its planned budget (in place, or by a per-head-length layer).
 
     ``queries`` are the post-RoPE queries of the prompt's last ``query_span`` tokens; ``module``
     is the layer's attention module (for the output projection, logit scale and soft-cap).
     """
+    scorer, index = press.scorer, module.layer_idx
+    layer = cache.layers[index]
     keys, values = layer.keys, layer.values
-    n = keys.shape[-2]
-    budget = state.budgets[module.layer_idx]
-    stats.heads_per_layer[module.layer_idx] = keys.shape[1]
-    stats.kept_per_layer[module.layer_idx] = min(budget, n)
+    kv_heads, n = keys.shape[1], keys.shape[-2]
+    budget = state.budgets[index]
+    stats.heads_per_layer[index] = kv_heads
     if n <= budget:
         # nothing to evict, but the layer is registered so decoding builds its mask like the others'
-        state.layers[module.layer_idx] = LayerState(
-            prompt_tokens=n, kept=n, valid=_kept_valid(state, None, keys.shape[1])
-        )
+        stats.entries_per_layer[index] = n * kv_heads
+        state.layers[index] = LayerState(prompt_tokens=n, kept=n, valid=_kept_valid(state, None, kv_heads))
         return
-    idx = scorer.select(
-        queries,
-        keys,
-        values,
+    observed = dict(
         budget=budget,
         o_proj=module.o_proj.weight,
         key_mask=state.prompt_mask,
         scaling=getattr(module, "scaling", None),
         softcap=logit_softcap(module),
     )
+    if press.allocator == "adakv":
+        scores = scorer.score(queries, keys, values, **observed)
+        positions, lengths = head_adaptive_positions(scores, budget, min(scorer.window_size, n), press.head_floor)
+        varlen = VarlenLayer(keys, values, positions, lengths)
+        cache.layers[index] = varlen
+        valid = _kept_valid(state, positions, kv_heads)
+        valid = varlen.valid if valid is None else valid & varlen.valid
+        stats.entries_per_layer[index] = int(lengths[0].sum())
+        state.layers[index] = LayerState(prompt_tokens=n, kept=varlen.width, valid=None if bool(valid.all()) else valid)
+        return
+    idx = scorer.select(queries, keys, values, **observed)
     gather = idx[..., None].expand(-1, -1, -1, keys.shape[-1])
     layer.keys = keys.gather(2, gather)
     layer.values = values.gather(2, gather)
-    state.layers[module.layer_idx] = LayerState(
-        prompt_tokens=n, kept=budget, valid=_kept_valid(state, idx, keys.shape[1])
-    )
+    stats.entries_per_layer[index] = budget * kv_heads
+    state.layers[index] = LayerState(prompt_tokens=n, kept=budget, valid=_kept_valid(state, idx, kv_heads))
 
 
 def _kept_valid(state: SequenceState, idx: torch.Tensor | None, kv_heads: int) -> torch.Tensor | None:

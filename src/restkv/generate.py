@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from .cache import cache_entries
 from .press import KVPress
 
 
@@ -40,15 +41,6 @@ def encode_prompt(tokenizer, prompt: str, chat: bool = True) -> torch.Tensor:
     else:
         ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
     return ids
-
-
-def cache_entries(cache) -> int:
-    """Key entries (tokens x heads) stored in ``cache`` for batch row 0, over all layers."""
-    return sum(
-        layer.keys.shape[1] * layer.keys.shape[2]
-        for layer in cache.layers
-        if layer.keys is not None and layer.keys.dim() == 4
-    )
 
 
 @torch.inference_mode()

@@ -44,7 +44,10 @@ class KVPress:
         budget: entries kept per KV head in each compressed layer (the paper's unit).
         compression_ratio: alternatively, the fraction of the prompt's entries to remove.
         allocator: ``uniform`` (every layer keeps ``budget``) or ``pyramid`` (more in lower
-            layers, same total); by default the scorer's own (``pyramid`` for PyramidKV).
+            layers, same total) or ``adakv`` (heads of a layer share ``H_kv x budget`` entries,
+            stored without padding); by default the scorer's own (``pyramid`` for PyramidKV).
+        head_floor: with ``adakv``, the share of the uniform per-head budget every head is
+            guaranteed (AdaKV's safeguard).
     """
 
     def __init__(
@@ -53,7 +56,11 @@ class KVPress:
         budget: int | None = None,
         compression_ratio: float | None = None,
         allocator: str | None = None,
+        head_floor: float = 0.2,
     ):
+        if isinstance(head_floor, bool) or not isinstance(head_floor, (int, float)) or not 0 <= head_floor <= 1:
+            raise ValueError(f"head_floor must be a number in [0, 1], got {head_floor!r}")
+        self.head_floor = float(head_floor)
         self.scorer = scorer
         self.budget = budget
         self.compression_ratio = compression_ratio
@@ -180,18 +187,23 @@ class _Session:
         span = query_span(scorer, n)
         cos, sin = position_embeddings
         queries = project_queries(module, hidden[:, -span:], (cos[..., -span:, :], sin[..., -span:, :]))
-        compress_layer(scorer, module, cache.layers[module.layer_idx], queries, state, self.press.last_stats)
+        compress_layer(self.press, module, cache, queries, state, self.press.last_stats)
 
 
 def get_press(
-    name: str, budget: int | None = None, compression_ratio: float | None = None, allocator: str = "uniform", **params
+    name: str,
+    budget: int | None = None,
+    compression_ratio: float | None = None,
+    allocator: str | None = None,
+    head_floor: float = 0.2,
+    **params,
 ) -> KVPress:
     """A press by method name: ``get_press("restkv", budget=128, alpha=0.3)``; ``full`` keeps everything."""
     if name == "full":
         if params:
             raise ValueError(f"full takes no parameters, got {', '.join(sorted(params))}")
         return KVPress(None)
-    return KVPress(get_scorer(name, **params), budget=budget, compression_ratio=compression_ratio, allocator=allocator)
+    return KVPress(get_scorer(name, **params), budget, compression_ratio, allocator, head_floor)
 
 
 class RestKVPress(KVPress):
@@ -203,6 +215,11 @@ class RestKVPress(KVPress):
     """
 
     def __init__(
-        self, budget: int | None = None, compression_ratio: float | None = None, allocator: str = "uniform", **params
+        self,
+        budget: int | None = None,
+        compression_ratio: float | None = None,
+        allocator: str | None = None,
+        head_floor: float = 0.2,
+        **params,
     ):
-        super().__init__(get_scorer("restkv", **params), budget, compression_ratio, allocator)
+        super().__init__(get_scorer("restkv", **params), budget, compression_ratio, allocator, head_floor)

@@ -22,6 +22,7 @@ import torch
 from transformers import DynamicCache
 
 from ..adapters import attention_modules, check_supported, is_sliding, project_queries
+from ..cache import cache_bytes, cache_entries
 from ..compress import PressStats, SequenceState, compress_layer, plan_budgets, query_span
 from ..press import KVPress, get_press
 
@@ -79,22 +80,6 @@ class Outcome:
     extra: dict = field(default_factory=dict)
 
 
-def kv_bytes(cache) -> int:
-    return sum(
-        layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
-        for layer in cache.layers
-        if layer.keys is not None and layer.keys.dim() == 4
-    )
-
-
-def stored_entries(cache) -> int:
-    return sum(
-        layer.keys.shape[1] * layer.keys.shape[2]
-        for layer in cache.layers
-        if layer.keys is not None and layer.keys.dim() == 4
-    )
-
-
 class Engine:
     """Runs sweeps of methods and budgets over prompts on one model."""
 
@@ -150,7 +135,7 @@ class Engine:
             layer = cache.layers[module.layer_idx]
             if is_sliding(module, layer):
                 continue
-            compress_layer(press.scorer, module, layer, record.queries[module.layer_idx][..., -span:, :], state, stats)
+            compress_layer(press, module, cache, record.queries[module.layer_idx][..., -span:, :], state, stats)
         cache.restkv_state = state
         return cache, stats, time.perf_counter() - start
 
@@ -208,8 +193,8 @@ class Engine:
                         config,
                         ref_tokens,
                         n,
-                        stored_entries(record.cache),
-                        kv_bytes(record.cache),
+                        cache_entries(record.cache),
+                        cache_bytes(record.cache),
                         record.prefill_s,
                         0.0,
                         ref_ms,
@@ -219,7 +204,7 @@ class Engine:
                 )
                 continue
             cache, stats, compress_s = self.compressed_cache(record, config)
-            entries, size = stored_entries(cache), kv_bytes(cache)
+            entries, size = cache_entries(cache), cache_bytes(cache)
             forced_cache = fork_cache(cache)
             tokens, _, ms = self.decode(cache, record.last_logits, n, max_new_tokens, eos_ids)
             kl, top1 = self._fidelity(forced_cache, ref_tokens, reference, n)

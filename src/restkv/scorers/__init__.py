@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from .adakv import AdaKVScorer
 from .base import Scorer, top_positions
 from .h2o import H2OScorer
 from .knorm import KnormScorer
@@ -23,6 +24,7 @@ SCORERS: dict[str, type[Scorer]] = {
     cls.name: cls
     for cls in (
         RestKVScorer,
+        AdaKVScorer,
         SnapKVScorer,
         PyramidKVScorer,
         H2OScorer,

@@ -1,0 +1,112 @@
+"""A cache layer whose heads keep different numbers of entries, stored without padding.
+
+AdaKV-style allocation gives each KV head its own number of prompt entries. Padding every head
+back to the largest one would keep the memory the method claims to free, so this layer stores
+the kept prompt entries of all heads in one flat ``[entries, head_dim]`` tensor. Tokens
+generated afterwards reach every head alike and are stored densely as a tail.
+
+transformers' attention functions want dense ``[b, H_kv, length, d]`` tensors, so
+:meth:`update` returns a padded view built on the fly (freed after the layer's attention), and
+the press masks the padding slots per head; the stored tensors never hold padding.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import CacheLayerMixin
+
+
+class VarlenLayer(CacheLayerMixin):
+    """Per-head variable-length prompt entries plus a dense tail of generated tokens."""
+
+    is_sliding = False
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, lengths: torch.Tensor):
+        """Keep, for each (row, head), the first ``lengths`` of ``positions`` ``[b, H, L_max]``."""
+        b, heads, width = positions.shape
+        d = keys.shape[-1]
+        self.width = width
+        self.lengths = lengths
+        self.valid = torch.arange(width, device=positions.device) < lengths[..., None]  # [b, H, L_max]
+        gather = positions[..., None].expand(-1, -1, -1, d)
+        self.flat_keys = keys.gather(2, gather)[self.valid]  # [entries, d]
+        self.flat_values = values.gather(2, gather)[self.valid]
+        # where each padded slot reads from: its flat row, or the zero row appended at the end
+        slot = torch.full((b, heads, width), self.flat_keys.shape[0], dtype=torch.long, device=positions.device)
+        slot[self.valid] = torch.arange(self.flat_keys.shape[0], device=positions.device)
+        self.slot = slot
+        self.tail_keys = keys[..., :0, :]
+        self.tail_values = values[..., :0, :]
+        self.device = keys.device
+        self.is_initialized = True
+
+    # -- storage ------------------------------------------------------------------------------
+    def stored_elements(self) -> int:
+        """Key elements actually stored (the same count again for values)."""
+        return self.flat_keys.numel() + self.tail_keys.numel()
+
+    def entries(self) -> int:
+        """Key entries (tokens x heads) of batch row 0."""
+        return int(self.lengths[0].sum()) + self.tail_keys.shape[1] * self.tail_keys.shape[2]
+
+    def _dense(self, flat: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
+        table = torch.cat([flat, flat.new_zeros(1, flat.shape[-1])])
+        return torch.cat([table[self.slot], tail], dim=-2)
+
+    @property
+    def keys(self) -> torch.Tensor:
+        """A padded dense view ``[b, H, L_max + generated, d]`` (built on demand, not stored)."""
+        return self._dense(self.flat_keys, self.tail_keys)
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self._dense(self.flat_values, self.tail_values)
+
+    # -- the transformers cache-layer interface --------------------------------------------------
+    def lazy_initialization(self, key_states, value_states) -> None:  # built initialized
+        return None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        self.tail_keys = torch.cat([self.tail_keys, key_states], dim=-2)
+        self.tail_values = torch.cat([self.tail_values, value_states], dim=-2)
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.width + self.tail_keys.shape[-2]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.get_seq_length() + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        raise NotImplementedError("a compressed cache cannot be reset; start a new DynamicCache")
+
+
+def _dense(layer) -> bool:
+    return getattr(layer, "keys", None) is not None and layer.keys.dim() == 4
+
+
+def cache_entries(cache) -> int:
+    """Key entries (tokens x KV heads) stored for batch row 0, over all layers."""
+    total = 0
+    for layer in cache.layers:
+        if isinstance(layer, VarlenLayer):
+            total += layer.entries()
+        elif _dense(layer):
+            total += layer.keys.shape[1] * layer.keys.shape[2]
+    return total
+
+
+def cache_bytes(cache) -> int:
+    """Bytes of keys and values really stored, all batch rows."""
+    total = 0
+    for layer in cache.layers:
+        if isinstance(layer, VarlenLayer):
+            total += 2 * layer.stored_elements() * layer.flat_keys.element_size()
+        elif _dense(layer):
+            total += layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
+    return total
