@@ -14,6 +14,7 @@ import torch
 from .adapters import is_sliding, logit_softcap
 from .budgets import layer_budgets
 from .cache import VarlenLayer
+from .decode_eviction import remember_prompt
 from .select import head_adaptive_positions
 
 
@@ -57,6 +58,9 @@ class SequenceState:
     #: ``[b, n]`` bool, False at the prompt's padding; None without padding
     prompt_mask: torch.Tensor | None = None
     budgets: dict[int, int] | None = None
+    #: decoding-time eviction: each layer's last window queries, or H2O's accumulated attention
+    recent_queries: dict[int, torch.Tensor] = field(default_factory=dict)
+    accumulated: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 def sequence_state(cache) -> SequenceState:
@@ -98,6 +102,7 @@ def compress_layer(press, module, cache, queries: torch.Tensor, state: SequenceS
         # nothing to evict, but the layer is registered so decoding builds its mask like the others'
         stats.entries_per_layer[index] = n * kv_heads
         state.layers[index] = LayerState(prompt_tokens=n, kept=n, valid=_kept_valid(state, None, kv_heads))
+        remember_prompt(press, module, keys, queries, None, state)
         return
     observed = dict(
         budget=budget,
@@ -105,6 +110,7 @@ def compress_layer(press, module, cache, queries: torch.Tensor, state: SequenceS
         key_mask=state.prompt_mask,
         scaling=getattr(module, "scaling", None),
         softcap=logit_softcap(module),
+        layer=(list(state.budgets).index(index), len(state.budgets)),
     )
     if press.allocator == "adakv":
         scores = scorer.score(queries, keys, values, **observed)
@@ -117,11 +123,22 @@ def compress_layer(press, module, cache, queries: torch.Tensor, state: SequenceS
         state.layers[index] = LayerState(prompt_tokens=n, kept=varlen.width, valid=None if bool(valid.all()) else valid)
         return
     idx = scorer.select(queries, keys, values, **observed)
+    if scorer.merges_values:
+        values = scorer.merge_values(
+            queries,
+            keys,
+            values,
+            idx,
+            scaling=observed["scaling"],
+            key_mask=state.prompt_mask,
+            softcap=observed["softcap"],
+        )
     gather = idx[..., None].expand(-1, -1, -1, keys.shape[-1])
     layer.keys = keys.gather(2, gather)
     layer.values = values.gather(2, gather)
     stats.entries_per_layer[index] = budget * kv_heads
     state.layers[index] = LayerState(prompt_tokens=n, kept=budget, valid=_kept_valid(state, idx, kv_heads))
+    remember_prompt(press, module, keys, queries, idx, state)
 
 
 def _kept_valid(state: SequenceState, idx: torch.Tensor | None, kv_heads: int) -> torch.Tensor | None:

@@ -32,6 +32,7 @@ from .compress import (
     query_span,
     sequence_state,
 )
+from .decode_eviction import evict_step
 from .scorers import Scorer, get_scorer
 from .scorers.base import check_choice
 
@@ -48,6 +49,10 @@ class KVPress:
             stored without padding); by default the scorer's own (``pyramid`` for PyramidKV).
         head_floor: with ``adakv``, the share of the uniform per-head budget every head is
             guaranteed (AdaKV's safeguard).
+        decode_budget: keep each layer at this many entries per head while generating,
+            re-scoring with the method's own rule (see :mod:`restkv.decode_eviction`).
+        every: with ``decode_budget``, evict once the cache is ``every`` entries over it
+            (1: every step, as TOVA does).
     """
 
     def __init__(
@@ -57,6 +62,8 @@ class KVPress:
         compression_ratio: float | None = None,
         allocator: str | None = None,
         head_floor: float = 0.2,
+        decode_budget: int | None = None,
+        every: int = 1,
     ):
         if isinstance(head_floor, bool) or not isinstance(head_floor, (int, float)) or not 0 <= head_floor <= 1:
             raise ValueError(f"head_floor must be a number in [0, 1], got {head_floor!r}")
@@ -68,6 +75,7 @@ class KVPress:
         self.allocator = check_choice("allocator", allocator or default, ALLOCATORS)
         if scorer is not None:
             validate_budget(budget, compression_ratio, scorer.window_size)
+        self.decode_budget, self.every = validate_decode_budget(decode_budget, every, scorer, self.allocator)
         self.last_stats = PressStats()
 
     @property
@@ -167,10 +175,15 @@ class _Session:
     def _after_attention(self, module, args, kwargs, output):
         cache = _cache_of(kwargs)
         hidden = _hidden_of(args, kwargs)
-        if cache is None or hidden is None or hidden.shape[1] < 2:
+        if cache is None or hidden is None:
             return None
         layer = cache.layers[module.layer_idx]
         if is_sliding(module, layer) or layer.keys is None:
+            return None
+        if hidden.shape[1] == 1:
+            state = getattr(cache, "restkv_state", None)
+            if self.press.decode_budget is not None and state is not None and module.layer_idx in state.layers:
+                evict_step(self.press, module, layer, hidden, kwargs["position_embeddings"], state)
             return None
         if layer.get_seq_length() != hidden.shape[1]:
             return None  # a continuation after a compressed prompt: chunked prefill is not supported yet
@@ -190,12 +203,30 @@ class _Session:
         compress_layer(self.press, module, cache, queries, state, self.press.last_stats)
 
 
+def validate_decode_budget(decode_budget, every, scorer, allocator) -> tuple[int | None, int]:
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"every must be a positive integer, got {every!r}")
+    if decode_budget is None:
+        return None, every
+    if scorer is None:
+        raise ValueError("decode_budget needs an eviction method; the full cache keeps everything")
+    if isinstance(decode_budget, bool) or not isinstance(decode_budget, int) or decode_budget <= scorer.window_size:
+        raise ValueError(
+            f"decode_budget must be an integer larger than window_size ({scorer.window_size}), got {decode_budget!r}"
+        )
+    if allocator == "adakv":
+        raise ValueError("decode_budget is not supported with the adakv allocator (per-head lengths)")
+    return decode_budget, every
+
+
 def get_press(
     name: str,
     budget: int | None = None,
     compression_ratio: float | None = None,
     allocator: str | None = None,
     head_floor: float = 0.2,
+    decode_budget: int | None = None,
+    every: int = 1,
     **params,
 ) -> KVPress:
     """A press by method name: ``get_press("restkv", budget=128, alpha=0.3)``; ``full`` keeps everything."""
@@ -203,7 +234,7 @@ def get_press(
         if params:
             raise ValueError(f"full takes no parameters, got {', '.join(sorted(params))}")
         return KVPress(None)
-    return KVPress(get_scorer(name, **params), budget, compression_ratio, allocator, head_floor)
+    return KVPress(get_scorer(name, **params), budget, compression_ratio, allocator, head_floor, decode_budget, every)
 
 
 class RestKVPress(KVPress):
@@ -220,6 +251,9 @@ class RestKVPress(KVPress):
         compression_ratio: float | None = None,
         allocator: str | None = None,
         head_floor: float = 0.2,
+        decode_budget: int | None = None,
+        every: int = 1,
         **params,
     ):
-        super().__init__(get_scorer("restkv", **params), budget, compression_ratio, allocator, head_floor)
+        scorer = get_scorer("restkv", **params)
+        super().__init__(scorer, budget, compression_ratio, allocator, head_floor, decode_budget, every)

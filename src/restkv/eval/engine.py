@@ -13,6 +13,7 @@ compressed cache, and the next-token distributions are compared with the full ca
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
@@ -92,8 +93,6 @@ class Engine:
         scorers = [p.scorer for p in self.presses.values() if p.scorer is not None]
         self.needs_all_queries = any(s.query_span == "all" for s in scorers)
         self.window = max([s.window_size for s in scorers] + [1])
-        # any press with a scorer installs the decode-time hooks (masks, positions)
-        self.decode_press = next((p for p in self.presses.values() if p.scorer is not None), None)
 
     # -- the shared prefill -----------------------------------------------------------------
     @torch.inference_mode()
@@ -142,13 +141,13 @@ class Engine:
     # -- decoding -----------------------------------------------------------------------------
     @torch.inference_mode()
     def decode(
-        self, cache, first_logits, start_pos: int, max_new_tokens: int, eos_ids
+        self, cache, first_logits, start_pos: int, max_new_tokens: int, eos_ids, press: KVPress | None = None
     ) -> tuple[list[int], list[torch.Tensor], float]:
         """Greedy decoding from ``cache``; returns tokens, per-step logits and ms per decode step."""
         tokens, logits_seen = [], [first_logits]
         logits = first_logits
         steps = 0
-        with self._hooks():
+        with self._hooks(press):
             start = time.perf_counter()
             for step in range(max_new_tokens):
                 token = int(logits.argmax(-1)[0])
@@ -162,9 +161,11 @@ class Engine:
         return tokens, logits_seen, ms
 
     @torch.inference_mode()
-    def teacher_forced_logits(self, cache, tokens: list[int], start_pos: int) -> torch.Tensor:
+    def teacher_forced_logits(
+        self, cache, tokens: list[int], start_pos: int, press: KVPress | None = None
+    ) -> torch.Tensor:
         """Logits ``[len(tokens), vocab]`` after each of ``tokens`` fed at once."""
-        with self._hooks():
+        with self._hooks(press):
             return self._step(cache, tokens, start_pos)[0]
 
     def _step(self, cache, tokens: list[int], start_pos: int) -> torch.Tensor:
@@ -173,8 +174,10 @@ class Engine:
         positions = torch.arange(start_pos, start_pos + len(tokens), device=device)[None]
         return self.model(input_ids=ids, cache=cache, position_ids=positions, use_cache=True).logits.float()
 
-    def _hooks(self):
-        return self.decode_press(self.model) if self.decode_press is not None else _null()
+    def _hooks(self, press: KVPress | None):
+        """The config's own press hooks: masks and positions for the compressed cache, and its
+        decoding-time eviction if it has one."""
+        return press(self.model) if press is not None else contextlib.nullcontext()
 
     # -- one prompt, every config -------------------------------------------------------------
     def run(self, input_ids: torch.Tensor, max_new_tokens: int, eos_ids=(), configs=None) -> list[Outcome]:
@@ -206,18 +209,19 @@ class Engine:
             cache, stats, compress_s = self.compressed_cache(record, config)
             entries, size = cache_entries(cache), cache_bytes(cache)
             forced_cache = fork_cache(cache)
-            tokens, _, ms = self.decode(cache, record.last_logits, n, max_new_tokens, eos_ids)
-            kl, top1 = self._fidelity(forced_cache, ref_tokens, reference, n)
+            press = self.presses[config]
+            tokens, _, ms = self.decode(cache, record.last_logits, n, max_new_tokens, eos_ids, press)
+            kl, top1 = self._fidelity(forced_cache, ref_tokens, reference, n, press)
             outcomes.append(
                 Outcome(config, tokens, n, entries, size, record.prefill_s + compress_s, compress_s, ms, kl, top1)
             )
         return outcomes
 
-    def _fidelity(self, cache, ref_tokens, reference, n):
+    def _fidelity(self, cache, ref_tokens, reference, n, press):
         """KL and top-1 agreement over the answer steps after the first (the first is the prefill's, shared)."""
         if len(ref_tokens) < 2:
             return 0.0, 1.0
-        logits = self.teacher_forced_logits(cache, ref_tokens[:-1], n)  # predicts steps 1..k-1
+        logits = self.teacher_forced_logits(cache, ref_tokens[:-1], n, press)  # predicts steps 1..k-1
         ref = reference[1 : len(ref_tokens)]
         return kl_and_top1(ref, logits)
 
@@ -243,11 +247,3 @@ def fork_cache(cache) -> DynamicCache:
     if state is not None:
         forked.restkv_state = dataclasses.replace(state, layers=dict(state.layers))
     return forked
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

@@ -11,8 +11,10 @@ import dataclasses
 
 from .adakv import AdaKVScorer
 from .base import Scorer, top_positions
+from .cam import CaMScorer
 from .h2o import H2OScorer
 from .knorm import KnormScorer
+from .lacache import LaCacheScorer
 from .pyramidkv import PyramidKVScorer
 from .random import RandomScorer
 from .restkv import RestKVScorer
@@ -25,6 +27,8 @@ SCORERS: dict[str, type[Scorer]] = {
     for cls in (
         RestKVScorer,
         AdaKVScorer,
+        CaMScorer,
+        LaCacheScorer,
         SnapKVScorer,
         PyramidKVScorer,
         H2OScorer,

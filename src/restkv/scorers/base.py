@@ -53,6 +53,8 @@ class Scorer:
     #: or "none". The press only computes what is asked for.
     query_span: ClassVar[str] = "window"
     needs_o_proj: ClassVar[bool] = False
+    #: whether kept values absorb evicted ones (CaM): then ``merge_values`` is called
+    merges_values: ClassVar[bool] = False
     #: the layer allocator a press uses with this scorer unless told otherwise
     default_allocator: ClassVar[str] = "uniform"
 
@@ -72,8 +74,13 @@ class Scorer:
         key_mask: torch.Tensor | None,
         scaling: float | None,
         softcap: float | None,
+        layer: tuple[int, int] | None = None,
     ) -> torch.Tensor:
-        """Scores ``[b, H or H_kv, n - window_size]`` of the prefix tokens; higher is kept."""
+        """Scores ``[b, H or H_kv, n - window_size]`` of the prefix tokens; higher is kept.
+
+        ``layer`` is ``(index, count)`` among the model's compressed layers, for methods whose
+        choice depends on depth (LaCache); the others ignore it.
+        """
         raise NotImplementedError
 
     # -- shared ---------------------------------------------------------------------------
@@ -81,7 +88,9 @@ class Scorer:
         """The method's parameters and their values (for records and the CLI)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
-    def score(self, queries, keys, values, *, budget, o_proj=None, key_mask=None, scaling=None, softcap=None):
+    def score(
+        self, queries, keys, values, *, budget, o_proj=None, key_mask=None, scaling=None, softcap=None, layer=None
+    ):
         """Per-KV-head scores ``[b, H_kv, n]`` in float32; the window scores ``+inf``.
 
         Padding keys (``key_mask`` False) score ``-inf`` so they are never preferred.
@@ -91,7 +100,15 @@ class Scorer:
         w = min(self.window_size, n)
         q = {"window": queries[..., -w:, :] if w else queries[..., :0, :], "all": queries}.get(self.query_span, queries)
         prefix = self.prefix_scores(
-            q, keys, values, budget=budget, o_proj=o_proj, key_mask=key_mask, scaling=scaling, softcap=softcap
+            q,
+            keys,
+            values,
+            budget=budget,
+            o_proj=o_proj,
+            key_mask=key_mask,
+            scaling=scaling,
+            softcap=softcap,
+            layer=layer,
         ).float()
         prefix = self._reduce_groups(prefix, keys.shape[1])
         if key_mask is not None:
@@ -110,6 +127,7 @@ class Scorer:
         key_mask: torch.Tensor | None = None,
         scaling: float | None = None,
         softcap: float | None = None,
+        layer: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """Kept positions ``[b, H_kv, min(budget, n)]``, sorted ascending, window included.
 
@@ -121,6 +139,7 @@ class Scorer:
             o_proj: the attention output projection weight ``[hidden, H * d]`` (ReST-KV).
             key_mask: optional ``[b, n]`` bool, False for padding.
             scaling, softcap: the model's logit scale and soft-cap, if not ``1/sqrt(d)``.
+            layer: ``(index, count)`` among the compressed layers (depth-aware methods).
         """
         check_int("budget", budget, 1)
         b, kv_heads, n, _ = keys.shape
@@ -133,7 +152,15 @@ class Scorer:
                 "the window alone would fill it"
             )
         scores = self.score(
-            queries, keys, values, budget=budget, o_proj=o_proj, key_mask=key_mask, scaling=scaling, softcap=softcap
+            queries,
+            keys,
+            values,
+            budget=budget,
+            o_proj=o_proj,
+            key_mask=key_mask,
+            scaling=scaling,
+            softcap=softcap,
+            layer=layer,
         )
         return top_positions(scores, budget)
 

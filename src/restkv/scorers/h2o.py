@@ -22,7 +22,7 @@ class H2OScorer(Scorer):
     name = "h2o"
     query_span = "all"
 
-    def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap):
+    def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap, **context):
         n = keys.shape[-2]
         total = accumulated_attention(queries, keys, scaling=scaling, key_mask=key_mask, softcap=softcap)
         return total[..., : n - min(self.window_size, n)]

@@ -20,6 +20,6 @@ class KnormScorer(Scorer):
     name = "knorm"
     query_span = "none"
 
-    def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap):
+    def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap, **context):
         n = keys.shape[-2]
         return -keys[..., : n - min(self.window_size, n), :].float().norm(dim=-1)

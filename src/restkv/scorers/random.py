@@ -22,7 +22,7 @@ class RandomScorer(Scorer):
         super().__post_init__()
         check_int("seed", self.seed, 0)
 
-    def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap):
+    def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap, **context):
         b, kv_heads, n, _ = keys.shape
         gen = torch.Generator().manual_seed(self.seed)
         return torch.rand(b, kv_heads, n - min(self.window_size, n), generator=gen).to(keys.device)

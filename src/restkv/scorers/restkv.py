@@ -115,7 +115,7 @@ class RestKVScorer(Scorer):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{label} must be a positive number, got {value!r}")
 
-    def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap):
+    def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap, **context):
         n, w = keys.shape[-2], queries.shape[-2]
         heads = queries.shape[1]
         attn = window_attention(queries, keys, scaling=scaling, key_mask=key_mask, softcap=softcap)  # [b,H,w,n]

@@ -33,7 +33,7 @@ class SnapKVScorer(Scorer):
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
 
-    def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap):
+    def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap, **context):
         n, w = keys.shape[-2], queries.shape[-2]
         attn = window_attention(queries, keys, scaling=scaling, key_mask=key_mask, softcap=softcap)
         return pool(attn[..., : n - w].sum(dim=-2), self.pooling, self.kernel_size)

@@ -28,7 +28,7 @@ class StreamingLLMScorer(Scorer):
         super().__post_init__()
         check_int("sinks", self.sinks, 0)
 
-    def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap):
+    def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap, **context):
         b, kv_heads, n, _ = keys.shape
         length = n - min(self.window_size, n)
         # recency order, with the sinks above everything

@@ -21,7 +21,7 @@ class TOVAScorer(Scorer):
 
     name = "tova"
 
-    def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap):
+    def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap, **context):
         n = keys.shape[-2]
         w = min(self.window_size, n)
         last = window_attention(queries[..., -1:, :], keys, scaling=scaling, key_mask=key_mask, softcap=softcap)
