@@ -11,7 +11,7 @@ from tiny_models import prompt_ids, tiny_model
 
 W = 8
 FAMILIES = [("llama", 4), ("qwen2", 2)]  # MHA and GQA
-PER_HEAD_LENGTHS = {"adakv"}
+NOT_UNIFORM = {"adakv", "full"}  # per-head lengths (test_adakv.py); no eviction
 
 
 def test_registry_lists_every_method_of_the_paper():
@@ -31,10 +31,12 @@ def test_registry_lists_every_method_of_the_paper():
     assert expected <= set(available())
     with pytest.raises(ValueError, match="full takes no parameters"):
         get_press("full", window_size=4)
+    q = k = torch.randn(1, 2, 40, 8)
+    assert torch.equal(get_scorer("full").select(q, k, k, budget=8)[0, 0], torch.arange(40))
 
 
 @pytest.mark.parametrize("family,kv_heads", FAMILIES)
-@pytest.mark.parametrize("method", sorted(set(available()) - PER_HEAD_LENGTHS))
+@pytest.mark.parametrize("method", sorted(set(available()) - NOT_UNIFORM))
 def test_method_keeps_budget_window_and_decodes_over_kept_entries(method, family, kv_heads):
     model = tiny_model(family, kv_heads=kv_heads)
     ids = prompt_ids(100)

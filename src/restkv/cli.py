@@ -110,7 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_methods(args) -> int:
     from .scorers import SCORERS, defaults
 
-    print("full: no eviction (the reference)")
     for name in sorted(SCORERS):
         cls = SCORERS[name]
         summary = (cls.__doc__ or "").strip().splitlines()[0]

@@ -233,7 +233,7 @@ def get_press(
     if name == "full":
         if params:
             raise ValueError(f"full takes no parameters, got {', '.join(sorted(params))}")
-        return KVPress(None)
+        return KVPress(None)  # no hooks at all: exactly the model's own behaviour
     return KVPress(get_scorer(name, **params), budget, compression_ratio, allocator, head_floor, decode_budget, every)
 
 

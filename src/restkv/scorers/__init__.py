@@ -12,6 +12,7 @@ import dataclasses
 from .adakv import AdaKVScorer
 from .base import Scorer, top_positions
 from .cam import CaMScorer
+from .full import FullScorer
 from .h2o import H2OScorer
 from .knorm import KnormScorer
 from .lacache import LaCacheScorer
@@ -26,6 +27,7 @@ SCORERS: dict[str, type[Scorer]] = {
     cls.name: cls
     for cls in (
         RestKVScorer,
+        FullScorer,
         AdaKVScorer,
         CaMScorer,
         LaCacheScorer,
