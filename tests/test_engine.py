@@ -76,3 +76,20 @@ def test_method_config_labels_and_press():
     assert MethodConfig.make("restkv", 64, window_size=8).label == "restkv(window_size=8)"
     assert MethodConfig.make("full", 64).budget is None
     assert get_press("restkv", budget=64, allocator="pyramid").allocator == "pyramid"
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_batched_decoding_equals_one_config_at_a_time(family):
+    model = tiny_model(family)
+    configs = CONFIGS + [MethodConfig.make("adakv", 24, window_size=8), MethodConfig.make("restkv", 40, window_size=8)]
+    engine = Engine(model, configs)
+    ids = prompt_ids(90)
+    one = {o.config: o for o in engine.run(ids, max_new_tokens=6, batch=1)}
+    together = {o.config: o for o in engine.run(ids, max_new_tokens=6, batch=4)}
+    for config in configs:
+        a, b = one[config], together[config]
+        assert a.token_ids == b.token_ids, config.label
+        assert a.kept_entries == b.kept_entries and a.kv_bytes == b.kv_bytes
+        assert b.kl == pytest.approx(a.kl, abs=1e-5) and b.top1 == a.top1
+        if config.method != "full":
+            assert b.decode_ms_per_token is None and a.decode_ms_per_token > 0

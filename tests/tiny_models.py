@@ -57,3 +57,27 @@ def tiny_model(
 def prompt_ids(n: int, batch: int = 1, seed: int = 1) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(3, COMMON["vocab_size"], (batch, n), generator=gen)
+
+
+class CharTokenizer:
+    """A tokenizer for the tiny models: one token per character (ids 3..127), no chat template."""
+
+    eos_token_id = 1
+    chat_template = None
+
+    def __call__(self, text, return_tensors=None, add_special_tokens=True):
+        ids = [3 + (ord(c) % 125) for c in text]
+        return {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(i) for i in ids if i >= 3)
+
+
+class TinyLoaded:
+    """What ``restkv.models.load_model`` returns, for a tiny model."""
+
+    def __init__(self, family="llama", seed=0):
+        self.model = tiny_model(family, seed=seed)
+        self.tokenizer = CharTokenizer()
+        self.name = f"tiny-{family}"
+        self.chat = False

@@ -102,6 +102,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--fresh", action="store_true", help="discard earlier results in --out instead of resuming")
     _add_model_args(demo)
 
+    ev = sub.add_parser("eval", help="evaluate methods x budgets on a task into a resumable results store")
+    ev.add_argument("task", help="ruler, niah, fidelity, passkey, longbench, infinitebench or bbh")
+    ev.add_argument("--tasks", type=_name_list, default=(), help="sub-tasks (e.g. niah_single_1,vt for ruler)")
+    ev.add_argument("--methods", type=_name_list, default=["full", "restkv", "snapkv"])
+    ev.add_argument("--budgets", type=_int_list, default=[128, 256])
+    ev.add_argument(
+        "--param", action="append", metavar="METHOD.NAME=VALUE", help="a method parameter, e.g. restkv.alpha=0.7"
+    )
+    ev.add_argument("--length", type=_positive_int, default=1024, help="prompt length in the model's tokens")
+    ev.add_argument("--lengths", type=_int_list, default=(), help="niah: several lengths for the grid")
+    ev.add_argument("--depths", type=lambda t: [float(x) for x in t.split(",")], default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    ev.add_argument(
+        "--continuation", type=_positive_int, default=64, help="fidelity: tokens teacher-forced after the prompt"
+    )
+    ev.add_argument("--samples", type=_positive_int, default=20, help="samples per task (per grid cell for niah)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--data-dir", type=Path, help="folder with LongBench/InfiniteBench/QA files")
+    ev.add_argument(
+        "--batch", type=_positive_int, default=8, help="compressed caches decoded together (1: one at a time, timed)"
+    )
+    ev.add_argument("--out", type=Path, required=True)
+    _add_model_args(ev)
+
     report = sub.add_parser("report", help="render report.md and plots from a run folder")
     report.add_argument("run_dir", type=Path)
     return parser
@@ -189,6 +212,68 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _eval_configs(methods, budgets, pairs):
+    from .eval.engine import MethodConfig
+
+    params: dict[str, dict] = {}
+    for pair in pairs or []:
+        name, _, value = pair.partition("=")
+        method, dot, key = name.partition(".")
+        if not dot or not value:
+            raise UsageError(f"--param takes METHOD.NAME=VALUE, got {pair!r}")
+        params.setdefault(method.strip(), {})[key.strip()] = _parse_value(value.strip())
+    unknown = set(params) - set(methods)
+    if unknown:
+        raise UsageError(f"--param names {', '.join(sorted(unknown))}, which is not in --methods")
+    configs = []
+    for method in methods:
+        for budget in [None] if method == "full" else budgets:
+            config = MethodConfig.make(method, budget, **params.get(method, {}))
+            config.press()  # validates the method, budget and parameters
+            configs.append(config)
+    return list(dict.fromkeys(configs))
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from .eval.runner import run_sweep
+    from .eval.store import ResultStore
+    from .eval.tasks import TASK_FAMILIES, TaskOptions, build
+    from .models import load_model
+
+    if args.task not in TASK_FAMILIES:
+        raise UsageError(f"unknown task {args.task!r}; available: {', '.join(TASK_FAMILIES)}")
+    if args.data_dir is not None and not args.data_dir.is_dir():
+        raise UsageError(f"--data-dir {args.data_dir} is not a folder")
+    configs = _eval_configs(args.methods, args.budgets, args.param)
+    options = TaskOptions(
+        args.samples, args.length, tuple(args.lengths), tuple(args.depths), args.continuation, args.seed,
+        str(args.data_dir) if args.data_dir else None, tuple(args.tasks),
+    )  # fmt: skip
+    start = time.perf_counter()
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    groups = build(args.task, loaded, options)
+    totals = {"samples_run": 0, "samples_skipped": 0, "prefill_s": 0.0, "compress_s": 0.0}
+    with ResultStore(args.out / "results.sqlite") as store:
+        for task, samples, score in groups:
+            counters = run_sweep(loaded, task, samples, configs, store, score, batch=args.batch)
+            for key in totals:
+                totals[key] += counters[key]
+    wall = time.perf_counter() - start
+    entry = {
+        "command": " ".join(sys.argv),
+        "wall_s": round(wall, 1),
+        **{k: round(v, 2) if isinstance(v, float) else v for k, v in totals.items()},
+    }
+    with open(args.out / "runs.jsonl", "a") as log:
+        log.write(json.dumps(entry) + "\n")
+    print(
+        f"{totals['samples_run']} samples run, {totals['samples_skipped']} already done; wall time {wall:.0f} s; results in {args.out}"
+    )
+    return 0
+
+
 def cmd_report(args) -> int:
     from .eval.report import render_report
 
@@ -201,6 +286,7 @@ COMMANDS = {
     "models": cmd_models,
     "generate": cmd_generate,
     "demo": cmd_demo,
+    "eval": cmd_eval,
     "report": cmd_report,
 }
 

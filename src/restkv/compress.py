@@ -15,6 +15,7 @@ from .adapters import is_sliding, logit_softcap
 from .budgets import layer_budgets
 from .cache import VarlenLayer
 from .decode_eviction import remember_prompt
+from .scorers.base import top_positions
 from .select import head_adaptive_positions
 
 
@@ -86,11 +87,15 @@ def plan_budgets(press, modules, cache, n: int) -> dict[int, int]:
     return {m.layer_idx: b for m, b in zip(compressible, budgets)}
 
 
-def compress_layer(press, module, cache, queries: torch.Tensor, state: SequenceState, stats: PressStats) -> None:
+def compress_layer(
+    press, module, cache, queries: torch.Tensor, state: SequenceState, stats: PressStats, memo: dict | None = None
+) -> None:
     """Shrink the layer's cache to its planned budget (in place, or by a per-head-length layer).
 
     ``queries`` are the post-RoPE queries of the prompt's last ``query_span`` tokens; ``module``
     is the layer's attention module (for the output projection, logit scale and soft-cap).
+    ``memo`` lets several budgets of one method share scores that do not depend on the budget
+    (the evaluation engine passes one per prompt).
     """
     scorer, index = press.scorer, module.layer_idx
     layer = cache.layers[index]
@@ -113,7 +118,7 @@ def compress_layer(press, module, cache, queries: torch.Tensor, state: SequenceS
         layer=(list(state.budgets).index(index), len(state.budgets)),
     )
     if press.allocator == "adakv":
-        scores = scorer.score(queries, keys, values, **observed)
+        scores = _scores(scorer, queries, keys, values, observed, memo, index)
         positions, lengths = head_adaptive_positions(scores, budget, min(scorer.window_size, n), press.head_floor)
         varlen = VarlenLayer(keys, values, positions, lengths)
         cache.layers[index] = varlen
@@ -122,7 +127,10 @@ def compress_layer(press, module, cache, queries: torch.Tensor, state: SequenceS
         stats.entries_per_layer[index] = int(lengths[0].sum())
         state.layers[index] = LayerState(prompt_tokens=n, kept=varlen.width, valid=None if bool(valid.all()) else valid)
         return
-    idx = scorer.select(queries, keys, values, **observed)
+    if memo is not None and not scorer.budget_dependent:
+        idx = top_positions(_scores(scorer, queries, keys, values, observed, memo, index), budget)
+    else:
+        idx = scorer.select(queries, keys, values, **observed)
     if scorer.merges_values:
         values = scorer.merge_values(
             queries,
@@ -139,6 +147,16 @@ def compress_layer(press, module, cache, queries: torch.Tensor, state: SequenceS
     stats.entries_per_layer[index] = budget * kv_heads
     state.layers[index] = LayerState(prompt_tokens=n, kept=budget, valid=_kept_valid(state, idx, kv_heads))
     remember_prompt(press, module, keys, queries, idx, state)
+
+
+def _scores(scorer, queries, keys, values, observed, memo, index):
+    """``scorer.score``, computed once per layer for scorers whose scores ignore the budget."""
+    if memo is None or scorer.budget_dependent:
+        return scorer.score(queries, keys, values, **observed)
+    key = (type(scorer), tuple(sorted(scorer.params().items())), index)
+    if key not in memo:
+        memo[key] = scorer.score(queries, keys, values, **observed)
+    return memo[key]
 
 
 def _kept_valid(state: SequenceState, idx: torch.Tensor | None, kv_heads: int) -> torch.Tensor | None:

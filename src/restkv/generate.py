@@ -30,17 +30,20 @@ class GenerationResult:
     decode_ms_per_token: float
 
 
-def encode_prompt(tokenizer, prompt: str, chat: bool = True) -> torch.Tensor:
-    """Token ids ``[1, n]`` of ``prompt``, through the chat template when asked and available."""
+def encode_prompt(tokenizer, prompt: str, chat: bool = True, answer_prefix: str = "") -> torch.Tensor:
+    """Token ids ``[1, n]`` of ``prompt``, through the chat template when asked and available.
+
+    ``answer_prefix`` is appended after the template's generation prompt (or after the plain
+    prompt), so the model's answer continues it.
+    """
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("the prompt is empty")
     if chat and getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )["input_ids"]
-    else:
-        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-    return ids
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+        return tokenizer(text + answer_prefix, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt + answer_prefix, return_tensors="pt")["input_ids"]
 
 
 @torch.inference_mode()

@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from ..adapters import attention_modules, check_supported, is_sliding, project_queries
-from ..cache import cache_bytes, cache_entries
-from ..compress import PressStats, SequenceState, compress_layer, plan_budgets, query_span
+from ..cache import VarlenLayer, cache_bytes, cache_entries
+from ..compress import LayerState, PressStats, SequenceState, compress_layer, plan_budgets, query_span
 from ..press import KVPress, get_press
+from ..scorers import get_scorer
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ class Outcome:
     kv_bytes: int
     prefill_s: float  # the shared prefill plus this method's compression
     compress_s: float
-    decode_ms_per_token: float
+    decode_ms_per_token: float | None  # None when decoded in a batch with other configs
     kl: float | None = None  # mean KL(full || method) over the answer's next-token distributions
     top1: float | None = None  # share of those steps where the top-1 token agrees
     extra: dict = field(default_factory=dict)
@@ -119,8 +121,13 @@ class Engine:
                 h.remove()
         return PrefillRecord(cache, queries, logits.float(), n, elapsed)
 
-    def compressed_cache(self, record: PrefillRecord, config: MethodConfig) -> tuple[DynamicCache, PressStats, float]:
-        """A new cache for ``config`` built from the recorded prefill; the record is not modified."""
+    def compressed_cache(
+        self, record: PrefillRecord, config: MethodConfig, memo: dict | None = None
+    ) -> tuple[DynamicCache, PressStats, float]:
+        """A new cache for ``config`` built from the recorded prefill; the record is not modified.
+
+        ``memo`` (one per prompt) shares budget-independent scores between budgets.
+        """
         press = self.presses[config]
         cache = fork_cache(record.cache)
         stats = PressStats(prompt_tokens=record.prompt_tokens)
@@ -134,96 +141,181 @@ class Engine:
             layer = cache.layers[module.layer_idx]
             if is_sliding(module, layer):
                 continue
-            compress_layer(press, module, cache, record.queries[module.layer_idx][..., -span:, :], state, stats)
+            compress_layer(press, module, cache, record.queries[module.layer_idx][..., -span:, :], state, stats, memo)
         cache.restkv_state = state
         return cache, stats, time.perf_counter() - start
 
     # -- decoding -----------------------------------------------------------------------------
     @torch.inference_mode()
-    def decode(
-        self, cache, first_logits, start_pos: int, max_new_tokens: int, eos_ids, press: KVPress | None = None
-    ) -> tuple[list[int], list[torch.Tensor], float]:
-        """Greedy decoding from ``cache``; returns tokens, per-step logits and ms per decode step."""
-        tokens, logits_seen = [], [first_logits]
-        logits = first_logits
+    def decode(self, cache, first_logits, start_pos: int, max_new_tokens: int, eos_ids, press: KVPress | None = None):
+        """Greedy decoding of every batch row of ``cache`` until each has met an end token.
+
+        Returns the tokens per row (up to and including its end token), the logits of each step
+        ``[steps, rows, vocab]`` and the milliseconds per decoding step.
+        """
+        rows = first_logits.shape[0]
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        done = [False] * rows
+        logits, seen = first_logits, [first_logits]
         steps = 0
         with self._hooks(press):
             start = time.perf_counter()
             for step in range(max_new_tokens):
-                token = int(logits.argmax(-1)[0])
-                tokens.append(token)
-                if token in eos_ids or step == max_new_tokens - 1:
+                chosen = logits.argmax(-1)
+                for r in range(rows):
+                    if not done[r]:
+                        tokens[r].append(int(chosen[r]))
+                        done[r] = int(chosen[r]) in eos_ids
+                if all(done) or step == max_new_tokens - 1:
                     break
-                logits = self._step(cache, [token], start_pos + step)[:, -1]
-                logits_seen.append(logits)
+                logits = self._step(cache, chosen[:, None], start_pos + step)[:, -1]
+                seen.append(logits)
                 steps += 1
             ms = (time.perf_counter() - start) * 1000 / max(steps, 1)
-        return tokens, logits_seen, ms
+        return tokens, torch.stack(seen), ms
 
     @torch.inference_mode()
-    def teacher_forced_logits(
-        self, cache, tokens: list[int], start_pos: int, press: KVPress | None = None
-    ) -> torch.Tensor:
-        """Logits ``[len(tokens), vocab]`` after each of ``tokens`` fed at once."""
+    def teacher_forced_logits(self, cache, tokens: torch.Tensor, start_pos: int, press: KVPress | None = None):
+        """Logits ``[rows, len, vocab]`` after each of ``tokens`` ``[rows, len]`` fed at once."""
         with self._hooks(press):
-            return self._step(cache, tokens, start_pos)[0]
+            return self._step(cache, tokens, start_pos)
 
-    def _step(self, cache, tokens: list[int], start_pos: int) -> torch.Tensor:
+    def _step(self, cache, ids: torch.Tensor, start_pos: int) -> torch.Tensor:
         device = self.model.device
-        ids = torch.tensor([tokens], device=device)
-        positions = torch.arange(start_pos, start_pos + len(tokens), device=device)[None]
+        ids = ids.to(device)
+        positions = torch.arange(start_pos, start_pos + ids.shape[1], device=device).expand(ids.shape[0], -1)
         return self.model(input_ids=ids, cache=cache, position_ids=positions, use_cache=True).logits.float()
 
     def _hooks(self, press: KVPress | None):
-        """The config's own press hooks: masks and positions for the compressed cache, and its
-        decoding-time eviction if it has one."""
+        """The press hooks: masks and positions for compressed caches, and decoding-time eviction
+        when the press has it."""
         return press(self.model) if press is not None else contextlib.nullcontext()
 
     # -- one prompt, every config -------------------------------------------------------------
-    def run(self, input_ids: torch.Tensor, max_new_tokens: int, eos_ids=(), configs=None) -> list[Outcome]:
-        """Every config (default: all) on one prompt ``[1, n]``; the full cache is always the reference."""
+    def run(
+        self, input_ids: torch.Tensor, max_new_tokens: int, eos_ids=(), configs=None, batch: int = 1
+    ) -> list[Outcome]:
+        """Every config (default: all) on one prompt ``[1, n]``; the full cache is always the reference.
+
+        With ``batch > 1``, up to ``batch`` compressed caches are decoded together as the rows of
+        one batch (padded per layer, padding masked), which makes a sweep cost little more than
+        a single decode on hardware that is not saturated by one row. Per-config decode timings
+        are then not measured (None).
+        """
         configs = self.configs if configs is None else configs
         record = self.prefill(input_ids)
         n = record.prompt_tokens
-        full_cache = fork_cache(record.cache)
-        ref_tokens, ref_logits, ref_ms = self.decode(full_cache, record.last_logits, n, max_new_tokens, eos_ids)
-        reference = torch.cat(ref_logits[: len(ref_tokens)], dim=0)  # [k, vocab]
-        outcomes = []
+        ref, ref_logits, ref_ms = self.decode(fork_cache(record.cache), record.last_logits, n, max_new_tokens, eos_ids)
+        ref_tokens = ref[0]
+        reference = ref_logits[: len(ref_tokens), 0]  # [k, vocab]
+        outcomes = {}
+        full_entries, full_bytes = cache_entries(record.cache), cache_bytes(record.cache)
         for config in configs:
             if config.method == "full":
-                outcomes.append(
-                    Outcome(
-                        config,
-                        ref_tokens,
-                        n,
-                        cache_entries(record.cache),
-                        cache_bytes(record.cache),
-                        record.prefill_s,
-                        0.0,
-                        ref_ms,
-                        0.0,
-                        1.0,
-                    )
+                outcomes[config] = Outcome(
+                    config, ref_tokens, n, full_entries, full_bytes, record.prefill_s, 0.0, ref_ms, 0.0, 1.0
                 )
-                continue
-            cache, stats, compress_s = self.compressed_cache(record, config)
-            entries, size = cache_entries(cache), cache_bytes(cache)
-            forced_cache = fork_cache(cache)
+        memo: dict = {}
+        pending = [c for c in configs if c.method != "full"]
+        sequential = [c for c in pending if batch <= 1 or self.presses[c].decode_budget is not None]
+        batched = [c for c in pending if c not in sequential]
+        for config in sequential:
+            cache, _, compress_s = self.compressed_cache(record, config, memo)
             press = self.presses[config]
+            entries, size, forced = cache_entries(cache), cache_bytes(cache), fork_cache(cache)
             tokens, _, ms = self.decode(cache, record.last_logits, n, max_new_tokens, eos_ids, press)
-            kl, top1 = self._fidelity(forced_cache, ref_tokens, reference, n, press)
-            outcomes.append(
-                Outcome(config, tokens, n, entries, size, record.prefill_s + compress_s, compress_s, ms, kl, top1)
+            kl, top1 = self._fidelity(forced, ref_tokens, reference, n, press)
+            outcomes[config] = Outcome(
+                config, tokens[0], n, entries, size, record.prefill_s + compress_s, compress_s, ms, kl[0], top1[0]
             )
-        return outcomes
+        for start in range(0, len(batched), batch):
+            group = batched[start : start + batch]
+            built = [self.compressed_cache(record, c, memo) for c in group]
+            sizes = [(cache_entries(b[0]), cache_bytes(b[0])) for b in built]
+            stacked = stack_caches([b[0] for b in built], self.model.device)
+            forced = fork_cache(stacked)
+            first = record.last_logits.expand(len(group), -1)
+            tokens, _, _ = self.decode(stacked, first, n, max_new_tokens, eos_ids, hooks_only_press())
+            kl, top1 = self._fidelity(forced, ref_tokens, reference, n, hooks_only_press())
+            for r, (config, (_, _, compress_s)) in enumerate(zip(group, built)):
+                outcomes[config] = Outcome(
+                    config,
+                    tokens[r],
+                    n,
+                    *sizes[r],
+                    record.prefill_s + compress_s,
+                    compress_s,
+                    None,
+                    kl[r],
+                    top1[r],
+                )
+        return [outcomes[c] for c in configs]
+
+    @torch.inference_mode()
+    def fidelity(
+        self, prompt_ids: torch.Tensor, continuation: list[int], configs=None, batch: int = 1
+    ) -> list[Outcome]:
+        """Teacher-force ``continuation`` after the prompt under every config.
+
+        Compares each config's next-token distributions over continuation tokens 1..C-1 with the
+        full cache's (token 0 is predicted by the shared prefill): mean KL, top-1 agreement, and
+        the continuation's perplexity in ``extra`` (``ppl`` and ``ppl_full``).
+        """
+        configs = self.configs if configs is None else configs
+        record = self.prefill(prompt_ids)
+        n = record.prompt_tokens
+        forced = torch.tensor([continuation[:-1]])
+        targets = torch.tensor(continuation[1:])
+        reference = self.teacher_forced_logits(fork_cache(record.cache), forced, n)[0]
+        ppl_full = _perplexity(reference, targets)
+        full_entries, full_bytes = cache_entries(record.cache), cache_bytes(record.cache)
+        outcomes = {}
+        for config in configs:
+            if config.method == "full":
+                outcomes[config] = Outcome(
+                    config,
+                    [],
+                    n,
+                    full_entries,
+                    full_bytes,
+                    record.prefill_s,
+                    0.0,
+                    None,
+                    0.0,
+                    1.0,
+                    {"ppl": ppl_full, "ppl_full": ppl_full},
+                )
+        pending = [c for c in configs if c.method != "full"]
+        memo: dict = {}
+        for start in range(0, len(pending), max(batch, 1)):
+            group = pending[start : start + max(batch, 1)]
+            built = [self.compressed_cache(record, c, memo) for c in group]
+            stacked = stack_caches([b[0] for b in built], self.model.device) if len(group) > 1 else built[0][0]
+            press = hooks_only_press() if len(group) > 1 else self.presses[group[0]]
+            logits = self.teacher_forced_logits(stacked, forced.expand(len(group), -1), n, press)
+            for r, (config, (cache, _, compress_s)) in enumerate(zip(group, built)):
+                kl, top1 = kl_and_top1(reference, logits[r])
+                outcomes[config] = Outcome(
+                    config, [], n, cache_entries(cache), cache_bytes(cache), record.prefill_s + compress_s, compress_s, None, kl, top1,
+                    {"ppl": _perplexity(logits[r], targets), "ppl_full": ppl_full},
+                )  # fmt: skip
+        return [outcomes[c] for c in configs]
 
     def _fidelity(self, cache, ref_tokens, reference, n, press):
-        """KL and top-1 agreement over the answer steps after the first (the first is the prefill's, shared)."""
+        """Per row: KL and top-1 agreement over the answer steps after the first (the first
+        step's distribution comes from the shared prefill)."""
+        rows = cache.restkv_state.next_pos.shape[0] if getattr(cache, "restkv_state", None) is not None else 1
         if len(ref_tokens) < 2:
-            return 0.0, 1.0
-        logits = self.teacher_forced_logits(cache, ref_tokens[:-1], n, press)  # predicts steps 1..k-1
-        ref = reference[1 : len(ref_tokens)]
-        return kl_and_top1(ref, logits)
+            return [0.0] * rows, [1.0] * rows
+        forced = torch.tensor([ref_tokens[:-1]]).expand(rows, -1)
+        logits = self.teacher_forced_logits(cache, forced, n, press)  # predicts steps 1..k-1
+        pairs = [kl_and_top1(reference[1 : len(ref_tokens)], logits[r]) for r in range(rows)]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _perplexity(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    nll = torch.nn.functional.cross_entropy(logits.float(), targets.to(logits.device))
+    return float(torch.exp(nll))
 
 
 def kl_and_top1(reference_logits: torch.Tensor, logits: torch.Tensor) -> tuple[float, float]:
@@ -247,3 +339,53 @@ def fork_cache(cache) -> DynamicCache:
     if state is not None:
         forked.restkv_state = dataclasses.replace(state, layers=dict(state.layers))
     return forked
+
+
+def hooks_only_press() -> KVPress:
+    """A press that evicts nothing but installs the hooks compressed caches decode with."""
+    return KVPress(get_scorer("full"), budget=1)
+
+
+def stack_caches(caches: list, device) -> DynamicCache:
+    """One batched cache whose rows are ``caches`` (each of batch 1), padded per layer.
+
+    Padding slots are masked through the sequence state, so each row attends to exactly the
+    entries its own cache holds.
+    """
+    stacked = fork_cache(caches[0])
+    layers, states = {}, {}
+    for index in range(len(caches[0].layers)):
+        keys = [c.layers[index].keys for c in caches]
+        values = [c.layers[index].values for c in caches]
+        width = max(k.shape[-2] for k in keys)
+        valid = []
+        for c, k in zip(caches, keys):
+            state = getattr(c, "restkv_state", None)
+            layer_state = state.layers.get(index) if state is not None else None
+            v = torch.zeros(1, k.shape[1], width, dtype=torch.bool, device=k.device)
+            v[..., : k.shape[-2]] = True
+            if layer_state is not None and layer_state.valid is not None:
+                v[..., : layer_state.kept] &= layer_state.valid
+            valid.append(v)
+        layer = stacked.layers[index]
+        if isinstance(layer, VarlenLayer) or not getattr(layer, "is_sliding", False):
+            layer = DynamicLayer()
+            layer.lazy_initialization(keys[0], values[0])
+        layer.keys = torch.cat([_pad_to(k, width) for k in keys])
+        layer.values = torch.cat([_pad_to(v, width) for v in values])
+        layers[index] = layer
+        if not getattr(layer, "is_sliding", False):
+            all_valid = torch.cat(valid)
+            states[index] = LayerState(
+                prompt_tokens=width, kept=width, valid=None if bool(all_valid.all()) else all_valid
+            )
+    stacked.layers = [layers[i] for i in range(len(caches[0].layers))]
+    n = caches[0].restkv_state.next_pos if getattr(caches[0], "restkv_state", None) is not None else None
+    rows = len(caches)
+    next_pos = (n if n is not None else torch.tensor([0], device=device)).expand(rows).clone()
+    stacked.restkv_state = SequenceState(layers=states, next_pos=next_pos, budgets={i: 0 for i in states})
+    return stacked
+
+
+def _pad_to(t: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[-2]))

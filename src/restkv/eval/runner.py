@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import torch
 from tqdm.auto import tqdm
 
 from ..generate import encode_prompt
@@ -20,6 +21,11 @@ def eos_ids(tokenizer, model=None) -> set[int]:
     return ids - {None}
 
 
+def public_meta(sample: Sample) -> dict:
+    """The sample's metadata worth keeping in every row (token id lists are not)."""
+    return {k: v for k, v in sample.meta.items() if not k.endswith("_ids")}
+
+
 def run_sweep(
     loaded,
     task: str,
@@ -28,6 +34,7 @@ def run_sweep(
     store: ResultStore,
     score: Callable[[str, Sample], float],
     progress: bool = True,
+    batch: int = 1,
 ) -> dict:
     """Evaluate every config on every sample; rows already in ``store`` are skipped.
 
@@ -36,7 +43,7 @@ def run_sweep(
     model, tokenizer = loaded.model, loaded.tokenizer
     engine = Engine(model, configs)
     stop = eos_ids(tokenizer, model)
-    counters = {"samples_run": 0, "samples_skipped": 0, "wall_s": 0.0, "prefill_s": 0.0}
+    counters = {"samples_run": 0, "samples_skipped": 0, "wall_s": 0.0, "prefill_s": 0.0, "compress_s": 0.0}
     start = time.perf_counter()
     bar = tqdm(samples, desc=f"{task} ({len(configs)} configs)", unit="sample", disable=not progress)
     for sample in bar:
@@ -44,8 +51,13 @@ def run_sweep(
         if not todo:
             counters["samples_skipped"] += 1
             continue
-        input_ids = encode_prompt(tokenizer, sample.prompt, chat=loaded.chat)
-        outcomes = engine.run(input_ids, sample.max_new_tokens, stop, configs=todo)
+        if "prompt_ids" in sample.meta:  # fidelity: teacher forcing, nothing generated
+            input_ids = torch.tensor([sample.meta["prompt_ids"]])
+            outcomes = engine.fidelity(input_ids, sample.meta["continuation_ids"], configs=todo, batch=batch)
+        else:
+            chat = loaded.chat and sample.meta.get("chat", True)
+            input_ids = encode_prompt(tokenizer, sample.prompt, chat=chat, answer_prefix=sample.answer_prefix)
+            outcomes = engine.run(input_ids, sample.max_new_tokens, stop, configs=todo, batch=batch)
         rows = []
         for o in outcomes:
             text = tokenizer.decode([t for t in o.token_ids if t not in stop], skip_special_tokens=True)
@@ -58,7 +70,7 @@ def run_sweep(
                     "budget": o.config.budget,
                     "params": {"method": o.config.method, **engine.presses[o.config].params()},
                     "prediction": text,
-                    "score": score(text, sample),
+                    "score": o.top1 if "prompt_ids" in sample.meta else score(text, sample),
                     "prompt_tokens": o.prompt_tokens,
                     "kept_entries": o.kept_entries,
                     "kv_bytes": o.kv_bytes,
@@ -67,11 +79,12 @@ def run_sweep(
                     "decode_ms_per_token": o.decode_ms_per_token,
                     "kl": o.kl,
                     "top1": o.top1,
-                    "extra": {**sample.meta, "answers": sample.answers},
+                    "extra": {**public_meta(sample), **o.extra, "answers": sample.answers},
                 }
             )
         store.add(rows)
         counters["samples_run"] += 1
         counters["prefill_s"] += outcomes[0].prefill_s - outcomes[0].compress_s
+        counters["compress_s"] += sum(o.compress_s for o in outcomes)
     counters["wall_s"] = time.perf_counter() - start
     return counters

@@ -53,6 +53,8 @@ class Scorer:
     #: or "none". The press only computes what is asked for.
     query_span: ClassVar[str] = "window"
     needs_o_proj: ClassVar[bool] = False
+    #: whether the scores depend on the budget (then they cannot be shared between budgets)
+    budget_dependent: ClassVar[bool] = False
     #: whether kept values absorb evicted ones (CaM): then ``merge_values`` is called
     merges_values: ClassVar[bool] = False
     #: the layer allocator a press uses with this scorer unless told otherwise

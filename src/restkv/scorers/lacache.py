@@ -56,6 +56,7 @@ class LaCacheScorer(Scorer):
 
     name = "lacache"
     query_span = "none"
+    budget_dependent = True
 
     def __post_init__(self):
         super().__post_init__()

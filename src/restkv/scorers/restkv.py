@@ -99,6 +99,10 @@ class RestKVScorer(Scorer):
     def needs_o_proj(self) -> bool:  # type: ignore[override]
         return self.use_wo
 
+    @property
+    def budget_dependent(self) -> bool:  # type: ignore[override]
+        return self.pooling == "adaptive"  # the drift is measured over the top B - w keys
+
     def __post_init__(self):
         super().__post_init__()
         check_int("window_size", self.window_size, 1)

@@ -17,31 +17,50 @@ class Sample:
     answers: list[str]
     max_new_tokens: int = 16
     meta: dict = field(default_factory=dict)
+    #: text the answer starts with (RULER's answer prefix), placed after the chat template's
+    #: generation prompt so the model continues it
+    answer_prefix: str = ""
 
 
-def fit_to_length(build, length: int, count_tokens, limit: int = 100_000):
-    """The smallest ``build(k)`` (k filler units) whose token count reaches ``length``.
+def fit_to_length(build, length: int, count_tokens, limit: int = 1_000_000):
+    """The largest ``build(k)`` (k filler units) of at most ``length`` tokens.
 
-    ``build(k)`` returns a prompt string, ``count_tokens(prompt)`` its length in the model's own
-    tokens; searched by doubling then bisection so long prompts cost few tokenizations.
+    ``build(k)`` returns a prompt, ``count_tokens(prompt)`` its length in the model's own
+    tokens; searched by doubling then bisection, so long prompts cost few tokenizations.
     """
-    low, high = 0, 1
-    while count_tokens(build(high)) < length:
+    if count_tokens(build(1)) > length:
+        raise ValueError(f"a prompt of {length} tokens is too short for this task; ask for a longer --length")
+    low, high = 1, 2
+    while count_tokens(build(high)) <= length:
         low, high = high, high * 2
         if high > limit:
-            raise ValueError(f"cannot reach {length} tokens with at most {limit} filler units")
+            raise ValueError(f"cannot fill {length} tokens with at most {limit} filler units")
     while high - low > 1:
         mid = (low + high) // 2
-        if count_tokens(build(mid)) < length:
+        if count_tokens(build(mid)) <= length:
             low = mid
         else:
             high = mid
-    return build(high)
+    return build(low)
 
 
-def contains_all(prediction: str, answers: list[str]) -> float:
-    """Share of ``answers`` found in ``prediction`` (case-insensitive): RULER's string-match-all."""
+def words(count: int | None = None) -> list[str]:
+    """The built-in list of plain English words (from the Python standard library's docstrings)."""
+    from importlib.resources import files
+
+    vocabulary = files("restkv.eval.data").joinpath("words.txt").read_text().split()
+    return vocabulary if count is None else vocabulary[:count]
+
+
+def string_match_all(prediction: str, answers: list[str]) -> float:
+    """Share of ``answers`` found in ``prediction`` (case-insensitive): RULER's string_match_all."""
     if not answers:
         return 0.0
     text = prediction.lower()
     return sum(a.lower() in text for a in answers) / len(answers)
+
+
+def string_match_part(prediction: str, answers: list[str]) -> float:
+    """1 if any of ``answers`` is in ``prediction`` (case-insensitive): RULER's string_match_part."""
+    text = prediction.lower()
+    return float(any(a.lower() in text for a in answers))

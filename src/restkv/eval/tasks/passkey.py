@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from .base import Sample, contains_all, fit_to_length
+from .base import Sample, fit_to_length, string_match_all
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 INTRO = "There is an important piece of information hidden inside a lot of irrelevant text. Find it and memorize it."
@@ -23,7 +23,7 @@ def passkey_prompt(key: int, units: int, depth: float) -> str:
 
 
 def passkey_samples(count: int, length: int, count_tokens, seed: int = 0) -> list[Sample]:
-    """``count`` prompts of about ``length`` tokens (as counted by ``count_tokens``)."""
+    """``count`` prompts of at most ``length`` tokens (as counted by ``count_tokens``)."""
     samples = []
     for i in range(count):
         rng = random.Random(f"passkey-{seed}-{i}")
@@ -37,4 +37,4 @@ def passkey_samples(count: int, length: int, count_tokens, seed: int = 0) -> lis
 
 def score(prediction: str, sample: Sample) -> float:
     """1 when the key appears in the answer, else 0."""
-    return contains_all(prediction, sample.answers)
+    return string_match_all(prediction, sample.answers)

@@ -1,0 +1,126 @@
+"""The results store: atomic per sample, resumable, never a duplicate or half-written row."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from restkv.eval.engine import MethodConfig
+from restkv.eval.report import render_report
+from restkv.eval.runner import run_sweep
+from restkv.eval.store import ResultStore, StoreError
+from restkv.eval.tasks.base import Sample
+from tiny_models import TinyLoaded
+
+CONFIGS = [
+    MethodConfig.make("full"),
+    MethodConfig.make("restkv", 24, window_size=8),
+    MethodConfig.make("tova", 24, window_size=8),
+]
+
+
+def samples(count):
+    return [Sample(f"s{i}", "x" * 60 + f" sample {i} " + "y" * 40, [f"{i}"], 4) for i in range(count)]
+
+
+def test_sweep_writes_one_row_per_sample_and_config_and_resumes(tmp_path):
+    loaded = TinyLoaded()
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        first = run_sweep(
+            loaded, "toy", samples(3), CONFIGS, store, lambda p, s: float(s.answers[0] in p), progress=False
+        )
+        assert first["samples_run"] == 3 and store.count() == 9
+        again = run_sweep(loaded, "toy", samples(4), CONFIGS, store, lambda p, s: 0.0, progress=False)
+        assert again["samples_run"] == 1 and again["samples_skipped"] == 3 and store.count() == 12
+        rows = store.rows(method="restkv(window_size=8)")
+        assert len(rows) == 4 and rows[0]["params"]["alpha"] == 0.3 and rows[0]["params"]["budget"] == 24
+        assert rows[0]["kept_entries"] == 24 * 2 * 3 and rows[0]["code_version"]
+        full = store.rows(method="full")[0]
+        assert full["budget"] is None and full["kl"] == 0.0
+
+
+def test_adding_an_existing_row_fails_whole(tmp_path):
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        row = {"task": "t", "sample_id": "a", "model": "m", "method": "x", "budget": 1, "params": {}}
+        store.add([row])
+        with pytest.raises(sqlite3.IntegrityError):
+            store.add([{**row, "sample_id": "b"}, row])  # the new row must not land either
+        assert store.count() == 1
+
+
+def test_corrupt_database_is_a_clear_error(tmp_path):
+    path = tmp_path / "results.sqlite"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not a readable restkv results database"):
+        ResultStore(path)
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    from tiny_models import TinyLoaded
+    from restkv.eval.engine import MethodConfig
+    from restkv.eval.runner import run_sweep
+    from restkv.eval.store import ResultStore
+    from restkv.eval.tasks.base import Sample
+
+    configs = [MethodConfig.make("full"), MethodConfig.make("restkv", 24, window_size=8), MethodConfig.make("snapkv", 24, window_size=8)]
+    samples = [Sample(f"s{{i}}", "x" * 60 + f" sample {{i}} " + "y" * 40, ["1"], 4) for i in range(12)]
+
+    def slow_score(prediction, sample):
+        time.sleep(0.3)  # slow enough to be killed mid-sample
+        return 0.0
+
+    with ResultStore({db!r}) as store:
+        run_sweep(TinyLoaded(), "toy", samples, configs, store, slow_score, progress=False)
+    print("finished")
+    """
+)
+
+
+def test_sigkill_mid_run_loses_at_most_the_sample_in_flight(tmp_path):
+    db = tmp_path / "results.sqlite"
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent), db=str(db)))
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.2)
+        if db.exists():
+            try:
+                done = sqlite3.connect(db).execute("SELECT COUNT(*) FROM results").fetchone()[0]
+            except sqlite3.OperationalError:
+                continue
+            if done >= 6:
+                break
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    with ResultStore(db) as store:
+        killed_at = store.count()
+        assert 6 <= killed_at < 36 and killed_at % 3 == 0, "only whole samples are stored"
+    finished = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert "finished" in finished.stdout, finished.stderr[-2000:]
+    connection = sqlite3.connect(db)
+    assert connection.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 36
+    keys = connection.execute("SELECT COUNT(DISTINCT task || sample_id || method || budget) FROM results").fetchone()[0]
+    assert keys == 36
+    per_sample = connection.execute("SELECT sample_id, COUNT(*) FROM results GROUP BY sample_id").fetchall()
+    assert len(per_sample) == 12 and {n for _, n in per_sample} == {3}
+
+
+def test_report_renders_tables_and_plots(tmp_path):
+    loaded = TinyLoaded()
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        run_sweep(loaded, "toy", samples(2), CONFIGS, store, lambda p, s: 1.0, progress=False)
+    report = render_report(tmp_path)
+    text = report.read_text()
+    assert text.index("| full (no eviction) |") < text.index("| restkv(window_size=8) |")
+    assert "**100.0**" in text  # best per budget column is marked
+    assert (tmp_path / "toy.png").stat().st_size > 1000
