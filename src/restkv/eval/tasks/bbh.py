@@ -130,7 +130,7 @@ def load(task: str, root: Path, limit: int | None = None) -> list[Sample]:
         raise ValueError(f"{path} is not a BIG-bench task file ({err})") from err
     shots = "".join(f"Q: {q}\nA: {a}\n\n" for q, a, _ in formatted[:SHOTS])
     samples = []
-    for i, (question, answer, accepted) in enumerate(formatted[SHOTS:]):
+    for i, (question, _, accepted) in enumerate(formatted[SHOTS:]):
         if limit is not None and i >= limit:
             break
         samples.append(Sample(f"bbh-{task}-{i}", f"{shots}Q: {question}\nA:", accepted, 32, {"chat": False}))
