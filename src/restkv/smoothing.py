@@ -34,10 +34,34 @@ def temporal(x: torch.Tensor, rule: str = "ema", alpha: float = 0.3, dim: int = 
     return (x * weights.to(x.dtype).view(shape)).sum(dim=dim)
 
 
-def pool(scores: torch.Tensor, mode: str = "avgpool", kernel_size: int = 5) -> torch.Tensor:
-    """Pool ``[b, H, L]`` scores along ``L`` with stride 1 and symmetric zero padding ``k//2``."""
+def fill_left_padding(scores: torch.Tensor, valid: torch.Tensor | None, replicate: bool) -> torch.Tensor:
+    """Scores at a row's left padding set to what pooling's own padding would put there.
+
+    ``valid`` is ``[b, L]`` (False at left padding). Pooling then treats a padded row exactly
+    like the same row without padding: zeros for zero-padded pooling, the first real score
+    for replicate padding.
+    """
+    if valid is None:
+        return scores
+    valid = valid[:, None, :].to(scores.device)
+    if replicate:
+        first = valid.long().argmax(dim=-1, keepdim=True).expand(-1, scores.shape[1], -1)
+        fill = scores.gather(-1, first)
+    else:
+        fill = torch.zeros_like(scores[..., :1])
+    return torch.where(valid, scores, fill)
+
+
+def pool(
+    scores: torch.Tensor, mode: str = "avgpool", kernel_size: int = 5, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Pool ``[b, H, L]`` scores along ``L`` with stride 1 and symmetric zero padding ``k//2``.
+
+    ``valid`` (``[b, L]``, False at left padding) makes a padded row pool like the unpadded one.
+    """
     if mode == "none":
         return scores
+    scores = fill_left_padding(scores, valid, replicate=False)
     if kernel_size % 2 == 0 or kernel_size < 1:
         raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
     b, h, length = scores.shape
@@ -65,6 +89,8 @@ def attention_drift(attn: torch.Tensor, top: int) -> torch.Tensor:
     """
     w = attn.shape[-2]
     half = w // 2
+    if half == 0:  # a one-query window has no halves to compare: no drift
+        return attn.new_zeros(attn.shape[:-2])
     top = max(1, min(top, attn.shape[-1]))
     first = attn[..., :half, :].topk(top, dim=-1).indices
     second = attn[..., w - half :, :].topk(top, dim=-1).indices
@@ -83,7 +109,12 @@ def adaptive_kernels(drift: torch.Tensor, kernel_size: int, scale: float) -> tup
 
 
 def adaptive_pool(
-    scores: torch.Tensor, attn: torch.Tensor, top: int, kernel_size: int = 5, scale: float = 2000.0
+    scores: torch.Tensor,
+    attn: torch.Tensor,
+    top: int,
+    kernel_size: int = 5,
+    scale: float = 2000.0,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """ReST-KV's adaptive window pooling, per batch row and head.
 
@@ -92,6 +123,7 @@ def adaptive_pool(
     Heads sharing ``(k, s)`` are pooled together.
     """
     b, h, length = scores.shape
+    scores = fill_left_padding(scores, valid, replicate=True)
     kernels, shifts = adaptive_kernels(attention_drift(attn, top), kernel_size, scale)
     out = torch.empty_like(scores)
     flat_scores, flat_out = scores.reshape(b * h, length), out.view(b * h, length)

@@ -53,13 +53,19 @@ class CaMScorer(Scorer):
         attn = window_attention(queries[..., -w:, :], keys, scaling=scaling, key_mask=key_mask, softcap=softcap)
         heads, kv_heads = attn.shape[1], keys.shape[1]
         a = attn.mean(dim=-2).view(attn.shape[0], kv_heads, heads // kv_heads, n).mean(2)  # [b, H_kv, n]
-        start = max(1, int(self.start_ratio * n))
+        # positions counted from each row's first real token (left padding)
+        real = torch.arange(n, device=a.device).expand(a.shape[0], n)
+        if key_mask is not None:
+            real = key_mask.to(a.device).long().cumsum(-1) - 1
+        length = real[:, -1:] + 1
+        start = (self.start_ratio * length).long().clamp_min(1)[:, None, :]  # [b, 1, 1]
+        sinks = (real[:, None, :] >= 0) & (real[:, None, :] < start)
         m = self.merge_window
         # largest attention among the sinks and the m tokens after each token
         after = F.max_pool1d(F.pad(a, (0, m), value=0.0), kernel_size=m, stride=1)[..., 1 : n + 1]
-        reference = torch.maximum(after, a[..., :start].amax(-1, keepdim=True)).clamp_min(1e-12)
-        p = (a / reference).clamp(0, 1)
-        p[..., :start] = 0
+        sink_max = a.masked_fill(~sinks, 0.0).amax(-1, keepdim=True)
+        reference = torch.maximum(after, sink_max).clamp_min(1e-12)
+        p = (a / reference).clamp(0, 1).masked_fill(real[:, None, :] < start, 0.0)
         p[..., n - w :] = 0  # the window is never evicted, so never merged
         spread = (p[..., None] * values.float()) / m  # [b, H_kv, n, d]
         # token i adds spread[i] to tokens i+1 .. i+m: a causal box filter over positions

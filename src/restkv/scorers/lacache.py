@@ -72,11 +72,17 @@ class LaCacheScorer(Scorer):
         b, kv_heads, n, _ = keys.shape
         w = min(self.window_size, n)
         index, count = layer if layer is not None else (0, 1)
-        kept = ladder_keep(n, budget, index, count, self.span, self.overlap, min(self.sinks, n - w), w)
+        pads = [0] * b if key_mask is None else (~key_mask).sum(-1).tolist()  # left padding per row
         positions = torch.arange(n - w, dtype=torch.float32, device=keys.device)
-        # ladder positions (sinks first) above everything else; the rest by recency fills any gap
-        scores = positions - n
-        ladder = torch.tensor([p for p in kept if p < n - w], dtype=torch.long, device=keys.device)
-        scores[ladder] = positions[ladder] + n
-        scores[: min(self.sinks, n - w)] += 2 * n
-        return scores.expand(b, kv_heads, n - w)
+        rows = []
+        for pad in pads:
+            real = n - pad
+            kept = ladder_keep(real, budget, index, count, self.span, self.overlap, min(self.sinks, real - w), w)
+            # ladder positions (sinks first) above everything else; the rest by recency fills any gap
+            scores = positions - n
+            ladder = torch.tensor([p + pad for p in kept if p < real - w], dtype=torch.long, device=keys.device)
+            scores[ladder] = positions[ladder] + n
+            sinks = slice(pad, pad + min(self.sinks, real - w))
+            scores[sinks] = 4 * n - positions[sinks]  # on top, earliest first
+            rows.append(scores)
+        return torch.stack(rows)[:, None, :].expand(b, kv_heads, n - w)

@@ -24,5 +24,11 @@ class RandomScorer(Scorer):
 
     def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap, **context):
         b, kv_heads, n, _ = keys.shape
+        length = n - min(self.window_size, n)
         gen = torch.Generator().manual_seed(self.seed)
-        return torch.rand(b, kv_heads, n - min(self.window_size, n), generator=gen).to(keys.device)
+        draws = torch.rand(length, kv_heads, generator=gen).T.to(keys.device)  # position-major: independent of length
+        # the same draw for the same real position, with or without left padding
+        real = torch.arange(length, device=keys.device).expand(b, length)
+        if key_mask is not None:
+            real = (key_mask[:, :length].to(keys.device).long().cumsum(-1) - 1).clamp_min(0)
+        return draws[None].expand(b, -1, -1).gather(2, real[:, None, :].expand(b, kv_heads, length))

@@ -133,7 +133,8 @@ class RestKVScorer(Scorer):
             scores = odds_times_norm(a, norm)
         else:
             scores = temporal(self._per_query_scores(attn, v, gram), self.temporal, self.alpha)
-        return self._smooth(scores, attn, budget)
+        valid = key_mask[:, : n - w] if key_mask is not None else None
+        return self._smooth(scores, attn, budget, valid)
 
     def _per_query_scores(self, attn, v, gram):
         """``A[t,j]/(1-A[t,j]) * ||W_o (o_t - v_j)||`` for each window query ``t``: ``[b,H,w,n-w]``.
@@ -153,7 +154,7 @@ class RestKVScorer(Scorer):
         norm = quad.clamp_min(0).sqrt().float()
         return odds_times_norm(attn[..., : n - w], norm)
 
-    def _smooth(self, scores, attn, budget):
+    def _smooth(self, scores, attn, budget, valid):
         if self.pooling == "adaptive":
-            return adaptive_pool(scores, attn, budget - attn.shape[-2], self.kernel_size, self.scale)
-        return pool(scores, self.pooling, self.kernel_size)
+            return adaptive_pool(scores, attn, budget - attn.shape[-2], self.kernel_size, self.scale, valid)
+        return pool(scores, self.pooling, self.kernel_size, valid)

@@ -36,4 +36,5 @@ class SnapKVScorer(Scorer):
     def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap, **context):
         n, w = keys.shape[-2], queries.shape[-2]
         attn = window_attention(queries, keys, scaling=scaling, key_mask=key_mask, softcap=softcap)
-        return pool(attn[..., : n - w].sum(dim=-2), self.pooling, self.kernel_size)
+        valid = key_mask[:, : n - w] if key_mask is not None else None
+        return pool(attn[..., : n - w].sum(dim=-2), self.pooling, self.kernel_size, valid)

@@ -31,7 +31,9 @@ class StreamingLLMScorer(Scorer):
     def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap, **context):
         b, kv_heads, n, _ = keys.shape
         length = n - min(self.window_size, n)
-        # recency order, with the sinks above everything
-        positions = torch.arange(length, device=keys.device, dtype=torch.float32)
-        scores = torch.where(positions < self.sinks, positions + 2 * n, positions)
-        return scores.expand(b, kv_heads, length)
+        positions = torch.arange(length, device=keys.device, dtype=torch.float32).expand(b, length)
+        # the sinks are the first *real* tokens: count positions from each row's first one
+        real = positions if key_mask is None else key_mask[:, :length].to(keys.device).long().cumsum(-1) - 1
+        # recency, with the sinks on top (earliest first, should the budget not hold them all)
+        scores = torch.where((real >= 0) & (real < self.sinks), 3 * n - positions, positions)
+        return scores[:, None, :].expand(b, kv_heads, length)

@@ -1,0 +1,270 @@
+"""Bad input, batches, low precision and failures never give a silent wrong answer."""
+
+import gc
+import threading
+import warnings
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from restkv import RestKVPress, get_press
+from restkv.models import ModelLoadError, load_model
+from restkv.scorers import available, get_scorer
+from tiny_models import prompt_ids, tiny_model
+
+METHODS = sorted(set(available()) - {"full"})
+
+
+# -- batches with left padding --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+@pytest.mark.parametrize("method", METHODS)
+def test_padded_batch_rows_equal_running_each_row_alone(method, family):
+    model = tiny_model(family)
+    long_prompt, short_prompt = prompt_ids(80, seed=1), prompt_ids(50, seed=2)
+    batch = torch.zeros(2, 80, dtype=torch.long)
+    batch[0], batch[1, 30:] = long_prompt[0], short_prompt[0]
+    mask = torch.ones(2, 80, dtype=torch.long)
+    mask[1, :30] = 0
+    press = get_press(method, budget=24, window_size=8)
+    with press(model):
+        both = model.generate(batch, attention_mask=mask, max_new_tokens=6, do_sample=False)
+        alone_long = model.generate(long_prompt, max_new_tokens=6, do_sample=False)
+        alone_short = model.generate(short_prompt, max_new_tokens=6, do_sample=False)
+    assert both[0, 80:].tolist() == alone_long[0, 80:].tolist()
+    assert both[1, 80:].tolist() == alone_short[0, 50:].tolist()
+
+
+def test_padding_is_never_kept_when_real_tokens_suffice():
+    q, k, v = torch.randn(2, 4, 60, 8), torch.randn(2, 2, 60, 8), torch.randn(2, 2, 60, 8)
+    key_mask = torch.ones(2, 60, dtype=torch.bool)
+    key_mask[1, :25] = False  # row 1: 35 real tokens, budget 20
+    for method in METHODS:
+        scorer = get_scorer(method, window_size=4)
+        if scorer.needs_o_proj:
+            idx = scorer.select(q, k, v, budget=20, o_proj=torch.randn(16, 32), key_mask=key_mask)
+        else:
+            idx = scorer.select(q, k, v, budget=20, key_mask=key_mask)
+        assert (idx[1] >= 25).all(), method
+
+
+# -- low precision -------------------------------------------------------------------------------
+
+
+def adversarial_inputs(dtype):
+    n, d = 256, 16
+    q = torch.zeros(1, 4, n, d, dtype=dtype)
+    q[..., 0] = 60.0
+    k = torch.randn(1, 2, n, d).to(dtype) * 0.01
+    k[0, :, 7, 0] = 120.0  # one key takes all the attention (logit gap ~1800)
+    v = torch.zeros(1, 2, n, d, dtype=dtype)  # all-zero values
+    return q, k, v
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("method", METHODS)
+def test_adversarial_low_precision_scores_are_finite(method, dtype):
+    q, k, v = adversarial_inputs(dtype)
+    wo = torch.randn(32, 64).to(dtype)
+    for v_case in (v, torch.randn_like(v.float()).to(dtype) * 1e3):
+        scores = get_scorer(method, window_size=8).score(q, k, v_case, budget=32, o_proj=wo)
+        prefix = scores[..., :-8]
+        assert not torch.isnan(scores).any() and torch.isfinite(prefix).all(), method
+
+
+def test_very_long_low_precision_prompt():
+    n = 20000
+    q, k, v = torch.randn(1, 2, 32, 8).half(), torch.randn(1, 1, n, 8).half(), torch.randn(1, 1, n, 8).half()
+    scores = get_scorer("restkv", window_size=32).score(q, k, v, budget=256, o_proj=torch.randn(16, 16).half())
+    assert torch.isfinite(scores[..., :-32]).all()
+
+
+# -- properties ---------------------------------------------------------------------------------
+
+
+@st.composite
+def observations(draw):
+    kv_heads = draw(st.integers(1, 3))
+    groups = draw(st.integers(1, 3))
+    n = draw(st.integers(2, 120))
+    window = draw(st.integers(1, 8))
+    budget = draw(st.integers(window + 1, window + 60))
+    seed = draw(st.integers(0, 10_000))
+    batch = draw(st.integers(1, 2))
+    return kv_heads, groups, n, window, budget, seed, batch
+
+
+KNOBS = st.fixed_dictionaries(
+    {
+        "temporal": st.sampled_from(["ema", "mean", "last"]),
+        "metric_mode": st.sampled_from(["after", "before"]),
+        "use_wo": st.booleans(),
+        "pooling": st.sampled_from(["adaptive", "avgpool", "maxpool", "none"]),
+        "alpha": st.floats(0.05, 1.0),
+    }
+)
+
+
+def check_kept(idx, n, budget, window, batch, kv_heads, sinks=0):
+    kept = min(budget, n)
+    assert idx.shape == (batch, kv_heads, kept)
+    assert idx.dtype == torch.long
+    assert (idx >= 0).all() and (idx < n).all()
+    assert (idx.diff(dim=-1) > 0).all(), "unique and sorted"
+    if n > budget:
+        assert (idx[..., -window:] == torch.arange(n - window, n)).all(), "window kept"
+        assert (idx[..., :sinks] == torch.arange(min(sinks, kept))).all(), "sinks kept"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(observations(), KNOBS)
+def test_restkv_kept_indices_properties(obs, knobs):
+    kv_heads, groups, n, window, budget, seed, batch = obs
+    gen = torch.Generator().manual_seed(seed)
+    heads, d = kv_heads * groups, 8
+    q = torch.randn(batch, heads, n, d, generator=gen)
+    k, v = torch.randn(batch, kv_heads, n, d, generator=gen), torch.randn(batch, kv_heads, n, d, generator=gen)
+    idx = get_scorer("restkv", window_size=window, **knobs).select(
+        q, k, v, budget=budget, o_proj=torch.randn(12, heads * d, generator=gen)
+    )
+    check_kept(idx, n, budget, window, batch, kv_heads)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(observations(), st.sampled_from(METHODS))
+def test_every_method_kept_indices_properties(obs, method):
+    kv_heads, groups, n, window, budget, seed, batch = obs
+    gen = torch.Generator().manual_seed(seed)
+    heads, d = kv_heads * groups, 8
+    q = torch.randn(batch, heads, n, d, generator=gen)
+    k, v = torch.randn(batch, kv_heads, n, d, generator=gen), torch.randn(batch, kv_heads, n, d, generator=gen)
+    scorer = get_scorer(method, window_size=window)
+    idx = scorer.select(q, k, v, budget=budget, o_proj=torch.randn(12, heads * d, generator=gen))
+    sinks = min(4, budget - window, n - window) if method in ("streamingllm", "lacache") else 0
+    check_kept(idx, n, budget, window, batch, kv_heads, sinks)
+
+
+# -- clear errors -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "build,message",
+    [
+        (lambda: get_press("nope", budget=64), "unknown method 'nope'"),
+        (lambda: get_press("restkv", budget=64, allocator="sideways"), "allocator must be one of"),
+        (lambda: get_press("restkv", budget=32), "budget (32) must be larger than window_size (32)"),
+        (lambda: get_press("restkv", budget=64.5), "budget must be an integer"),
+        (lambda: get_press("restkv", compression_ratio=1.0), "compression_ratio must be a number in [0, 1)"),
+        (lambda: get_press("restkv", compression_ratio=-0.1), "compression_ratio must be a number in [0, 1)"),
+        (lambda: get_press("restkv", budget=64, compression_ratio=0.5), "exactly one of budget"),
+        (lambda: get_press("restkv", budget=64, window_size=-1), "window_size must be an integer >= 0"),
+        (lambda: get_press("restkv", budget=64, window_size=8.0), "window_size must be an integer"),
+        (lambda: get_press("restkv", budget=64, kernel_size=4), "kernel_size must be odd"),
+        (lambda: get_press("restkv", budget=64, temporal="median"), "temporal must be one of"),
+        (lambda: get_press("restkv", budget=64, alpha=0), "alpha must be a number in (0, 1]"),
+        (lambda: get_press("restkv", budget=64, scale=-1), "scale must be a positive number"),
+        (lambda: get_press("restkv", budget=64, gqa_reduce="median"), "gqa_reduce must be one of"),
+        (lambda: get_press("restkv", budget=64, head_floor=2), "head_floor must be a number in [0, 1]"),
+        (lambda: get_press("streamingllm", budget=64, sinks=-2), "sinks must be an integer >= 0"),
+        (lambda: get_press("lacache", budget=64, span=4, overlap=4), "overlap (4) must be smaller than span (4)"),
+    ],
+)
+def test_bad_parameters_get_one_clear_sentence(build, message):
+    with pytest.raises(ValueError) as err:
+        build()
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_mismatched_tensors_get_clear_errors():
+    scorer = get_scorer("restkv", window_size=4)
+    q, k, v, wo = torch.randn(1, 4, 20, 8), torch.randn(1, 2, 20, 8), torch.randn(1, 2, 20, 8), torch.randn(16, 32)
+    with pytest.raises(ValueError, match="queries must be a 4-D tensor"):
+        scorer.select(q[0], k, v, budget=8, o_proj=wo)
+    with pytest.raises(ValueError, match="must agree in batch size and head_dim"):
+        scorer.select(torch.randn(1, 4, 20, 6), k, v, budget=8, o_proj=wo)
+    with pytest.raises(ValueError, match="multiple of the key/value head count"):
+        scorer.select(torch.randn(1, 3, 20, 8), k, v, budget=8, o_proj=torch.randn(16, 24))
+    with pytest.raises(ValueError, match="o_proj has shape"):
+        scorer.select(q, k, v, budget=8, o_proj=torch.randn(16, 30))
+    with pytest.raises(ValueError, match="needs o_proj"):
+        scorer.select(q, k, v, budget=8)
+    with pytest.raises(ValueError, match="floating-point"):
+        scorer.select(q.long(), k.long(), v.long(), budget=8, o_proj=wo)
+    with pytest.raises(ValueError, match="keys .* and values .* must agree"):
+        scorer.select(q, k, v[..., :10, :], budget=8, o_proj=wo)
+    with pytest.raises(ValueError, match="reads the last window_size=4 queries"):
+        scorer.select(q[..., :2, :], k, v, budget=8, o_proj=wo)
+
+
+def test_empty_prompt_is_an_error_and_short_prompt_evicts_nothing():
+    from restkv.generate import encode_prompt
+    from tiny_models import CharTokenizer
+
+    with pytest.raises(ValueError, match="the prompt is empty"):
+        encode_prompt(CharTokenizer(), "   ", chat=False)
+    model = tiny_model("llama")
+    ids = prompt_ids(20)
+    press = RestKVPress(budget=64)
+    with press(model):
+        out = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert torch.equal(out, model.generate(ids, max_new_tokens=4, do_sample=False))
+
+
+# -- hooks and state -------------------------------------------------------------------------------
+
+
+def live_tensors() -> int:
+    gc.collect()
+    with warnings.catch_warnings():  # isinstance on some torch module objects warns
+        warnings.simplefilter("ignore")
+        return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+
+def test_many_generations_leave_no_memory_behind():
+    model = tiny_model("llama", layers=2)
+    press = RestKVPress(budget=16, window_size=4)
+    ids = prompt_ids(30)
+    for _ in range(20):  # warm up caches of transformers and torch
+        with press(model):
+            model.generate(ids, max_new_tokens=2, do_sample=False)
+    before = live_tensors()
+    for _ in range(1000):
+        with press(model):
+            model.generate(ids, max_new_tokens=2, do_sample=False)
+    assert live_tensors() <= before + 5
+
+
+def test_presses_are_safe_to_construct_in_threads():
+    built, errors = [], []
+
+    def make():
+        try:
+            built.append(RestKVPress(budget=128, alpha=0.5).params())
+        except Exception as err:  # pragma: no cover - the assertion below reports it
+            errors.append(err)
+
+    threads = [threading.Thread(target=make) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(built) == 16 and all(p == built[0] for p in built)
+
+
+# -- files ------------------------------------------------------------------------------------------
+
+
+def test_broken_model_folder_is_a_clear_error(tmp_path):
+    model = tiny_model("llama")
+    model.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated
+    with pytest.raises(ModelLoadError, match="could not load model") as err:
+        load_model(str(tmp_path / "m"))
+    assert "\n" not in str(err.value)
+    (tmp_path / "m" / "config.json").write_text("{ not json")
+    with pytest.raises(ModelLoadError, match="could not load model"):
+        load_model(str(tmp_path / "m"))
