@@ -38,8 +38,6 @@ def remember_prompt(press, module, keys, queries, idx, state) -> None:
 
 def evict_step(press, module, layer, hidden, position_embeddings, state) -> None:
     """After a decoding step's attention: update this layer's statistics and evict if due."""
-    from .compress import LayerState  # local: compress imports this module
-
     scorer, index = press.scorer, module.layer_idx
     query = project_queries(module, hidden, position_embeddings)  # [b, H, 1, d]
     keys, values = layer.keys, layer.values
@@ -73,13 +71,52 @@ def evict_step(press, module, layer, hidden, position_embeddings, state) -> None
             softcap=softcap,
             layer=(layers.index(index), len(layers)),
         )
+    shrink(layer, idx, state, index, press.decode_budget)
+
+
+def recompress_chunk(press, module, layer, hidden, position_embeddings, state) -> None:
+    """Chunked prefill: after a chunk's attention, cut the layer back to its budget.
+
+    The chunk's last ``window_size`` queries are the observation window (all its queries for
+    H2O, which then accumulates attention over the chunk only).
+    """
+    scorer, index = press.scorer, module.layer_idx
+    budget = state.budgets[index]
+    n = layer.keys.shape[-2]
+    span = {"window": min(scorer.window_size, hidden.shape[1]), "all": hidden.shape[1], "none": 1}[scorer.query_span]
+    cos, sin = position_embeddings
+    queries = project_queries(module, hidden[:, -span:], (cos[..., -span:, :], sin[..., -span:, :]))
+    if press.decode_budget is not None and scorer.query_span != "all":
+        state.recent_queries[index] = queries[..., -max(scorer.window_size, 1) :, :]
+    if n <= budget:
+        return
+    layers = list(state.budgets)
+    idx = scorer.select(
+        queries,
+        layer.keys,
+        layer.values,
+        budget=budget,
+        o_proj=module.o_proj.weight,
+        scaling=getattr(module, "scaling", None),
+        softcap=logit_softcap(module),
+        layer=(layers.index(index), len(layers)),
+    )
+    shrink(layer, idx, state, index, budget)
+
+
+def shrink(layer, idx: torch.Tensor, state, index: int, kept: int) -> None:
+    """Keep ``idx`` ``[b, H_kv, kept]`` of the layer's entries and update its mask state."""
+    from .compress import LayerState  # local: compress imports this module
+
+    keys, values = layer.keys, layer.values
+    n = keys.shape[-2]
     gather = idx[..., None].expand(-1, -1, -1, keys.shape[-1])
     layer.keys, layer.values = keys.gather(2, gather), values.gather(2, gather)
     old = state.layers[index]
     valid = None
-    if old.valid is not None:
+    if old.valid is not None:  # entries appended since the last compression are real tokens
         full = torch.ones(*old.valid.shape[:2], n, dtype=torch.bool, device=old.valid.device)
         full[..., : old.kept] = old.valid
         valid = full.gather(2, idx)
         valid = None if bool(valid.all()) else valid
-    state.layers[index] = LayerState(prompt_tokens=old.prompt_tokens, kept=press.decode_budget, valid=valid)
+    state.layers[index] = LayerState(prompt_tokens=old.prompt_tokens, kept=kept, valid=valid)

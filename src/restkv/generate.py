@@ -47,8 +47,36 @@ def encode_prompt(tokenizer, prompt: str, chat: bool = True, answer_prefix: str 
 
 
 @torch.inference_mode()
+def prefill(
+    model, input_ids: torch.Tensor, cache, chunk_size: int | None = None, progress: bool = False
+) -> torch.Tensor:
+    """Run the prompt through ``model`` into ``cache``; returns the last position's logits ``[b, vocab]``.
+
+    With ``chunk_size`` the prompt is fed ``chunk_size`` tokens at a time with their true
+    position ids; inside a press block every chunk is compressed back to the budget before the
+    next one, so memory stays bounded whatever the prompt length. Only the last position's
+    logits are computed (a full ``[n, vocab]`` logits tensor would dominate memory at long
+    contexts).
+    """
+    n = input_ids.shape[1]
+    step = n if not chunk_size else chunk_size
+    starts = range(0, n, step)
+    if progress and len(starts) > 1:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="prefill", unit="chunk")
+    logits = None
+    for start in starts:
+        chunk = input_ids[:, start : start + step]
+        positions = torch.arange(start, start + chunk.shape[1], device=input_ids.device).expand(chunk.shape[0], -1)
+        logits = model(input_ids=chunk, cache=cache, position_ids=positions, use_cache=True, logits_to_keep=1).logits
+    return logits[:, -1]
+
+
+@torch.inference_mode()
 def greedy_decode(model, input_ids: torch.Tensor, press: KVPress | None, max_new_tokens: int, eos_ids=()):
-    """Prefill ``input_ids`` under ``press``, then decode greedily. Returns ids, cache and timings."""
+    """Prefill ``input_ids`` under ``press`` (in chunks if the press has ``chunk_size``), then
+    decode greedily. Returns the new ids, the KV entries kept, prefill seconds and decode ms/token."""
     press = press or KVPress(None)
     input_ids = input_ids.to(model.device)
     cache = DynamicCache(config=model.config)
@@ -56,7 +84,7 @@ def greedy_decode(model, input_ids: torch.Tensor, press: KVPress | None, max_new
     generated: list[int] = []
     with press(model):
         start = time.perf_counter()
-        logits = model(input_ids=input_ids, cache=cache, use_cache=True).logits[:, -1]
+        logits = prefill(model, input_ids, cache, press.chunk_size)
         prefill_s = time.perf_counter() - start
         kept = cache_entries(cache)
         start = time.perf_counter()

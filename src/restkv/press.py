@@ -32,7 +32,7 @@ from .compress import (
     query_span,
     sequence_state,
 )
-from .decode_eviction import evict_step
+from .decode_eviction import evict_step, recompress_chunk
 from .scorers import Scorer, get_scorer
 from .scorers.base import check_choice
 
@@ -53,6 +53,10 @@ class KVPress:
             re-scoring with the method's own rule (see :mod:`restkv.decode_eviction`).
         every: with ``decode_budget``, evict once the cache is ``every`` entries over it
             (1: every step, as TOVA does).
+        chunk_size: prefill long prompts ``chunk_size`` tokens at a time (``restkv.generate``
+            and the CLI do the chunking); after each chunk every layer is compressed back to
+            its budget, the chunk's last ``window_size`` queries being the observation window.
+            Memory then stays bounded and prefill time grows linearly with the prompt.
     """
 
     def __init__(
@@ -64,7 +68,13 @@ class KVPress:
         head_floor: float = 0.2,
         decode_budget: int | None = None,
         every: int = 1,
+        chunk_size: int | None = None,
     ):
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+        ):
+            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        self.chunk_size = chunk_size
         if isinstance(head_floor, bool) or not isinstance(head_floor, (int, float)) or not 0 <= head_floor <= 1:
             raise ValueError(f"head_floor must be a number in [0, 1], got {head_floor!r}")
         self.head_floor = float(head_floor)
@@ -76,6 +86,7 @@ class KVPress:
         if scorer is not None:
             validate_budget(budget, compression_ratio, scorer.window_size)
         self.decode_budget, self.every = validate_decode_budget(decode_budget, every, scorer, self.allocator)
+        validate_chunking(chunk_size, self)
         self.last_stats = PressStats()
 
     @property
@@ -185,9 +196,13 @@ class _Session:
             if self.press.decode_budget is not None and state is not None and module.layer_idx in state.layers:
                 evict_step(self.press, module, layer, hidden, kwargs["position_embeddings"], state)
             return None
+        state = sequence_state(cache)
         if layer.get_seq_length() != hidden.shape[1]:
-            return None  # a continuation after a compressed prompt: chunked prefill is not supported yet
-        self._compress(module, cache, sequence_state(cache), hidden, kwargs["position_embeddings"])
+            # a later chunk of a chunked prefill (or several tokens fed after a prompt)
+            if self.press.chunk_size is not None and module.layer_idx in state.layers:
+                recompress_chunk(self.press, module, layer, hidden, kwargs["position_embeddings"], state)
+            return None
+        self._compress(module, cache, state, hidden, kwargs["position_embeddings"])
         return None
 
     # -- compression ------------------------------------------------------------------------
@@ -219,6 +234,19 @@ def validate_decode_budget(decode_budget, every, scorer, allocator) -> tuple[int
     return decode_budget, every
 
 
+def validate_chunking(chunk_size, press) -> None:
+    if chunk_size is None:
+        return
+    if press.scorer is None:
+        raise ValueError("chunk_size needs an eviction method; the full cache keeps everything")
+    if press.allocator == "adakv":
+        raise ValueError("chunk_size is not supported with the adakv allocator (per-head lengths)")
+    if press.budget is None:
+        raise ValueError("chunk_size needs a budget in tokens (a compression ratio of an unknown total is undefined)")
+    if chunk_size <= press.scorer.window_size:
+        raise ValueError(f"chunk_size ({chunk_size}) must be larger than window_size ({press.scorer.window_size})")
+
+
 def get_press(
     name: str,
     budget: int | None = None,
@@ -227,6 +255,7 @@ def get_press(
     head_floor: float = 0.2,
     decode_budget: int | None = None,
     every: int = 1,
+    chunk_size: int | None = None,
     **params,
 ) -> KVPress:
     """A press by method name: ``get_press("restkv", budget=128, alpha=0.3)``; ``full`` keeps everything."""
@@ -234,7 +263,9 @@ def get_press(
         if params:
             raise ValueError(f"full takes no parameters, got {', '.join(sorted(params))}")
         return KVPress(None)  # no hooks at all: exactly the model's own behaviour
-    return KVPress(get_scorer(name, **params), budget, compression_ratio, allocator, head_floor, decode_budget, every)
+    return KVPress(
+        get_scorer(name, **params), budget, compression_ratio, allocator, head_floor, decode_budget, every, chunk_size
+    )
 
 
 class RestKVPress(KVPress):
@@ -253,7 +284,8 @@ class RestKVPress(KVPress):
         head_floor: float = 0.2,
         decode_budget: int | None = None,
         every: int = 1,
+        chunk_size: int | None = None,
         **params,
     ):
         scorer = get_scorer("restkv", **params)
-        super().__init__(scorer, budget, compression_ratio, allocator, head_floor, decode_budget, every)
+        super().__init__(scorer, budget, compression_ratio, allocator, head_floor, decode_budget, every, chunk_size)

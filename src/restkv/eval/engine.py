@@ -26,6 +26,7 @@ from transformers.cache_utils import DynamicLayer
 from ..adapters import attention_modules, check_supported, is_sliding, project_queries
 from ..cache import VarlenLayer, cache_bytes, cache_entries
 from ..compress import LayerState, PressStats, SequenceState, compress_layer, plan_budgets, query_span
+from ..generate import prefill
 from ..press import KVPress, get_press
 from ..scorers import get_scorer
 
@@ -114,7 +115,7 @@ class Engine:
         cache = DynamicCache(config=self.model.config)
         try:
             start = time.perf_counter()
-            logits = self.model(input_ids=input_ids.to(self.model.device), cache=cache, use_cache=True).logits[:, -1]
+            logits = prefill(self.model, input_ids.to(self.model.device), cache)
             elapsed = time.perf_counter() - start
         finally:
             for h in handles:
