@@ -125,6 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", type=Path, required=True)
     _add_model_args(ev)
 
+    bench = sub.add_parser("bench", help="latency and memory per method, budget and context length")
+    bench.add_argument("kind", choices=["latency", "memory"])
+    bench.add_argument(
+        "--shape", help="random-weight model of a real shape instead of --model (llama-3.1-8b, mistral-7b, qwen2.5-7b)"
+    )
+    bench.add_argument("--layers", type=_positive_int, help="with --shape: keep only this many layers")
+    bench.add_argument("--lengths", type=_int_list, default=[1024, 2048, 4096])
+    bench.add_argument("--methods", type=_name_list, default=["full", "restkv", "snapkv"])
+    bench.add_argument("--budgets", type=_int_list, default=[128])
+    bench.add_argument("--repeats", type=_positive_int, default=3)
+    bench.add_argument("--decode-tokens", type=_positive_int, default=16)
+    bench.add_argument("--chunk-size", type=_positive_int, help="chunked prefill for the compressing methods")
+    bench.add_argument("--out", type=Path, required=True)
+    _add_model_args(bench)
+
     report = sub.add_parser("report", help="render report.md and plots from a run folder")
     report.add_argument("run_dir", type=Path)
     return parser
@@ -274,6 +289,43 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import runner
+    from .eval.store import ResultStore
+
+    configs = _eval_configs(args.methods, args.budgets, None)
+    if args.chunk_size is not None:
+        for c in configs:
+            if c.method != "full":
+                window = c.press().scorer.window_size
+                if args.chunk_size <= window:
+                    raise UsageError(f"--chunk-size ({args.chunk_size}) must be larger than window_size ({window})")
+    if args.layers is not None and args.shape is None:
+        raise UsageError("--layers goes with --shape")
+    name = f"{args.shape}-{args.layers or 'all'}L" if args.shape else args.model
+    start = time.perf_counter()
+    with ResultStore(args.out / "results.sqlite") as store:
+        if args.kind == "latency":
+            if args.shape:
+                from .bench.shapes import random_model
+
+                dtype = "bfloat16" if args.dtype == "auto" else args.dtype
+                model = random_model(args.shape, args.layers, dtype, device=args.device)
+            else:
+                from .models import load_model
+
+                model = load_model(args.model, device=args.device, dtype=args.dtype).model
+            runner.run_latency(
+                model, name, args.lengths, configs, store, args.repeats, args.decode_tokens, args.chunk_size
+            )
+        else:
+            spec = {"device": args.device, "dtype": args.dtype, "decode_tokens": args.decode_tokens}
+            spec.update({"shape": args.shape, "layers": args.layers} if args.shape else {"model": args.model})
+            runner.run_memory(spec, name, args.lengths, configs, store, args.chunk_size)
+    print(f"bench {args.kind}: {time.perf_counter() - start:.0f} s; results in {args.out}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from .eval.report import render_report
 
@@ -287,6 +339,7 @@ COMMANDS = {
     "generate": cmd_generate,
     "demo": cmd_demo,
     "eval": cmd_eval,
+    "bench": cmd_bench,
     "report": cmd_report,
 }
 

@@ -127,6 +127,82 @@ def plot_against_budget(
     return path
 
 
+def bench_table(rows: list[dict], task: str) -> str:
+    """One line per method, budget and length; ratios against the full cache at the same length."""
+    items = sorted(
+        (r for r in rows if r["task"] == task),
+        key=lambda r: (r["prompt_tokens"], r["method"] != FULL, r["method"], r["budget"] or 0),
+    )
+    full = {r["prompt_tokens"]: r for r in items if r["method"] == FULL}
+    if task == "bench-latency":
+        lines = [
+            "| length | method | budget | prefill s | vs full | decode ms/token | vs full | tokens/s |",
+            "|---" * 8 + "|",
+        ]
+        for r in items:
+            f = full.get(r["prompt_tokens"])
+            pre_ratio = r["prefill_s"] / f["prefill_s"] if f else None
+            dec_ratio = r["decode_ms_per_token"] / f["decode_ms_per_token"] if f else None
+            lines.append(
+                f"| {r['prompt_tokens']} | {r['method']} | {r['budget'] or 'all'} | {_fmt(r['prefill_s'], 3)} | {_fmt(pre_ratio, 3)} | "
+                f"{_fmt(r['decode_ms_per_token'], 1)} | {_fmt(dec_ratio, 3)} | {_fmt(r['extra'].get('tokens_per_s'), 1)} |"
+            )
+        return "\n".join(lines)
+    lines = [
+        "| length | method | budget | chunk | prefill peak MiB | over baseline | vs full | decode peak MiB | prefill s |",
+        "|---" * 9 + "|",
+    ]
+    for r in items:
+        e, f = r["extra"], full.get(r["prompt_tokens"])
+        ratio = e["prefill_delta_mib"] / f["extra"]["prefill_delta_mib"] if f else None
+        lines.append(
+            f"| {r['prompt_tokens']} | {r['method']} | {r['budget'] or 'all'} | {e.get('chunk_size') or '-'} | {_fmt(e['prefill_peak_mib'], 0)} | "
+            f"{_fmt(e['prefill_delta_mib'], 0)} | {_fmt(ratio, 3)} | {_fmt(e['decode_peak_mib'], 0)} | {_fmt(r['prefill_s'], 1)} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_against_length(rows: list[dict], task: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = [r for r in rows if r["task"] == task]
+    if task == "bench-latency":
+        panels = (("prefill s", lambda r: r["prefill_s"]), ("decode ms/token", lambda r: r["decode_ms_per_token"]))
+    else:
+        panels = (
+            ("prefill peak over baseline (MiB)", lambda r: r["extra"]["prefill_delta_mib"]),
+            ("decode peak (MiB)", lambda r: r["extra"]["decode_peak_mib"]),
+        )
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False)
+    series = sorted({(r["method"], r["budget"]) for r in items}, key=lambda k: (k[0] != FULL, k[0], k[1] or 0))
+    for ax, (label, value) in zip(axes[0], panels):
+        for method, budget in series:
+            points = sorted(
+                (r["prompt_tokens"], value(r)) for r in items if r["method"] == method and r["budget"] == budget
+            )
+            style = dict(color="black", linestyle="--") if method == FULL else {}
+            ax.plot(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                marker="o",
+                label=f"{method} {budget or ''}".strip(),
+                **style,
+            )
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{task}: {items[0]['model'] if items else ''}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def render_report(run_dir: str | Path) -> Path:
     """Write ``report.md`` and one PNG per task into ``run_dir`` from its ``results.sqlite``."""
     run_dir = Path(run_dir)
@@ -139,7 +215,7 @@ def render_report(run_dir: str | Path) -> Path:
         rows = store.rows()
     if not rows:
         raise ValueError(f"{db} holds no results yet")
-    agg = aggregate(rows)
+    agg = aggregate([r for r in rows if not r["task"].startswith("bench-")])
     parts = [
         f"# restkv report: {run_dir.name}",
         "",
@@ -166,6 +242,9 @@ def render_report(run_dir: str | Path) -> Path:
             f"![{task}]({plot.name})",
             "",
         ]
+    for task in sorted({r["task"] for r in rows if r["task"].startswith("bench-")}):
+        plot = plot_against_length(rows, task, run_dir / f"{task}.png")
+        parts += [f"## {task}", "", bench_table(rows, task), "", f"![{task}]({plot.name})", ""]
     out = run_dir / "report.md"
     out.write_text("\n".join(parts))
     return out

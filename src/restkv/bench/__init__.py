@@ -1,0 +1,1 @@
+"""Latency and memory measurements (``restkv bench``)."""

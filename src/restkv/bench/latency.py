@@ -1,0 +1,98 @@
+"""Prefill and decoding latency per method, budget and context length, as ratios within one run.
+
+Prefill is measured on real prompts (random token ids). Decoding speed depends on how many
+entries each layer holds, not on their content, so the decode measurement starts from a cache
+filled to the exact size each method leaves (the full prompt for ``full``, the budget
+otherwise) with random keys and values: this makes 32K-token decode timings possible without
+a 32K-token prefill per method. Every measurement is repeated after warm-up; medians and
+min/max are reported.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from transformers import DynamicCache
+
+from ..adapters import attention_modules, is_sliding
+from ..compress import LayerState, SequenceState
+from ..generate import prefill
+from ..press import KVPress
+
+
+def _timed(fn, repeats: int, warmup: int = 1) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def synthetic_cache(model, length: int, entries: int | None) -> DynamicCache:
+    """A cache as a press leaves it after an ``length``-token prompt: ``entries`` per layer
+    (None: all), random content, with the press's decoding state."""
+    cache = DynamicCache(config=model.config)
+    config = getattr(model.config, "text_config", None) or model.config
+    kv_heads = config.num_key_value_heads
+    dtype = next(model.parameters()).dtype
+    state = SequenceState(next_pos=torch.tensor([length], device=model.device))
+    for module in attention_modules(model):
+        index = module.layer_idx
+        layer = cache.layers[index]
+        sliding = is_sliding(module, layer)
+        window = getattr(config, "sliding_window", None) or length
+        kept = min(length, window - 1) if sliding else (length if entries is None else min(entries, length))
+        shape = (1, kv_heads, kept, module.head_dim)
+        cache.update(
+            torch.randn(shape, dtype=dtype, device=model.device),
+            torch.randn(shape, dtype=dtype, device=model.device),
+            index,
+        )
+        if not sliding:
+            state.layers[index] = LayerState(prompt_tokens=length, kept=kept)
+    state.budgets = {i: 0 for i in state.layers}
+    cache.restkv_state = state
+    return cache
+
+
+@torch.inference_mode()
+def measure_prefill(model, length: int, press: KVPress, repeats: int) -> list[float]:
+    vocab = model.config.get_text_config().vocab_size
+    ids = torch.randint(3, vocab, (1, length), generator=torch.Generator().manual_seed(length)).to(model.device)
+
+    def run():
+        cache = DynamicCache(config=model.config)
+        with press(model):
+            prefill(model, ids, cache, press.chunk_size)
+
+    return _timed(run, repeats)
+
+
+@torch.inference_mode()
+def measure_decode(model, length: int, entries: int | None, steps: int, repeats: int) -> list[float]:
+    """Milliseconds per decoding step from a cache of ``entries`` (None: ``length``) per layer."""
+    hooks = KVPress(None) if entries is None else _hooks_press()
+
+    def run():
+        cache = synthetic_cache(model, length, entries)
+        token = torch.tensor([[3]], device=model.device)
+        with hooks(model):
+            for step in range(steps):
+                model(input_ids=token, cache=cache, position_ids=torch.tensor([[length + step]], device=model.device))
+
+    return [1000 * t / steps for t in _timed(run, repeats)]
+
+
+def _hooks_press():
+    from ..eval.engine import hooks_only_press
+
+    return hooks_only_press()
+
+
+def summary(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}

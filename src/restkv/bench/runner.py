@@ -1,0 +1,86 @@
+"""``restkv bench latency`` and ``restkv bench memory``: measurements into the results store."""
+
+from __future__ import annotations
+
+import time
+
+from tqdm.auto import tqdm
+
+from ..eval.engine import MethodConfig
+from ..eval.store import ResultStore
+from . import latency, memory
+
+
+def _row(task, length, model_name, config, **fields):
+    return {
+        "task": task,
+        "sample_id": f"len-{length}",
+        "model": model_name,
+        "method": config.label,
+        "budget": config.budget,
+        "params": {"method": config.method, **config.press().params()},
+        "prompt_tokens": length,
+        **fields,
+    }
+
+
+def run_latency(
+    model,
+    model_name,
+    lengths,
+    configs: list[MethodConfig],
+    store: ResultStore,
+    repeats=3,
+    decode_tokens=16,
+    chunk_size=None,
+):
+    """Prefill and decode timings for every length and config (finished rows are skipped)."""
+    task = "bench-latency"
+    for length in tqdm(lengths, desc="latency", unit="length"):
+        todo = [c for c in configs if not store.has(task, f"len-{length}", model_name, c.label, c.budget)]
+        if not todo:
+            continue
+        decode = {}
+        for entries in sorted({c.budget for c in todo}, key=lambda b: -1 if b is None else b):
+            decode[entries] = latency.summary(latency.measure_decode(model, length, entries, decode_tokens, repeats))
+        rows = []
+        for config in todo:
+            press = (
+                config.press()
+                if chunk_size is None or config.method == "full"
+                else MethodConfig.make(
+                    config.method, config.budget, chunk_size=chunk_size, **dict(config.params)
+                ).press()
+            )
+            pre = latency.summary(latency.measure_prefill(model, length, press, repeats))
+            dec = decode[config.budget]
+            rows.append(
+                _row(task, length, model_name, config, prefill_s=pre["median"], decode_ms_per_token=dec["median"],
+                     extra={"prefill_min_max": [pre["min"], pre["max"]], "decode_min_max": [dec["min"], dec["max"]],
+                            "tokens_per_s": 1000 / dec["median"], "repeats": repeats, "length": length})
+            )  # fmt: skip
+        store.add(rows)
+
+
+def run_memory(spec_base: dict, model_name, lengths, configs: list[MethodConfig], store: ResultStore, chunk_size=None):
+    """Peak memory per length and config, each in a fresh process."""
+    task = "bench-memory"
+    for length in lengths:
+        for config in tqdm(configs, desc=f"memory {length}", unit="config"):
+            if store.has(task, f"len-{length}", model_name, config.label, config.budget):
+                continue
+            spec = {
+                **spec_base,
+                "method": config.method,
+                "budget": config.budget,
+                "length": length,
+                "chunk_size": None if config.method == "full" else chunk_size,
+            }
+            start = time.perf_counter()
+            result = memory.measure(spec)
+            store.add(
+                [_row(task, length, model_name, config, prefill_s=result["prefill_s"],
+                      extra={**result, "prefill_delta_mib": result["prefill_peak_mib"] - result["baseline_mib"],
+                             "decode_delta_mib": result["decode_peak_mib"] - result["baseline_mib"],
+                             "wall_s": time.perf_counter() - start, "length": length, "chunk_size": spec["chunk_size"]})]
+            )  # fmt: skip

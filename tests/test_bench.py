@@ -1,0 +1,65 @@
+"""restkv bench: shapes and schema of the measurements (speed itself is never asserted)."""
+
+import pytest
+
+from restkv.bench import latency
+from restkv.bench.runner import run_latency, run_memory
+from restkv.bench.shapes import SHAPES, random_model
+from restkv.eval.engine import MethodConfig
+from restkv.eval.report import render_report
+from restkv.eval.store import ResultStore
+from tiny_models import tiny_model
+
+CONFIGS = [
+    MethodConfig.make("full"),
+    MethodConfig.make("restkv", 24, window_size=8),
+    MethodConfig.make("snapkv", 24, window_size=8),
+]
+
+
+def test_latency_rows_and_report(tmp_path):
+    model = tiny_model("llama")
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        run_latency(model, "tiny", [64, 128], CONFIGS, store, repeats=2, decode_tokens=3)
+        rows = store.rows(task="bench-latency")
+        assert len(rows) == 6
+        for row in rows:
+            assert row["prefill_s"] > 0 and row["decode_ms_per_token"] > 0
+            low, high = row["extra"]["prefill_min_max"]
+            assert low <= row["prefill_s"] <= high and row["extra"]["repeats"] == 2
+        run_latency(model, "tiny", [64, 128], CONFIGS, store, repeats=2, decode_tokens=3)  # resumes: nothing new
+        assert store.count() == 6
+    text = render_report(tmp_path).read_text()
+    assert "## bench-latency" in text and "| 128 | restkv(window_size=8) | 24 |" in text
+    assert (tmp_path / "bench-latency.png").is_file()
+
+
+def test_synthetic_cache_has_the_sizes_a_press_leaves():
+    model = tiny_model("gemma3_text")
+    cache = latency.synthetic_cache(model, 300, 40)
+    sizes = [layer.keys.shape[2] for layer in cache.layers]
+    assert sizes == [15, 40, 40]  # the sliding layer keeps its window - 1
+    assert set(cache.restkv_state.layers) == {1, 2}
+    assert latency.measure_decode(model, 300, 40, steps=2, repeats=1)[0] > 0
+
+
+def test_memory_probe_runs_in_a_fresh_process(tmp_path):
+    tiny_model("llama").save_pretrained(tmp_path / "tiny")
+    spec = {"model": str(tmp_path / "tiny"), "weights_only": True, "decode_tokens": 2}
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        run_memory(spec, "tiny", [128], CONFIGS[:2], store)
+        rows = store.rows(task="bench-memory")
+    assert len(rows) == 2
+    for row in rows:
+        extra = row["extra"]
+        assert extra["prefill_peak_mib"] >= extra["baseline_mib"] > 0 and extra["decode_peak_mib"] > 0
+    text = render_report(tmp_path).read_text()
+    assert "## bench-memory" in text
+
+
+def test_random_model_shapes():
+    model = random_model("qwen2.5-7b", layers=1, dtype="bfloat16", device="meta")
+    assert model.config.num_hidden_layers == 1 and model.config.num_key_value_heads == 4
+    assert set(SHAPES) == {"llama-3.1-8b", "mistral-7b", "qwen2.5-7b"}
+    with pytest.raises(ValueError, match="unknown shape"):
+        random_model("gpt-5")
