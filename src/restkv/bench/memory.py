@@ -81,7 +81,7 @@ def probe(spec: dict) -> dict:
     press = (
         get_press(method)
         if method == "full"
-        else get_press(method, budget=spec["budget"], chunk_size=spec.get("chunk_size"))
+        else get_press(method, budget=spec["budget"], chunk_size=spec.get("chunk_size"), **(spec.get("params") or {}))
     )
     vocab = model.config.get_text_config().vocab_size
     ids = torch.randint(3, vocab, (1, spec["length"]), generator=torch.Generator().manual_seed(0)).to(device)

@@ -73,6 +73,7 @@ def run_memory(spec_base: dict, model_name, lengths, configs: list[MethodConfig]
                 **spec_base,
                 "method": config.method,
                 "budget": config.budget,
+                "params": dict(config.params),
                 "length": length,
                 "chunk_size": None if config.method == "full" else chunk_size,
             }
