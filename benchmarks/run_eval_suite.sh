@@ -15,6 +15,6 @@ run() {
 run $RESTKV eval ruler --methods full --budgets 128 --length 1024 --samples 20 --out runs/ruler-1k-full-only
 run $RESTKV eval ruler --methods $METHODS --budgets 128,256,512 --length 1024 --samples 20 --out runs/ruler-1k
 run $RESTKV eval niah --methods $METHODS --budgets 128,256 --lengths 512,1024 --depths 0,0.25,0.5,0.75,1 --samples 2 --out runs/niah
-run $RESTKV eval fidelity --methods $METHODS --budgets 256,512,1024 --length 4096 --samples 4 --out runs/fidelity
-run $RESTKV eval fidelity --methods $METHODS --budgets 256,512,1024 --length 8128 --samples 4 --out runs/fidelity
+run $RESTKV eval fidelity --methods $METHODS --budgets 256,512,1024 --length 4096 --samples 2 --out runs/fidelity
+run $RESTKV eval fidelity --methods $METHODS --budgets 256,512,1024 --length 8128 --samples 2 --out runs/fidelity
 for d in runs/ruler-1k runs/niah runs/fidelity; do $RESTKV report "$d"; done

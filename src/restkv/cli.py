@@ -105,7 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate methods x budgets on a task into a resumable results store")
     ev.add_argument("task", help="ruler, niah, fidelity, passkey, longbench, infinitebench or bbh")
     ev.add_argument("--tasks", type=_name_list, default=(), help="sub-tasks (e.g. niah_single_1,vt for ruler)")
-    ev.add_argument("--methods", type=_name_list, default=["full", "restkv", "snapkv"])
+    ev.add_argument(
+        "--methods",
+        type=_name_list,
+        default=["full", "restkv", "snapkv"],
+        help="comma-separated; a method may carry its own parameters: restkv[window_size=auto;alpha=0.7]",
+    )
     ev.add_argument("--budgets", type=_int_list, default=[128, 256])
     ev.add_argument(
         "--param", action="append", metavar="METHOD.NAME=VALUE", help="a method parameter, e.g. restkv.alpha=0.7"
@@ -237,16 +242,30 @@ def _eval_configs(methods, budgets, pairs):
         if not dot or not value:
             raise UsageError(f"--param takes METHOD.NAME=VALUE, got {pair!r}")
         params.setdefault(method.strip(), {})[key.strip()] = _parse_value(value.strip())
-    unknown = set(params) - set(methods)
+    unknown = set(params) - {_method_spec(m)[0] for m in methods}
     if unknown:
         raise UsageError(f"--param names {', '.join(sorted(unknown))}, which is not in --methods")
     configs = []
-    for method in methods:
+    for spec in methods:
+        method, inline = _method_spec(spec)
         for budget in [None] if method == "full" else budgets:
-            config = MethodConfig.make(method, budget, **params.get(method, {}))
+            config = MethodConfig.make(method, budget, **{**params.get(method, {}), **inline})
             config.press()  # validates the method, budget and parameters
             configs.append(config)
     return list(dict.fromkeys(configs))
+
+
+def _method_spec(spec: str) -> tuple[str, dict]:
+    """``restkv`` or ``restkv[window_size=auto;alpha=0.7]``: a method with its own parameters."""
+    if "[" not in spec:
+        return spec, {}
+    if not spec.endswith("]"):
+        raise UsageError(f"method {spec!r} must look like name[key=value;key=value]")
+    name, body = spec[:-1].split("[", 1)
+    pairs = [p for p in body.split(";") if p.strip()]
+    if any("=" not in p for p in pairs):
+        raise UsageError(f"method {spec!r} must look like name[key=value;key=value]")
+    return name.strip(), {k.strip(): _parse_value(v.strip()) for k, v in (p.split("=", 1) for p in pairs)}
 
 
 def cmd_eval(args) -> int:

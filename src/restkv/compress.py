@@ -7,6 +7,7 @@ compress in exactly the same way.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -62,15 +63,28 @@ class SequenceState:
     #: decoding-time eviction: each layer's last window queries, or H2O's accumulated attention
     recent_queries: dict[int, torch.Tensor] = field(default_factory=dict)
     accumulated: dict[int, torch.Tensor] = field(default_factory=dict)
+    #: this prompt's observation window when the press has ``window_size="auto"``
+    window: int | None = None
 
 
 def sequence_state(cache) -> SequenceState:
-    """The cache's state, created fresh for an empty cache."""
+    """The cache's state, created fresh for an empty cache.
+
+    A state set on an empty cache before prefill (carrying the prompt's auto window) is kept.
+    """
     state = getattr(cache, "restkv_state", None)
-    if state is None or cache.get_seq_length() == 0:
+    if state is None or (cache.get_seq_length() == 0 and (state.layers or state.next_pos is not None)):
         state = SequenceState()
         cache.restkv_state = state
     return state
+
+
+def effective_scorer(press, state: SequenceState):
+    """The press's scorer, with this prompt's window when the press has an auto window."""
+    if getattr(press, "window_range", None) is None or state.window is None:
+        return press.scorer
+    low, high = press.window_range
+    return dataclasses.replace(press.scorer, window_size=max(low, min(high, state.window)))
 
 
 def query_span(scorer, n: int) -> int:
@@ -97,7 +111,7 @@ def compress_layer(
     ``memo`` lets several budgets of one method share scores that do not depend on the budget
     (the evaluation engine passes one per prompt).
     """
-    scorer, index = press.scorer, module.layer_idx
+    scorer, index = effective_scorer(press, state), module.layer_idx
     layer = cache.layers[index]
     keys, values = layer.keys, layer.values
     kv_heads, n = keys.shape[1], keys.shape[-2]

@@ -14,7 +14,9 @@ import torch
 from transformers import DynamicCache
 
 from .cache import cache_entries
+from .compress import SequenceState
 from .press import KVPress
+from .window import question_window
 
 
 @dataclass
@@ -74,12 +76,19 @@ def prefill(
 
 
 @torch.inference_mode()
-def greedy_decode(model, input_ids: torch.Tensor, press: KVPress | None, max_new_tokens: int, eos_ids=()):
+def greedy_decode(
+    model, input_ids: torch.Tensor, press: KVPress | None, max_new_tokens: int, eos_ids=(), window: int | None = None
+):
     """Prefill ``input_ids`` under ``press`` (in chunks if the press has ``chunk_size``), then
-    decode greedily. Returns the new ids, the KV entries kept, prefill seconds and decode ms/token."""
+    decode greedily. Returns the new ids, the KV entries kept, prefill seconds and decode ms/token.
+
+    ``window`` is the prompt's observation window for presses with ``window_size="auto"``.
+    """
     press = press or KVPress(None)
     input_ids = input_ids.to(model.device)
     cache = DynamicCache(config=model.config)
+    if window is not None:
+        cache.restkv_state = SequenceState(window=window)
     n = input_ids.shape[1]
     generated: list[int] = []
     with press(model):
@@ -121,9 +130,12 @@ def generate_with_stats(
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     input_ids = encode_prompt(tokenizer, prompt, chat)
+    window = None
+    if press is not None and getattr(press, "window_range", None) is not None:
+        window = question_window(tokenizer, prompt, chat, "", *press.window_range)
     eos = tokenizer.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
-    ids, kept, prefill_s, decode_ms = greedy_decode(model, input_ids, press, max_new_tokens, eos_ids)
+    ids, kept, prefill_s, decode_ms = greedy_decode(model, input_ids, press, max_new_tokens, eos_ids, window)
     text = tokenizer.decode([t for t in ids if t not in eos_ids], skip_special_tokens=True)
     n = input_ids.shape[1]
     return GenerationResult(text, ids, n, kept, full_cache_entries(model, n), prefill_s, decode_ms)

@@ -28,6 +28,7 @@ from .compress import (
     SequenceState,
     compress_layer,
     compressed_mask,
+    effective_scorer,
     plan_budgets,
     query_span,
     sequence_state,
@@ -35,6 +36,7 @@ from .compress import (
 from .decode_eviction import evict_step, recompress_chunk
 from .scorers import Scorer, get_scorer
 from .scorers.base import check_choice
+from .window import AUTO, DEFAULT_RANGE
 
 
 class KVPress:
@@ -75,6 +77,8 @@ class KVPress:
         ):
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
         self.chunk_size = chunk_size
+        #: ``(low, high)`` when the observation window is the prompt's question (``window_size="auto"``)
+        self.window_range: tuple[int, int] | None = None
         if isinstance(head_floor, bool) or not isinstance(head_floor, (int, float)) or not 0 <= head_floor <= 1:
             raise ValueError(f"head_floor must be a number in [0, 1], got {head_floor!r}")
         self.head_floor = float(head_floor)
@@ -207,7 +211,7 @@ class _Session:
 
     # -- compression ------------------------------------------------------------------------
     def _compress(self, module, cache, state: SequenceState, hidden, position_embeddings) -> None:
-        scorer = self.press.scorer
+        scorer = effective_scorer(self.press, state)
         n = cache.layers[module.layer_idx].keys.shape[-2]
         if state.budgets is None:
             state.budgets = plan_budgets(self.press, self.modules, cache, n)
@@ -263,9 +267,35 @@ def get_press(
         if params:
             raise ValueError(f"full takes no parameters, got {', '.join(sorted(params))}")
         return KVPress(None)  # no hooks at all: exactly the model's own behaviour
-    return KVPress(
-        get_scorer(name, **params), budget, compression_ratio, allocator, head_floor, decode_budget, every, chunk_size
-    )
+    scorer, window_range = build_scorer(name, params, budget)
+    press = KVPress(scorer, budget, compression_ratio, allocator, head_floor, decode_budget, every, chunk_size)
+    press.window_range = window_range
+    return press
+
+
+def build_scorer(name: str, params: dict, budget: int | None = None) -> tuple[Scorer, tuple[int, int] | None]:
+    """The scorer, and the auto window's range when ``window_size="auto"`` (the scorer then
+    gets the range's upper end as its window, the largest a prompt may use; never more than
+    ``budget - 1``)."""
+    params = dict(params)
+    window_range = params.pop("window_range", None)
+    if params.get("window_size") == AUTO:
+        low, high = _check_range(window_range or DEFAULT_RANGE)
+        if isinstance(budget, int) and not isinstance(budget, bool) and budget > low:
+            high = min(high, budget - 1)
+        window_range = (low, high)
+        params["window_size"] = high
+    elif window_range is not None:
+        raise ValueError('window_range goes with window_size="auto"')
+    return get_scorer(name, **params), window_range
+
+
+def _check_range(window_range) -> tuple[int, int]:
+    ok = isinstance(window_range, (tuple, list)) and len(window_range) == 2
+    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for v in window_range)
+    if not ok or not 1 <= window_range[0] <= window_range[1]:
+        raise ValueError(f"window_range must be two integers (low, high) with 1 <= low <= high, got {window_range!r}")
+    return int(window_range[0]), int(window_range[1])
 
 
 class RestKVPress(KVPress):
@@ -287,5 +317,6 @@ class RestKVPress(KVPress):
         chunk_size: int | None = None,
         **params,
     ):
-        scorer = get_scorer("restkv", **params)
+        scorer, window_range = build_scorer("restkv", params, budget)
         super().__init__(scorer, budget, compression_ratio, allocator, head_floor, decode_budget, every, chunk_size)
+        self.window_range = window_range

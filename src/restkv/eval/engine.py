@@ -25,7 +25,7 @@ from transformers.cache_utils import DynamicLayer
 
 from ..adapters import attention_modules, check_supported, is_sliding, project_queries
 from ..cache import VarlenLayer, cache_bytes, cache_entries
-from ..compress import LayerState, PressStats, SequenceState, compress_layer, plan_budgets, query_span
+from ..compress import LayerState, PressStats, SequenceState, compress_layer, effective_scorer, plan_budgets, query_span
 from ..generate import prefill
 from ..press import KVPress, get_press
 from ..scorers import get_scorer
@@ -123,7 +123,7 @@ class Engine:
         return PrefillRecord(cache, queries, logits.float(), n, elapsed)
 
     def compressed_cache(
-        self, record: PrefillRecord, config: MethodConfig, memo: dict | None = None
+        self, record: PrefillRecord, config: MethodConfig, memo: dict | None = None, window: int | None = None
     ) -> tuple[DynamicCache, PressStats, float]:
         """A new cache for ``config`` built from the recorded prefill; the record is not modified.
 
@@ -135,9 +135,9 @@ class Engine:
         if press.scorer is None:
             return cache, stats, 0.0
         start = time.perf_counter()
-        state = SequenceState(next_pos=torch.tensor([record.prompt_tokens], device=self.model.device))
+        state = SequenceState(next_pos=torch.tensor([record.prompt_tokens], device=self.model.device), window=window)
         state.budgets = plan_budgets(press, self.modules, cache, record.prompt_tokens)
-        span = query_span(press.scorer, record.prompt_tokens)
+        span = query_span(effective_scorer(press, state), record.prompt_tokens)
         for module in self.modules:
             layer = cache.layers[module.layer_idx]
             if is_sliding(module, layer):
@@ -194,7 +194,13 @@ class Engine:
 
     # -- one prompt, every config -------------------------------------------------------------
     def run(
-        self, input_ids: torch.Tensor, max_new_tokens: int, eos_ids=(), configs=None, batch: int = 1
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        eos_ids=(),
+        configs=None,
+        batch: int = 1,
+        window: int | None = None,
     ) -> list[Outcome]:
         """Every config (default: all) on one prompt ``[1, n]``; the full cache is always the reference.
 
@@ -221,7 +227,7 @@ class Engine:
         sequential = [c for c in pending if batch <= 1 or self.presses[c].decode_budget is not None]
         batched = [c for c in pending if c not in sequential]
         for config in sequential:
-            cache, _, compress_s = self.compressed_cache(record, config, memo)
+            cache, _, compress_s = self.compressed_cache(record, config, memo, window)
             press = self.presses[config]
             entries, size, forced = cache_entries(cache), cache_bytes(cache), fork_cache(cache)
             tokens, _, ms = self.decode(cache, record.last_logits, n, max_new_tokens, eos_ids, press)
@@ -231,7 +237,7 @@ class Engine:
             )
         for start in range(0, len(batched), batch):
             group = batched[start : start + batch]
-            built = [self.compressed_cache(record, c, memo) for c in group]
+            built = [self.compressed_cache(record, c, memo, window) for c in group]
             sizes = [(cache_entries(b[0]), cache_bytes(b[0])) for b in built]
             stacked = stack_caches([b[0] for b in built], self.model.device)
             forced = fork_cache(stacked)

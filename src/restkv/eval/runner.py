@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..generate import encode_prompt
+from ..window import question_window
 from .engine import Engine, MethodConfig
 from .store import ResultStore
 from .tasks.base import Sample
@@ -42,6 +43,7 @@ def run_sweep(
     """
     model, tokenizer = loaded.model, loaded.tokenizer
     engine = Engine(model, configs)
+    ranges = [p.window_range for p in engine.presses.values() if getattr(p, "window_range", None)]
     stop = eos_ids(tokenizer, model)
     counters = {"samples_run": 0, "samples_skipped": 0, "wall_s": 0.0, "prefill_s": 0.0, "compress_s": 0.0}
     start = time.perf_counter()
@@ -57,7 +59,10 @@ def run_sweep(
         else:
             chat = loaded.chat and sample.meta.get("chat", True)
             input_ids = encode_prompt(tokenizer, sample.prompt, chat=chat, answer_prefix=sample.answer_prefix)
-            outcomes = engine.run(input_ids, sample.max_new_tokens, stop, configs=todo, batch=batch)
+            window = None
+            if ranges:  # the question's length in tokens, for presses with an auto window
+                window = question_window(tokenizer, sample.prompt, chat, sample.answer_prefix, *ranges[0])
+            outcomes = engine.run(input_ids, sample.max_new_tokens, stop, configs=todo, batch=batch, window=window)
         rows = []
         for o in outcomes:
             text = tokenizer.decode([t for t in o.token_ids if t not in stop], skip_special_tokens=True)
