@@ -98,13 +98,18 @@ class KVPress:
         return self.scorer.name if self.scorer is not None else "full"
 
     def params(self) -> dict:
+        """Every parameter of the method and the press (for records and the CLI)."""
         params = self.scorer.params() if self.scorer is not None else {}
-        return {
-            **params,
-            "budget": self.budget,
-            "compression_ratio": self.compression_ratio,
-            "allocator": self.allocator,
-        }
+        params.update(budget=self.budget, compression_ratio=self.compression_ratio, allocator=self.allocator)
+        if self.allocator == "adakv":
+            params["head_floor"] = self.head_floor
+        if self.decode_budget is not None:
+            params.update(decode_budget=self.decode_budget, every=self.every)
+        if self.chunk_size is not None:
+            params["chunk_size"] = self.chunk_size
+        if self.window_range is not None:
+            params.update(window_size=AUTO, window_range=list(self.window_range))
+        return params
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items() if v is not None)
