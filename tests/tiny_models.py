@@ -65,9 +65,12 @@ class CharTokenizer:
     eos_token_id = 1
     chat_template = None
 
-    def __call__(self, text, return_tensors=None, add_special_tokens=True):
+    def __call__(self, text, return_tensors=None, add_special_tokens=True, return_offsets_mapping=False):
         ids = [3 + (ord(c) % 125) for c in text]
-        return {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids}
+        out = {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids}
+        if return_offsets_mapping:
+            out["offset_mapping"] = [(i, i + 1) for i in range(len(text))]
+        return out
 
     def decode(self, ids, skip_special_tokens=True):
         return "".join(chr(i) for i in ids if i >= 3)
