@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=_positive_int, default=3)
     bench.add_argument("--decode-tokens", type=_positive_int, default=16)
     bench.add_argument("--chunk-size", type=_positive_int, help="chunked prefill for the compressing methods")
+    bench.add_argument("--no-prefill", action="store_true", help="latency: measure decoding only (long contexts)")
     bench.add_argument("--out", type=Path, required=True)
     _add_model_args(bench)
 

@@ -33,6 +33,7 @@ def run_latency(
     repeats=3,
     decode_tokens=16,
     chunk_size=None,
+    prefill=True,
 ):
     """Prefill and decode timings for every length and config (finished rows are skipped)."""
     task = "bench-latency"
@@ -52,7 +53,7 @@ def run_latency(
                     config.method, config.budget, chunk_size=chunk_size, **dict(config.params)
                 ).press()
             )
-            pre = latency.summary(latency.measure_prefill(model, length, press, repeats))
+            pre = latency.summary(latency.measure_prefill(model, length, press, repeats)) if prefill else None
             dec = decode[config.budget]
             rows.append(
                 _row(task, length, model_name, config, prefill_s=pre["median"], decode_ms_per_token=dec["median"],

@@ -141,7 +141,7 @@ def bench_table(rows: list[dict], task: str) -> str:
         ]
         for r in items:
             f = full.get(r["prompt_tokens"])
-            pre_ratio = r["prefill_s"] / f["prefill_s"] if f else None
+            pre_ratio = r["prefill_s"] / f["prefill_s"] if f and r["prefill_s"] and f["prefill_s"] else None
             dec_ratio = r["decode_ms_per_token"] / f["decode_ms_per_token"] if f else None
             lines.append(
                 f"| {r['prompt_tokens']} | {r['method']} | {r['budget'] or 'all'} | {_fmt(r['prefill_s'], 3)} | {_fmt(pre_ratio, 3)} | "
@@ -170,7 +170,10 @@ def plot_against_length(rows: list[dict], task: str, path: Path) -> Path:
 
     items = [r for r in rows if r["task"] == task]
     if task == "bench-latency":
-        panels = (("prefill s", lambda r: r["prefill_s"]), ("decode ms/token", lambda r: r["decode_ms_per_token"]))
+        panels = (
+            ("prefill s", lambda r: r["prefill_s"] or float("nan")),
+            ("decode ms/token", lambda r: r["decode_ms_per_token"]),
+        )
     else:
         panels = (
             ("prefill peak over baseline (MiB)", lambda r: r["extra"]["prefill_delta_mib"]),
