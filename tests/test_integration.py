@@ -31,6 +31,8 @@ def test_pass_key_is_found_with_full_and_with_a_generous_budget(loaded):
 
 
 def test_cli_generate_prints_answer_and_costs(capsys):
-    assert main(["generate", "--budget", "48", "--param", "window_size=8", "--max-new-tokens", "8", "What is 2 + 2?"]) == 0
+    assert (
+        main(["generate", "--budget", "48", "--param", "window_size=8", "--max-new-tokens", "8", "What is 2 + 2?"]) == 0
+    )
     captured = capsys.readouterr()
     assert captured.out.strip() and "KV entries kept" in captured.err and "decode" in captured.err

@@ -130,6 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", type=Path, required=True)
     _add_model_args(ev)
 
+    tn = sub.add_parser("tune", help="search ReST-KV's knobs for a model; writes a JSON profile")
+    tn.add_argument("--budget", type=_positive_int, default=128)
+    tn.add_argument(
+        "--calibration",
+        type=Path,
+        help='JSONL of {"prompt": ..., "answers": [...]} (default: the built-in pass-key set)',
+    )
+    tn.add_argument("--samples", type=_positive_int, default=8, help="built-in calibration prompts")
+    tn.add_argument("--length", type=_positive_int, default=470)
+    tn.add_argument("--batch", type=_positive_int, default=8)
+    tn.add_argument("--out", type=Path, required=True, help="the profile to write (JSON)")
+    _add_model_args(tn)
+
     bench = sub.add_parser("bench", help="latency and memory per method, budget and context length")
     bench.add_argument("kind", choices=["latency", "memory"])
     bench.add_argument(
@@ -190,7 +203,10 @@ def cmd_generate(args) -> int:
     prompt = "\n\n".join(part for part in (text, args.prompt) if part)
     if not prompt.strip():
         raise UsageError("the prompt is empty")
-    press = _validate_method(args.method, args.budget, _method_params(args.param))
+    params = _method_params(args.param)
+    if args.profile is not None:
+        params["profile"] = str(args.profile)
+    press = _validate_method(args.method, args.budget, params)
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     result = generate_with_stats(
         loaded.model, loaded.tokenizer, prompt, press, args.max_new_tokens, chat=loaded.chat and not args.no_chat
@@ -309,6 +325,40 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    import json
+
+    from .models import load_model
+    from .tune import calibration_samples, tune
+
+    if args.calibration is not None and not args.calibration.is_file():
+        raise UsageError(f"calibration file {args.calibration} does not exist")
+    if args.budget <= 8:
+        raise UsageError(f"--budget ({args.budget}) must be larger than the smallest window tried (8)")
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    if args.calibration is not None:
+        samples = calibration_samples(args.calibration)
+    else:
+        from .eval.tasks.passkey import passkey_samples
+        from .generate import encode_prompt
+
+        samples = passkey_samples(
+            args.samples, args.length, lambda t: encode_prompt(loaded.tokenizer, t, chat=loaded.chat).shape[1], seed=101
+        )
+    profile = tune(loaded, samples, args.budget, batch=args.batch)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(profile, indent=1))
+    paper, chosen = profile["paper_defaults"], profile["chosen"]
+    print(f"chosen: {profile['params']}")
+    print(
+        f"  accuracy {chosen['accuracy']}, KL {chosen['kl']:.4f}  (paper defaults: accuracy {paper['accuracy']}, KL {paper['kl']:.4f})"
+    )
+    print(
+        f"{profile['candidates_evaluated']} settings on {profile['samples']} prompts in {profile['search_s']:.0f} s; profile: {args.out}"
+    )
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import runner
     from .eval.store import ResultStore
@@ -360,6 +410,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "eval": cmd_eval,
     "bench": cmd_bench,
+    "tune": cmd_tune,
     "report": cmd_report,
 }
 

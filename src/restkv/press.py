@@ -283,6 +283,13 @@ def build_scorer(name: str, params: dict, budget: int | None = None) -> tuple[Sc
     gets the range's upper end as its window, the largest a prompt may use; never more than
     ``budget - 1``)."""
     params = dict(params)
+    profile = params.pop("profile", None)
+    if profile is not None:  # tuned parameters; explicit ones win
+        if name != "restkv":
+            raise ValueError(f"profile is a tuned ReST-KV setting; {name} takes no profile")
+        from .tune import load_profile
+
+        params = {**load_profile(profile), **params}
     window_range = params.pop("window_range", None)
     if params.get("window_size") == AUTO:
         low, high = _check_range(window_range or DEFAULT_RANGE)

@@ -1,0 +1,139 @@
+"""Per-model tuning of ReST-KV's knobs on a calibration set (``restkv tune``).
+
+A coordinate search from the paper's setting: for each knob in turn (window, EMA alpha,
+temporal rule, pooling, GQA reduction), every value is tried with the others held at the best
+so far, and the best kept. Candidates of a round share one prefill per prompt (the evaluation
+engine), so a round costs little more than one decode per candidate. The objective is task
+accuracy when the calibration prompts have answers, then mean KL divergence to the full
+cache's next-token distributions (lower is better) to break ties and for prompts without
+answers.
+
+The result is a JSON profile that ``get_press("restkv", profile=PATH)`` and the CLI's
+``--profile`` load.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .eval.engine import Engine, MethodConfig
+from .eval.runner import eos_ids
+from .eval.tasks.base import Sample
+from .generate import encode_prompt
+from .window import question_window
+
+PAPER = {"window_size": 32, "alpha": 0.3, "temporal": "ema", "pooling": "adaptive", "gqa_reduce": "mean"}
+GRID = {
+    "window_size": ["auto", 8, 16, 32],
+    "alpha": [0.3, 0.5, 0.7],
+    "temporal": ["ema", "mean", "last"],
+    "pooling": ["adaptive", "avgpool", "none"],
+    "gqa_reduce": ["mean", "max"],
+}
+
+
+def calibration_samples(path: str | Path) -> list[Sample]:
+    """The user's prompts: a JSONL file of ``{"prompt": ..., "answers": [...]}`` (answers optional)."""
+    samples = []
+    for number, line in enumerate(Path(path).read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            samples.append(
+                Sample(
+                    f"calibration-{number}",
+                    item["prompt"],
+                    list(item.get("answers") or []),
+                    int(item.get("max_new_tokens", 16)),
+                )
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path} line {number + 1} is not a calibration record with a 'prompt' ({err})") from err
+    if not samples:
+        raise ValueError(f"{path} holds no calibration prompts")
+    return samples
+
+
+def _evaluate(loaded, samples, candidates: list[dict], budget: int, batch: int) -> dict[str, dict]:
+    """Mean accuracy and KL of each candidate parameter set over the samples."""
+    configs = [MethodConfig.make("restkv", budget, **c) for c in candidates]
+    engine = Engine(loaded.model, [MethodConfig.make("full")] + configs)
+    stop = eos_ids(loaded.tokenizer, loaded.model)
+    scores = {c: {"accuracy": [], "kl": []} for c in configs}
+    for sample in tqdm(samples, desc=f"{len(configs)} candidates", unit="prompt", leave=False):
+        ids = encode_prompt(loaded.tokenizer, sample.prompt, chat=loaded.chat, answer_prefix=sample.answer_prefix)
+        window = question_window(
+            loaded.tokenizer, sample.prompt, loaded.chat, sample.answer_prefix, 8, min(64, budget - 1)
+        )
+        for o in engine.run(ids, sample.max_new_tokens, stop, configs=configs, batch=batch, window=window):
+            text = loaded.tokenizer.decode([t for t in o.token_ids if t not in stop], skip_special_tokens=True)
+            if sample.answers:
+                scores[o.config]["accuracy"].append(float(all(a.lower() in text.lower() for a in sample.answers)))
+            scores[o.config]["kl"].append(o.kl)
+    out = {}
+    for candidate, config in zip(candidates, configs):
+        acc = scores[config]["accuracy"]
+        out[json.dumps(candidate, sort_keys=True)] = {
+            "params": candidate,
+            "accuracy": statistics.mean(acc) if acc else None,
+            "kl": statistics.mean(scores[config]["kl"]),
+        }
+    return out
+
+
+def _better(a: dict, b: dict) -> bool:
+    """Is result ``a`` better than ``b``: higher accuracy, then lower KL."""
+    if a["accuracy"] is not None and b["accuracy"] is not None and a["accuracy"] != b["accuracy"]:
+        return a["accuracy"] > b["accuracy"]
+    return a["kl"] < b["kl"]
+
+
+def tune(loaded, samples: list[Sample], budget: int, grid: dict | None = None, batch: int = 8) -> dict:
+    """Coordinate search; returns the profile (chosen parameters, paper defaults, every result)."""
+    grid = grid or GRID
+    start = time.perf_counter()
+    best = dict(PAPER)
+    seen: dict[str, dict] = {}
+    for knob, values in grid.items():
+        candidates = [{**best, knob: v} for v in values] + [best]  # the incumbent stays a candidate
+        fresh = [c for c in candidates if json.dumps(c, sort_keys=True) not in seen]
+        if fresh:
+            seen.update(_evaluate(loaded, samples, fresh, budget, batch))
+        results = [seen[json.dumps(c, sort_keys=True)] for c in candidates]
+        winner = results[0]
+        for r in results[1:]:
+            if _better(r, winner):
+                winner = r
+        best = dict(winner["params"])
+    paper = seen[json.dumps(PAPER, sort_keys=True)]
+    chosen = seen[json.dumps(best, sort_keys=True)]
+    return {
+        "method": "restkv",
+        "model": loaded.name,
+        "budget": budget,
+        "params": best,
+        "chosen": {"accuracy": chosen["accuracy"], "kl": chosen["kl"]},
+        "paper_defaults": {"params": PAPER, "accuracy": paper["accuracy"], "kl": paper["kl"]},
+        "samples": len(samples),
+        "candidates_evaluated": len(seen),
+        "search_s": round(time.perf_counter() - start, 1),
+        "results": list(seen.values()),
+    }
+
+
+def load_profile(path: str | Path) -> dict:
+    """The tuned parameters of a profile written by :func:`tune`."""
+    try:
+        profile = json.loads(Path(path).read_text())
+        params = dict(profile["params"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a restkv tuning profile ({err})") from err
+    if profile.get("method", "restkv") != "restkv":
+        raise ValueError(f"{path} is a profile for {profile.get('method')!r}, not restkv")
+    return params
