@@ -31,7 +31,9 @@ def main() -> None:
     loaded = load_model()
     count = lambda t: encode_prompt(loaded.tokenizer, t).shape[1]  # noqa: E731
     tasks = ["niah_single_1", "niah_multikey_2", "vt", "cwe", "fwe", "niah_multivalue"]
-    samples = [ruler.ruler_samples(tasks[i % len(tasks)], 1, args.length, count, seed=i)[0] for i in range(args.samples)]
+    samples = [
+        ruler.ruler_samples(tasks[i % len(tasks)], 1, args.length, count, seed=i)[0] for i in range(args.samples)
+    ]
     full_only = Engine(loaded.model, [MethodConfig.make("full")])
     configs = [MethodConfig.make("full")] + [MethodConfig.make(m, b) for m in METHODS for b in (128, 256, 512)]
     sweep = Engine(loaded.model, configs)
@@ -39,7 +41,11 @@ def main() -> None:
     times = {"full only": [], "sweep, batch 1": [], "sweep, batch 8": []}
     for s in samples:
         ids = encode_prompt(loaded.tokenizer, s.prompt, answer_prefix=s.answer_prefix)
-        for label, engine, batch in (("full only", full_only, 1), ("sweep, batch 1", sweep, 1), ("sweep, batch 8", sweep, 8)):
+        for label, engine, batch in (
+            ("full only", full_only, 1),
+            ("sweep, batch 1", sweep, 1),
+            ("sweep, batch 8", sweep, 8),
+        ):
             start = time.perf_counter()
             engine.run(ids, s.max_new_tokens, eos, batch=batch)
             times[label].append(time.perf_counter() - start)

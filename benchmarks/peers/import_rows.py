@@ -1,0 +1,57 @@
+"""Score a peer library's rows like restkv's own and add them to a run's results store.
+
+.venv/bin/python benchmarks/peers/import_rows.py kvpress_rows.jsonl --task passkey --length 470 --samples 20 --out runs/peers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from restkv.eval.store import ResultStore
+from restkv.eval.tasks import TaskOptions, build
+from restkv.models import DEFAULT_MODEL, load_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("rows")
+    parser.add_argument("--task", default="passkey")
+    parser.add_argument("--tasks", default="")
+    parser.add_argument("--length", type=int, default=470)
+    parser.add_argument("--samples", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    loaded = load_model()
+    options = TaskOptions(
+        samples=args.samples, length=args.length, seed=args.seed, subtasks=tuple(t for t in args.tasks.split(",") if t)
+    )
+    samples = {(task, s.id): (s, score) for task, group, score in build(args.task, loaded, options) for s in group}
+    failures = {}
+    with ResultStore(args.out / "results.sqlite") as store:
+        for line in open(args.rows):
+            row = json.loads(line)
+            sample, score = samples[(row["task"], row["sample_id"])]
+            if "error" in row:
+                failures[(row["method"], row["budget"])] = row["error"]
+                continue
+            if store.has(row["task"], row["sample_id"], DEFAULT_MODEL, row["method"], row["budget"]):
+                continue
+            store.add([{
+                "task": row["task"], "sample_id": row["sample_id"], "model": DEFAULT_MODEL, "method": row["method"],
+                "budget": row["budget"], "params": {"library": "kvpress 0.5.5", "method": row["method"]},
+                "prediction": row["prediction"], "score": score(row["prediction"], sample), "prompt_tokens": row["prompt_tokens"],
+                "kept_entries": row["kept_entries"], "prefill_s": row["prefill_s"], "kl": row.get("kl"), "top1": row.get("top1"),
+                "extra": {"answers": sample.answers},
+            }])  # fmt: skip
+    for (method, budget), error in sorted(failures.items()):
+        print(f"{method} at budget {budget} failed: {error}")
+    (args.out / "peer_failures.json").write_text(
+        json.dumps({f"{m}@{b}": e for (m, b), e in failures.items()}, indent=1)
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Run NVIDIA kvpress presses on exported prompts, with restkv's decoding loop and fidelity measure.
+
+Runs in kvpress's own environment (kvpress 0.5.x needs transformers < 5.3):
+
+    /tmp/kvpress-venv/bin/python benchmarks/peers/run_kvpress.py prompts.jsonl \
+        --model-dir ~/.cache/restkv/models/smollm2-135m-instruct --budgets 128,256 --out kvpress_rows.jsonl
+
+For each prompt: the full cache's greedy answer is the reference; each press compresses the
+prefill to exactly ``budget`` entries per head (kvpress keeps ``int(n * (1 - ratio))``, so the
+ratio is set per prompt), then greedy decoding with explicit positions, as restkv's engine does,
+and teacher forcing of the reference answer for the KL divergence. A press that raises is
+recorded with its error instead of a prediction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from kvpress import (
+    ExpectedAttentionPress,
+    KnormPress,
+    ObservedAttentionPress,
+    PyramidKVPress,
+    SnapKVPress,
+    StreamingLLMPress,
+    TOVAPress,
+)
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+PRESSES = {
+    "SnapKVPress": (lambda r: SnapKVPress(compression_ratio=r, window_size=32), "sdpa"),
+    "StreamingLLMPress": (lambda r: StreamingLLMPress(compression_ratio=r), "sdpa"),
+    "TOVAPress": (lambda r: TOVAPress(compression_ratio=r), "sdpa"),
+    "KnormPress": (lambda r: KnormPress(compression_ratio=r), "sdpa"),
+    "ExpectedAttentionPress": (lambda r: ExpectedAttentionPress(compression_ratio=r), "sdpa"),
+    "ObservedAttentionPress": (lambda r: ObservedAttentionPress(compression_ratio=r), "eager"),
+    "PyramidKVPress": (lambda r: PyramidKVPress(compression_ratio=r, window_size=32), "sdpa"),
+}
+
+
+def step(model, cache, tokens, start):
+    ids = torch.tensor([tokens])
+    positions = torch.arange(start, start + len(tokens))[None]
+    return model(input_ids=ids, past_key_values=cache, position_ids=positions).logits[0].float()
+
+
+def decode(model, cache, first, n, max_new, eos):
+    tokens, logits = [], first
+    for i in range(max_new):
+        token = int(logits.argmax())
+        tokens.append(token)
+        if token in eos or i == max_new - 1:
+            break
+        logits = step(model, cache, [token], n + i)[-1]
+    return tokens
+
+
+def prefill(model, ids, press=None):
+    cache = DynamicCache()
+    if press is None:
+        logits = model(input_ids=ids, past_key_values=cache).logits[0, -1].float()
+    else:
+        with press(model):
+            logits = model(input_ids=ids, past_key_values=cache).logits[0, -1].float()
+    return cache, logits
+
+
+@torch.inference_mode()
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("prompts")
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--budgets", default="128,256")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    budgets = [int(b) for b in args.budgets.split(",")]
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    models = {
+        attn: AutoModelForCausalLM.from_pretrained(args.model_dir, attn_implementation=attn).eval()
+        for attn in ("sdpa", "eager")
+    }
+    prompts = [json.loads(line) for line in open(args.prompts)]
+    with open(args.out, "w") as out:
+        for p in prompts:
+            ids, n, eos = torch.tensor([p["input_ids"]]), len(p["input_ids"]), set(p["eos_ids"])
+            cache, first = prefill(models["sdpa"], ids)
+            reference = decode(models["sdpa"], cache, first, n, p["max_new_tokens"], eos)
+            cache, _ = prefill(models["sdpa"], ids)
+            ref_logits = step(models["sdpa"], cache, reference[:-1], n) if len(reference) > 1 else None
+            for name, (make, attn) in PRESSES.items():
+                for budget in budgets:
+                    row = {
+                        "task": p["task"],
+                        "sample_id": p["sample_id"],
+                        "method": f"kvpress:{name}",
+                        "budget": budget,
+                        "prompt_tokens": n,
+                    }
+                    try:
+                        ratio = 1 - (budget + 0.5) / n
+                        start = time.perf_counter()
+                        cache, first = prefill(models[attn], ids, make(ratio))
+                        row["prefill_s"] = time.perf_counter() - start
+                        row["kept_entries"] = sum(layer.keys.shape[1] * layer.keys.shape[2] for layer in cache.layers)
+                        forced = DynamicCache()
+                        for i, layer in enumerate(cache.layers):
+                            forced.update(layer.keys.clone(), layer.values.clone(), i)
+                        tokens = decode(models[attn], cache, first, n, p["max_new_tokens"], eos)
+                        row["prediction"] = tokenizer.decode(
+                            [t for t in tokens if t not in eos], skip_special_tokens=True
+                        )
+                        if ref_logits is not None:
+                            logits = step(models[attn], forced, reference[:-1], n)
+                            ref_logp, logp = torch.log_softmax(ref_logits, -1), torch.log_softmax(logits, -1)
+                            row["kl"] = float((ref_logp.exp() * (ref_logp - logp)).sum(-1).clamp_min(0).mean())
+                            row["top1"] = float((ref_logits.argmax(-1) == logits.argmax(-1)).float().mean())
+                    except Exception as err:  # a failing press is a result too
+                        row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                    out.write(json.dumps(row) + "\n")
+                    out.flush()
+
+
+if __name__ == "__main__":
+    main()
