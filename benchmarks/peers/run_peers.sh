@@ -14,5 +14,5 @@ $PY benchmarks/peers/export_prompts.py --task passkey --length 470 --samples 20 
 $KVPRESS_PY benchmarks/peers/run_kvpress.py "$OUT/prompts.jsonl" --model-dir "$MODEL_DIR" --budgets 128,256 --out "$OUT/kvpress_rows.jsonl"
 $PY benchmarks/peers/import_rows.py "$OUT/kvpress_rows.jsonl" --task passkey --length 470 --samples 20 --out "$OUT"
 $RESTKV eval passkey --length 470 --samples 20 --budgets 128,256 --out "$OUT" \
-  --methods "full,restkv,restkv[window_size=auto],snapkv,pyramidkv,h2o,tova,streamingllm,knorm,snapkv[window_size=auto]"
+  --methods "full,restkv,restkv[window_size=auto],restkv[profile=benchmarks/results/profiles/smollm2-135m-instruct-b128.json],snapkv,pyramidkv,h2o,tova,streamingllm,knorm,snapkv[window_size=auto]"
 $RESTKV report "$OUT"
