@@ -37,12 +37,9 @@ def _name_list(text: str) -> list[str]:
 
 
 def _parse_value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
+    from .eval.engine import parse_value
+
+    return parse_value(text)
 
 
 def _method_params(pairs: list[str]) -> dict:
@@ -86,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--param", action="append", metavar="NAME=VALUE", help="a method parameter, e.g. --param window_size=16"
     )
+    gen.add_argument("--profile", type=Path, help="ReST-KV parameters tuned by 'restkv tune'")
     gen.add_argument("--max-new-tokens", type=_positive_int, default=64)
     gen.add_argument("--no-chat", action="store_true", help="do not wrap the prompt in the chat template")
     _add_model_args(gen)
@@ -225,9 +223,7 @@ def cmd_demo(args) -> int:
     from .demo import DEMO_METHODS, run_demo
 
     methods = args.methods or list(DEMO_METHODS)
-    for method in methods:
-        for budget in args.budgets:
-            _validate_method(method, budget, {})
+    _eval_configs(methods, args.budgets, None)  # validates every method and budget
     result = run_demo(
         args.model,
         args.samples,
@@ -250,7 +246,7 @@ def cmd_demo(args) -> int:
 
 
 def _eval_configs(methods, budgets, pairs):
-    from .eval.engine import MethodConfig
+    from .eval.engine import MethodConfig, parse_method_spec
 
     params: dict[str, dict] = {}
     for pair in pairs or []:
@@ -259,30 +255,17 @@ def _eval_configs(methods, budgets, pairs):
         if not dot or not value:
             raise UsageError(f"--param takes METHOD.NAME=VALUE, got {pair!r}")
         params.setdefault(method.strip(), {})[key.strip()] = _parse_value(value.strip())
-    unknown = set(params) - {_method_spec(m)[0] for m in methods}
+    unknown = set(params) - {parse_method_spec(m)[0] for m in methods}
     if unknown:
         raise UsageError(f"--param names {', '.join(sorted(unknown))}, which is not in --methods")
     configs = []
     for spec in methods:
-        method, inline = _method_spec(spec)
+        method, inline = parse_method_spec(spec)
         for budget in [None] if method == "full" else budgets:
             config = MethodConfig.make(method, budget, **{**params.get(method, {}), **inline})
             config.press()  # validates the method, budget and parameters
             configs.append(config)
     return list(dict.fromkeys(configs))
-
-
-def _method_spec(spec: str) -> tuple[str, dict]:
-    """``restkv`` or ``restkv[window_size=auto;alpha=0.7]``: a method with its own parameters."""
-    if "[" not in spec:
-        return spec, {}
-    if not spec.endswith("]"):
-        raise UsageError(f"method {spec!r} must look like name[key=value;key=value]")
-    name, body = spec[:-1].split("[", 1)
-    pairs = [p for p in body.split(";") if p.strip()]
-    if any("=" not in p for p in pairs):
-        raise UsageError(f"method {spec!r} must look like name[key=value;key=value]")
-    return name.strip(), {k.strip(): _parse_value(v.strip()) for k, v in (p.split("=", 1) for p in pairs)}
 
 
 def cmd_eval(args) -> int:

@@ -10,7 +10,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .eval.engine import MethodConfig
+from .eval.engine import MethodConfig, parse_method_spec
 from .eval.report import aggregate, detail_table, render_report
 from .eval.runner import run_sweep
 from .eval.store import ResultStore
@@ -18,12 +18,17 @@ from .eval.tasks import passkey
 from .generate import encode_prompt
 from .models import DEFAULT_MODEL, load_model
 
-DEMO_METHODS = ("restkv", "snapkv", "pyramidkv", "h2o", "tova", "streamingllm")
+#: the paper's comparison, plus ReST-KV with the question-aware window (``window_size="auto"``)
+DEMO_METHODS = ("restkv", "restkv[window_size=auto]", "snapkv", "pyramidkv", "h2o", "tova", "streamingllm")
 TASK = "passkey"
 
 
 def demo_configs(methods=DEMO_METHODS, budgets=(128, 256)) -> list[MethodConfig]:
-    return [MethodConfig.make("full")] + [MethodConfig.make(m, b) for m in methods for b in budgets]
+    configs = [MethodConfig.make("full")]
+    for spec in methods:
+        name, params = parse_method_spec(spec)
+        configs += [MethodConfig.make(name, b, **params) for b in budgets]
+    return configs
 
 
 def run_demo(

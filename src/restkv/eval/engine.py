@@ -56,6 +56,27 @@ class MethodConfig:
         return f"{self.method}{alloc}{'(' + extra + ')' if extra else ''}"
 
 
+def parse_method_spec(spec: str) -> tuple[str, dict]:
+    """``restkv`` or ``restkv[window_size=auto;alpha=0.7]``: a method name and its own parameters."""
+    if "[" not in spec:
+        return spec.strip(), {}
+    name, _, body = spec.partition("[")
+    pairs = [p for p in body.rstrip().removesuffix("]").split(";") if p.strip()]
+    if not spec.rstrip().endswith("]") or any("=" not in p for p in pairs):
+        raise ValueError(f"method {spec!r} must look like name[key=value;key=value]")
+    return name.strip(), {k.strip(): parse_value(v.strip()) for k, v in (p.split("=", 1) for p in pairs)}
+
+
+def parse_value(text: str):
+    """A command-line value as int, float, bool or string."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
 @dataclass
 class PrefillRecord:
     """One full-cache prefill and what the scorers need from it."""
