@@ -369,7 +369,15 @@ def cmd_bench(args) -> int:
 
                 model = load_model(args.model, device=args.device, dtype=args.dtype).model
             runner.run_latency(
-                model, name, args.lengths, configs, store, args.repeats, args.decode_tokens, args.chunk_size
+                model,
+                name,
+                args.lengths,
+                configs,
+                store,
+                args.repeats,
+                args.decode_tokens,
+                args.chunk_size,
+                not args.no_prefill,
             )
         else:
             spec = {"device": args.device, "dtype": args.dtype, "decode_tokens": args.decode_tokens}
