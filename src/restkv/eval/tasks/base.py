@@ -64,3 +64,21 @@ def string_match_part(prediction: str, answers: list[str]) -> float:
     """1 if any of ``answers`` is in ``prediction`` (case-insensitive): RULER's string_match_part."""
     text = prediction.lower()
     return float(any(a.lower() in text for a in answers))
+
+
+def build_local(family: str, label: str, tasks, load, score_for, options, tokenizer) -> list:
+    """``(task, samples, score)`` groups of a benchmark read from ``--data-dir/<task>.jsonl``.
+
+    Without ``--tasks``, every task whose file is present is evaluated.
+    """
+    from pathlib import Path
+
+    if options.data_dir is None:
+        raise ValueError(f"{family} reads the official data files: give --data-dir with <task>.jsonl files")
+    names = options.subtasks or [t for t in tasks if (Path(options.data_dir) / f"{t}.jsonl").is_file()]
+    if not names:
+        raise ValueError(f"{options.data_dir} holds none of {label}'s <task>.jsonl files")
+    return [
+        (f"{family}/{t}", load(t, options.data_dir, options.samples, tokenizer, options.length), score_for(t))
+        for t in names
+    ]

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from .. import metrics
-from .base import Sample
+from .base import Sample, build_local
 from .longbench import truncate_middle
 
 HIDDEN = "There is an important piece of information hidden inside a lot of irrelevant text. Find it and memorize it. I will quiz you about it.\n\n{context}\n\n{input}"
@@ -123,12 +123,4 @@ def load(task: str, data_dir, limit=None, tokenizer=None, max_tokens=None) -> li
 
 
 def build(options, tokenizer) -> list:
-    if options.data_dir is None:
-        raise ValueError("infinitebench reads the official data files: give --data-dir with <task>.jsonl files")
-    names = options.subtasks or [t for t in TASKS if (Path(options.data_dir) / f"{t}.jsonl").is_file()]
-    if not names:
-        raise ValueError(f"{options.data_dir} holds none of InfiniteBench's <task>.jsonl files")
-    return [
-        (f"infinitebench/{t}", load(t, options.data_dir, options.samples, tokenizer, options.length), score_for(t))
-        for t in names
-    ]
+    return build_local("infinitebench", "InfiniteBench", TASKS, load, score_for, options, tokenizer)

@@ -17,7 +17,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from .. import metrics
-from .base import Sample
+from .base import Sample, build_local
 
 CONFIG = json.loads(files("restkv.eval.data").joinpath("longbench.json").read_text())
 TASKS = tuple(CONFIG["tasks"])
@@ -88,12 +88,4 @@ def score_for(task: str):
 
 
 def build(options, tokenizer) -> list:
-    if options.data_dir is None:
-        raise ValueError("longbench reads the official data files: give --data-dir with <task>.jsonl files")
-    names = options.subtasks or [t for t in TASKS if (Path(options.data_dir) / f"{t}.jsonl").is_file()]
-    if not names:
-        raise ValueError(f"{options.data_dir} holds none of LongBench's <task>.jsonl files")
-    return [
-        (f"longbench/{t}", load(t, options.data_dir, options.samples, tokenizer, options.length), score_for(t))
-        for t in names
-    ]
+    return build_local("longbench", "LongBench", TASKS, load, score_for, options, tokenizer)
