@@ -63,3 +63,11 @@ def test_random_model_shapes():
     assert set(SHAPES) == {"llama-3.1-8b", "mistral-7b", "qwen2.5-7b"}
     with pytest.raises(ValueError, match="unknown shape"):
         random_model("gpt-5")
+
+
+def test_decode_only_latency(tmp_path):
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        run_latency(tiny_model("llama"), "tiny", [64], CONFIGS[:2], store, repeats=1, decode_tokens=2, prefill=False)
+        rows = store.rows()
+    assert [r["prefill_s"] for r in rows] == [None, None] and all(r["decode_ms_per_token"] > 0 for r in rows)
+    assert "bench-latency" in render_report(tmp_path).read_text()

@@ -56,8 +56,8 @@ def run_latency(
             pre = latency.summary(latency.measure_prefill(model, length, press, repeats)) if prefill else None
             dec = decode[config.budget]
             rows.append(
-                _row(task, length, model_name, config, prefill_s=pre["median"], decode_ms_per_token=dec["median"],
-                     extra={"prefill_min_max": [pre["min"], pre["max"]], "decode_min_max": [dec["min"], dec["max"]],
+                _row(task, length, model_name, config, prefill_s=pre["median"] if pre else None, decode_ms_per_token=dec["median"],
+                     extra={"prefill_min_max": [pre["min"], pre["max"]] if pre else None, "decode_min_max": [dec["min"], dec["max"]],
                             "tokens_per_s": 1000 / dec["median"], "repeats": repeats, "length": length})
             )  # fmt: skip
         store.add(rows)
