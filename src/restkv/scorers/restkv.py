@@ -58,10 +58,11 @@ def odds_times_norm(attn: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
     floating point. That token carries the head's whole output, so it scores above every other
     token of its row: twice the row's largest finite score, plus one.
     """
-    saturated = attn >= 1.0
     odds = attn / (1.0 - attn).clamp_min(torch.finfo(torch.float32).tiny)
-    score = torch.where(saturated, torch.zeros_like(odds), odds * norm)
-    if saturated.any():
+    score = odds * norm
+    saturated = attn >= 1.0
+    if saturated.any():  # rare: only then pay for the masking
+        score = score.masked_fill(saturated, 0.0)
         top = score.amax(dim=-1, keepdim=True)
         score = torch.where(saturated, 2 * top + 1, score)
     return score
