@@ -124,3 +124,16 @@ def test_report_renders_tables_and_plots(tmp_path):
     assert text.index("| full (no eviction) |") < text.index("| restkv(window_size=8) |")
     assert "**100.0**" in text  # best per budget column is marked
     assert (tmp_path / "toy.png").stat().st_size > 1000
+
+
+def test_report_averages_task_families():
+    from restkv.eval.report import family_means
+
+    agg = [
+        {"task": f"ruler/{t}", "model": "m", "method": "x", "budget": 8, "n": 2, "score": s, "kl": 0.1, "top1": 1.0,
+         "prompt_tokens": 10, "kept_entries": 5, "kv_mib": 1.0, "prefill_s": 0.1, "compress_s": 0.0, "decode_ms_per_token": 1.0}
+        for t, s in (("a", 20.0), ("b", 40.0))
+    ]  # fmt: skip
+    means = family_means(agg)
+    assert len(means) == 1 and means[0]["task"] == "ruler (mean of 2 tasks)" and means[0]["score"] == 30.0
+    assert family_means(agg[:1]) == []

@@ -44,6 +44,49 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return sorted(out, key=lambda a: (a["task"], a["method"] != FULL, a["method"], a["budget"] or 0))
 
 
+def family_means(agg: list[dict]) -> list[dict]:
+    """For task families with several tasks (``ruler/...``), the mean over tasks per method and budget."""
+    out = []
+    families = sorted({a["task"].split("/")[0] for a in agg if "/" in a["task"]})
+    for family in families:
+        members = [a for a in agg if a["task"].startswith(family + "/")]
+        tasks = {a["task"] for a in members}
+        if len(tasks) < 2:
+            continue
+        keys = sorted(
+            {(a["model"], a["method"], a["budget"]) for a in members}, key=lambda k: (k[1] != FULL, k[1], k[2] or 0)
+        )
+        for model, method, budget in keys:
+            same = [a for a in members if (a["model"], a["method"], a["budget"]) == (model, method, budget)]
+            if len(same) != len(tasks):
+                continue  # a method missing on some task would bias the mean
+            mean = {
+                k: _mean([a[k] for a in same])
+                for k in (
+                    "score",
+                    "kl",
+                    "top1",
+                    "prompt_tokens",
+                    "kept_entries",
+                    "kv_mib",
+                    "prefill_s",
+                    "compress_s",
+                    "decode_ms_per_token",
+                )
+            }
+            out.append(
+                {
+                    "task": f"{family} (mean of {len(tasks)} tasks)",
+                    "model": model,
+                    "method": method,
+                    "budget": budget,
+                    "n": sum(a["n"] for a in same),
+                    **mean,
+                }
+            )
+    return out
+
+
 def _fmt(value, digits=1):
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -219,6 +262,7 @@ def render_report(run_dir: str | Path) -> Path:
     if not rows:
         raise ValueError(f"{db} holds no results yet")
     agg = aggregate([r for r in rows if not r["task"].startswith("bench-")])
+    agg = family_means(agg) + agg
     parts = [
         f"# restkv report: {run_dir.name}",
         "",
