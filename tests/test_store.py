@@ -137,3 +137,10 @@ def test_report_averages_task_families():
     means = family_means(agg)
     assert len(means) == 1 and means[0]["task"] == "ruler (mean of 2 tasks)" and means[0]["score"] == 30.0
     assert family_means(agg[:1]) == []
+
+
+def test_plot_files_have_plain_names():
+    from restkv.eval.report import file_stem
+
+    assert file_stem("ruler/niah_single_1") == "ruler_niah_single_1"
+    assert file_stem("ruler (mean of 11 tasks)") == "ruler_mean_of_11_tasks"

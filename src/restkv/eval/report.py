@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -42,6 +43,11 @@ def aggregate(rows: list[dict]) -> list[dict]:
             }
         )
     return sorted(out, key=lambda a: (a["task"], a["method"] != FULL, a["method"], a["budget"] or 0))
+
+
+def file_stem(task: str) -> str:
+    """A task name as a plain file name (``ruler/niah_single_1`` -> ``ruler_niah_single_1``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", task).strip("_")
 
 
 def family_means(agg: list[dict]) -> list[dict]:
@@ -270,7 +276,7 @@ def render_report(run_dir: str | Path) -> Path:
         "",
     ]
     for task in sorted({a["task"] for a in agg}):
-        plot = plot_against_budget(agg, task, run_dir / f"{task}.png")
+        plot = plot_against_budget(agg, task, run_dir / f"{file_stem(task)}.png")
         parts += [
             f"## {task}",
             "",
@@ -290,7 +296,7 @@ def render_report(run_dir: str | Path) -> Path:
             "",
         ]
     for task in sorted({r["task"] for r in rows if r["task"].startswith("bench-")}):
-        plot = plot_against_length(rows, task, run_dir / f"{task}.png")
+        plot = plot_against_length(rows, task, run_dir / f"{file_stem(task)}.png")
         parts += [f"## {task}", "", bench_table(rows, task), "", f"![{task}]({plot.name})", ""]
     out = run_dir / "report.md"
     out.write_text("\n".join(parts))
