@@ -6,7 +6,7 @@ from transformers import DynamicCache
 
 from restkv import get_press
 from restkv.generate import greedy_decode, prefill
-from tiny_models import prompt_ids, tiny_model
+from tiny_models import plain_copy, prompt_ids, tiny_model
 
 
 def chunked(model, ids, press):
@@ -61,9 +61,7 @@ def test_decoding_after_chunked_prefill_attends_to_exactly_the_kept_entries():
     ids = prompt_ids(300)
     press = get_press("restkv", budget=40, window_size=8, chunk_size=64)
     cache, logits, _ = chunked(model, ids, press)
-    plain = DynamicCache(config=model.config)
-    for i, layer in enumerate(cache.layers):
-        plain.update(layer.keys.clone(), layer.values.clone(), i)
+    plain = plain_copy(model, cache)
     token, position = logits.argmax(-1, keepdim=True), torch.tensor([[300]])
     with torch.no_grad():
         with press(model):

@@ -7,7 +7,7 @@ from transformers import DynamicCache
 from restkv import get_press
 from restkv.scorers import available, get_scorer
 from test_press import hand_masked_logits, kept_positions, prefill
-from tiny_models import prompt_ids, tiny_model
+from tiny_models import plain_copy, prompt_ids, tiny_model
 
 W = 8
 FAMILIES = [("llama", 4), ("qwen2", 2)]  # MHA and GQA
@@ -55,9 +55,7 @@ def test_method_keeps_budget_window_and_decodes_over_kept_entries(method, family
             assert pos.shape[-1] == 30
     assert sum(p.shape[-1] for p in kept.values()) == 30 * len(kept)  # pyramid: same total
     token = logits[:, -1:].argmax(-1)
-    plain = DynamicCache(config=model.config)  # the stored entries, for transformers to decode alone
-    for i, layer in enumerate(compressed.layers):
-        plain.update(layer.keys.clone(), layer.values.clone(), i)
+    plain = plain_copy(model, compressed)  # the stored entries, for transformers to decode alone
     with torch.no_grad(), press(model):
         ours = model(token, cache=compressed, position_ids=torch.tensor([[100]])).logits[:, -1]
     if method == "cam":
@@ -144,9 +142,7 @@ def test_decode_eviction_keeps_decoding_consistent_with_kept_entries(method):
         first = kept_positions(full.layers[0].keys, cache.layers[0].keys)
         assert first.shape[-1] <= 24 + 3 and (first >= 50).any(), "generated tokens are kept too"
         # a plain cache holding exactly the kept entries, decoded by transformers alone
-        plain = DynamicCache(config=model.config)
-        for i, layer in enumerate(cache.layers):
-            plain.update(layer.keys.clone(), layer.values.clone(), i)
+        plain = plain_copy(model, cache)
         last, position = forced[:, 29:30], torch.tensor([[79]])
         with press(model):
             ours = model(last, cache=cache, position_ids=position).logits[:, -1]

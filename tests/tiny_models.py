@@ -84,3 +84,13 @@ class TinyLoaded:
         self.tokenizer = CharTokenizer()
         self.name = f"tiny-{family}"
         self.chat = False
+
+
+def plain_copy(model, cache):
+    """A plain transformers cache holding exactly ``cache``'s stored entries (no press state)."""
+    from transformers import DynamicCache
+
+    plain = DynamicCache(config=model.config)
+    for i, layer in enumerate(cache.layers):
+        plain.update(layer.keys.clone(), layer.values.clone(), i)
+    return plain

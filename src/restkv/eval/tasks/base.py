@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -66,13 +67,21 @@ def string_match_part(prediction: str, answers: list[str]) -> float:
     return float(any(a.lower() in text for a in answers))
 
 
+def local_task_file(label: str, task: str, tasks, data_dir, known: str) -> Path:
+    """``data_dir/<task>.jsonl`` of a local benchmark, or a one-sentence error."""
+    if task not in tasks:
+        raise ValueError(f"unknown {label} task {task!r}; {known}: {', '.join(tasks)}")
+    path = Path(data_dir) / f"{task}.jsonl"
+    if not path.is_file():
+        raise ValueError(f"{label} task {task} needs {path} (the official data file)")
+    return path
+
+
 def build_local(family: str, label: str, tasks, load, score_for, options, tokenizer) -> list:
     """``(task, samples, score)`` groups of a benchmark read from ``--data-dir/<task>.jsonl``.
 
     Without ``--tasks``, every task whose file is present is evaluated.
     """
-    from pathlib import Path
-
     if options.data_dir is None:
         raise ValueError(f"{family} reads the official data files: give --data-dir with <task>.jsonl files")
     names = options.subtasks or [t for t in tasks if (Path(options.data_dir) / f"{t}.jsonl").is_file()]

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 from .. import metrics
-from .base import Sample, build_local
+from .base import Sample, build_local, local_task_file
 from .longbench import truncate_middle
 
 HIDDEN = "There is an important piece of information hidden inside a lot of irrelevant text. Find it and memorize it. I will quiz you about it.\n\n{context}\n\n{input}"
@@ -98,11 +97,7 @@ def _answers(task: str, item: dict) -> list[str]:
 
 
 def load(task: str, data_dir, limit=None, tokenizer=None, max_tokens=None) -> list[Sample]:
-    if task not in TASKS:
-        raise ValueError(f"unknown InfiniteBench task {task!r}; available: {', '.join(TASKS)}")
-    path = Path(data_dir) / f"{task}.jsonl"
-    if not path.is_file():
-        raise ValueError(f"InfiniteBench task {task} needs {path} (the official data file)")
+    path = local_task_file("InfiniteBench", task, TASKS, data_dir, "available")
     template, max_new = TEMPLATES[task]
     samples = []
     with path.open() as lines:

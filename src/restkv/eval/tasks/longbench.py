@@ -17,7 +17,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from .. import metrics
-from .base import Sample, build_local
+from .base import Sample, build_local, local_task_file
 
 CONFIG = json.loads(files("restkv.eval.data").joinpath("longbench.json").read_text())
 TASKS = tuple(CONFIG["tasks"])
@@ -48,11 +48,7 @@ def load(
     task: str, data_dir: str | Path, limit: int | None = None, tokenizer=None, max_tokens: int | None = None
 ) -> list[Sample]:
     """Samples of one task from ``data_dir/<task>.jsonl``."""
-    if task not in TASKS:
-        raise ValueError(f"unknown LongBench task {task!r}; the paper's 16: {', '.join(TASKS)}")
-    path = Path(data_dir) / f"{task}.jsonl"
-    if not path.is_file():
-        raise ValueError(f"LongBench task {task} needs {path} (the official data file)")
+    path = local_task_file("LongBench", task, TASKS, data_dir, "the paper's 16")
     template, max_new = CONFIG["tasks"][task]["prompt"], CONFIG["tasks"][task]["max_new_tokens"]
     samples = []
     with path.open() as lines:
