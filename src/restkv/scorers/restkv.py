@@ -124,15 +124,19 @@ class RestKVScorer(Scorer):
         n, w = keys.shape[-2], queries.shape[-2]
         heads = queries.shape[1]
         attn = window_attention(queries, keys, scaling=scaling, key_mask=key_mask, softcap=softcap)  # [b,H,w,n]
-        v = repeat_kv(values, heads // values.shape[1]).float()  # [b,H,n,d]
         gram = head_gram(o_proj, heads) if self.use_wo else None
         if self.metric_mode == "after":
             a = temporal(attn[..., : n - w], self.temporal, self.alpha)  # [b,H,n-w]
-            prefix_v = v[..., : n - w, :]
-            o = torch.einsum("bhl,bhld->bhd", a, prefix_v)
-            norm = projected_norm(o[..., None, :] - prefix_v, gram) ** self.tau
+            # per KV group, so the values are broadcast to the group's query heads, not copied
+            b, kv = values.shape[:2]
+            grouped_a = a.view(b, kv, heads // kv, n - w)
+            prefix_v = values[..., : n - w, :].float()[:, :, None]  # [b,Hkv,1,n-w,d]
+            o = torch.einsum("bkgl,bkxld->bkgd", grouped_a, prefix_v)
+            diff = (o[..., None, :] - prefix_v).view(b, heads, n - w, -1)
+            norm = projected_norm(diff, gram) ** self.tau
             scores = odds_times_norm(a, norm)
         else:
+            v = repeat_kv(values, heads // values.shape[1]).float()  # [b,H,n,d]
             scores = temporal(self._per_query_scores(attn, v, gram), self.temporal, self.alpha)
         valid = key_mask[:, : n - w] if key_mask is not None else None
         return self._smooth(scores, attn, budget, valid)
