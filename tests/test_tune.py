@@ -6,7 +6,7 @@ import pytest
 
 from restkv import get_press
 from restkv.eval.tasks.base import Sample
-from restkv.tune import PAPER, calibration_samples, load_profile, tune
+from restkv.tune import GRID, PAPER, builtin_calibration, calibration_samples, load_profile, tune
 from tiny_models import TinyLoaded
 
 
@@ -42,3 +42,13 @@ def test_profile_and_calibration_errors(tmp_path):
     calib.write_text('{"text": "no prompt"}\n')
     with pytest.raises(ValueError, match="line 1 is not a calibration record"):
         calibration_samples(calib)
+
+
+def test_builtin_calibration_mixes_pass_keys_and_needles():
+    loaded = TinyLoaded()
+    samples = builtin_calibration(loaded, 5, 600)
+    kinds = [s.id.split("-")[0] for s in samples]
+    assert kinds == ["passkey"] * 3 + ["niah"] * 2
+    assert all(s.answers for s in samples)
+    assert len({s.prompt for s in samples}) == 5
+    assert GRID["kernel_size"][0] == PAPER["kernel_size"] == 5  # the paper's kernel is the first tried

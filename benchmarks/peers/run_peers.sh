@@ -11,7 +11,7 @@ PY=${PY:-.venv/bin/python}
 RESTKV=${RESTKV:-.venv/bin/restkv}
 KVPRESS_PY=${KVPRESS_PY:-/tmp/kvpress-venv/bin/python}
 MODEL_DIR=${MODEL_DIR:-${RESTKV_HOME:-$HOME/.cache/restkv}/models/smollm2-135m-instruct}
-OURS="full,restkv,restkv[window_size=auto],restkv[profile=benchmarks/results/profiles/smollm2-135m-instruct-b128.json],snapkv,snapkv[window_size=auto],pyramidkv,h2o,tova,streamingllm,knorm"
+OURS="full,restkv,restkv[window_size=auto],restkv[window_size=auto;kernel_size=15],snapkv[window_size=auto;kernel_size=15],restkv[profile=benchmarks/results/profiles/smollm2-135m-instruct-b128.json],snapkv,snapkv[window_size=auto],pyramidkv,h2o,tova,streamingllm,knorm"
 
 peer_run() {  # task length samples budgets out
   local task=$1 length=$2 samples=$3 budgets=$4 out=$5

@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     tn.add_argument(
         "--calibration",
         type=Path,
-        help='JSONL of {"prompt": ..., "answers": [...]} (default: the built-in pass-key set)',
+        help='JSONL of {"prompt": ..., "answers": [...]} (default: built-in pass-key and needle prompts)',
     )
     tn.add_argument("--samples", type=_positive_int, default=8, help="built-in calibration prompts")
     tn.add_argument("--length", type=_positive_int, default=470)
@@ -312,7 +312,7 @@ def cmd_tune(args) -> int:
     import json
 
     from .models import load_model
-    from .tune import calibration_samples, tune
+    from .tune import builtin_calibration, calibration_samples, tune
 
     if args.calibration is not None and not args.calibration.is_file():
         raise UsageError(f"calibration file {args.calibration} does not exist")
@@ -322,12 +322,7 @@ def cmd_tune(args) -> int:
     if args.calibration is not None:
         samples = calibration_samples(args.calibration)
     else:
-        from .eval.tasks.passkey import passkey_samples
-        from .generate import encode_prompt
-
-        samples = passkey_samples(
-            args.samples, args.length, lambda t: encode_prompt(loaded.tokenizer, t, chat=loaded.chat).shape[1], seed=101
-        )
+        samples = builtin_calibration(loaded, args.samples, args.length)
     profile = tune(loaded, samples, args.budget, batch=args.batch)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(profile, indent=1))

@@ -27,14 +27,43 @@ from .eval.tasks.base import Sample
 from .generate import encode_prompt
 from .window import question_window
 
-PAPER = {"window_size": 32, "alpha": 0.3, "temporal": "ema", "pooling": "adaptive", "gqa_reduce": "mean"}
+PAPER = {
+    "window_size": 32,
+    "alpha": 0.3,
+    "temporal": "ema",
+    "pooling": "adaptive",
+    "kernel_size": 5,
+    "gqa_reduce": "mean",
+}
 GRID = {
     "window_size": ["auto", 8, 16, 32],
     "alpha": [0.3, 0.5, 0.7],
     "temporal": ["ema", "mean", "last"],
     "pooling": ["adaptive", "avgpool", "none"],
+    # a wider kernel keeps the neighbours of an attended token: with digit-by-digit tokenizers
+    # the window attends to a number's first digit and kernel 5 keeps only two more
+    "kernel_size": [5, 9, 15],
     "gqa_reduce": ["mean", "max"],
 }
+
+
+def builtin_calibration(loaded, count: int, length: int, seed: int = 101) -> list[Sample]:
+    """The default calibration set: pass-key prompts and needle-in-a-haystack prompts, half each.
+
+    Seeded apart from the evaluation sets (their seed is 0), so tuning never sees a test prompt.
+    """
+    from .eval.tasks.niah import niah_samples
+    from .eval.tasks.passkey import passkey_samples
+    from .generate import encode_prompt
+
+    def count_tokens(text: str) -> int:
+        return encode_prompt(loaded.tokenizer, text, chat=loaded.chat).shape[1]
+
+    needles = count // 2
+    depths = [(i + 0.5) / needles for i in range(needles)]
+    return passkey_samples(count - needles, length, count_tokens, seed=seed) + niah_samples(
+        [length], depths, 1, count_tokens, seed=seed
+    )
 
 
 def calibration_samples(path: str | Path) -> list[Sample]:
