@@ -13,7 +13,7 @@ the press masks the padding slots per head; the stored tensors never hold paddin
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import CacheLayerMixin
+from transformers.cache_utils import CacheLayerMixin, DynamicLayer
 
 
 class VarlenLayer(CacheLayerMixin):
@@ -110,3 +110,56 @@ def cache_bytes(cache) -> int:
         elif _dense(layer):
             total += layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
     return total
+
+
+class ReservedLayer(DynamicLayer):
+    """A dense layer with room reserved for the tokens still to come.
+
+    transformers' dynamic layer concatenates on every appended token, copying the whole layer:
+    for a batch of compressed caches decoded together that copy costs more than the model's
+    matrix products. This layer writes new tokens into spare capacity instead (doubling it
+    when full) and exposes ``keys``/``values`` as views of the filled part. Code that assigns
+    new ``keys``/``values`` (eviction) is honoured: the next update adopts them.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, extra: int):
+        super().__init__()
+        self.lazy_initialization(keys, values)
+        self._adopt(keys, values, extra)
+
+    def _adopt(self, keys: torch.Tensor, values: torch.Tensor, extra: int) -> None:
+        length = keys.shape[-2]
+        shape = (*keys.shape[:-2], length + max(extra, 1), keys.shape[-1])
+        self._keys = keys.new_empty(shape)
+        self._values = values.new_empty(shape[:-1] + (values.shape[-1],))
+        self._keys[..., :length, :] = keys
+        self._values[..., :length, :] = values
+        self._length = length
+        self._expose()
+
+    def _expose(self) -> None:
+        self.keys = self._keys[..., : self._length, :]
+        self.values = self._values[..., : self._length, :]
+        self._exposed = (self.keys, self.values)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        added = key_states.shape[-2]
+        if self.keys is not self._exposed[0] or self.values is not self._exposed[1]:
+            self._adopt(self.keys, self.values, added)  # replaced from outside since the last update
+        if self._length + added > self._keys.shape[-2]:
+            self._adopt(self.keys, self.values, max(added, self._keys.shape[-2]))
+        self._keys[..., self._length : self._length + added, :] = key_states
+        self._values[..., self._length : self._length + added, :] = value_states
+        self._length += added
+        self._expose()
+        return self.keys, self.values
+
+
+def reserve(cache, extra: int):
+    """``cache`` with every plain dense layer replaced by a :class:`ReservedLayer` holding room for
+    ``extra`` more tokens (the layers' current tensors are copied; other caches sharing them are
+    unaffected). Sliding and variable-length layers are left as they are."""
+    for i, layer in enumerate(cache.layers):
+        if type(layer) is DynamicLayer and getattr(layer, "is_initialized", False) and layer.keys.numel():
+            cache.layers[i] = ReservedLayer(layer.keys, layer.values, extra)
+    return cache

@@ -24,7 +24,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from ..adapters import attention_modules, check_supported, is_sliding, project_queries
-from ..cache import VarlenLayer, cache_bytes, cache_entries
+from ..cache import VarlenLayer, cache_bytes, cache_entries, reserve
 from ..compress import LayerState, PressStats, SequenceState, compress_layer, effective_scorer, plan_budgets, query_span
 from ..generate import prefill
 from ..press import KVPress, get_press
@@ -176,6 +176,7 @@ class Engine:
         ``[steps, rows, vocab]`` and the milliseconds per decoding step.
         """
         rows = first_logits.shape[0]
+        reserve(cache, max_new_tokens)  # append in place: no copy of every layer per token
         tokens: list[list[int]] = [[] for _ in range(rows)]
         done = [False] * rows
         logits, seen = first_logits, [first_logits]
