@@ -144,3 +144,27 @@ def test_plot_files_have_plain_names():
 
     assert file_stem("ruler/niah_single_1") == "ruler_niah_single_1"
     assert file_stem("ruler (mean of 11 tasks)") == "ruler_mean_of_11_tasks"
+
+
+def test_niah_report_has_a_grid_per_method_and_a_heatmap(tmp_path):
+    from restkv.eval.report import niah_cells, niah_grid_table
+
+    def row(method, budget, length, depth, score, i):
+        return {"task": "niah", "sample_id": f"{length}-{depth}-{i}", "model": "m", "method": method, "budget": budget,
+                "params": {}, "prediction": "", "score": score, "prompt_tokens": length, "kept_entries": 1, "kv_bytes": 1,
+                "prefill_s": 0.1, "compress_s": 0.0, "decode_ms_per_token": None, "kl": 0.0, "top1": 1.0,
+                "extra": {"length": length, "depth": depth}}  # fmt: skip
+
+    rows = [row("full", None, n, d, 1.0, i) for n in (64, 128) for d in (0.0, 1.0) for i in range(2)]
+    rows += [
+        row("snapkv", 8, n, d, float(d == 1.0 and i == 0), i) for n in (64, 128) for d in (0.0, 1.0) for i in range(2)
+    ]
+    cells = niah_cells(rows)
+    assert list(cells) == [("full", None), ("snapkv", 8)]
+    assert cells[("snapkv", 8)] == {(64, 0.0): 0.0, (64, 1.0): 50.0, (128, 0.0): 0.0, (128, 1.0): 50.0}
+    assert "| 128 | 0 | 50 |" in niah_grid_table(cells[("snapkv", 8)])
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        store.add(rows)
+    text = render_report(tmp_path).read_text()
+    assert "## Needle-in-a-Haystack grid" in text and "**snapkv @ 8**" in text
+    assert (tmp_path / "niah_heatmap.png").stat().st_size > 1000

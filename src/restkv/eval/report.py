@@ -255,6 +255,58 @@ def plot_against_length(rows: list[dict], task: str, path: Path) -> Path:
     return path
 
 
+def niah_cells(rows: list[dict]) -> dict:
+    """``{(method, budget): {(length, depth): mean score in %}}`` for needle rows that carry their cell."""
+    cells = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        extra = r.get("extra") or {}
+        if "length" in extra and "depth" in extra and r["score"] is not None:
+            cells[(r["method"], r["budget"])][(extra["length"], extra["depth"])].append(r["score"])
+    return {
+        key: {cell: 100 * sum(v) / len(v) for cell, v in grid.items()}
+        for key, grid in sorted(cells.items(), key=lambda kv: (kv[0][0] != FULL, kv[0][0], kv[0][1] or 0))
+    }
+
+
+def niah_grid_table(grid: dict) -> str:
+    """One row per prompt length, one column per needle depth."""
+    lengths, depths = sorted({c[0] for c in grid}), sorted({c[1] for c in grid})
+    lines = ["| length \\ depth | " + " | ".join(f"{d:g}" for d in depths) + " |", "|---" * (len(depths) + 1) + "|"]
+    for length in lengths:
+        lines.append(f"| {length} | " + " | ".join(_fmt(grid.get((length, d)), 0) for d in depths) + " |")
+    return "\n".join(lines)
+
+
+def plot_niah_heatmaps(cells: dict, path: Path) -> Path:
+    """One heatmap (length x depth, score) per method and budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(cells)
+    cols = min(4, len(keys))
+    rows_n = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.2 * cols, 2.8 * rows_n), squeeze=False, layout="constrained")
+    for ax in axes.flat[len(keys) :]:
+        ax.axis("off")
+    for ax, (method, budget) in zip(axes.flat, keys):
+        grid = cells[(method, budget)]
+        lengths, depths = sorted({c[0] for c in grid}), sorted({c[1] for c in grid})
+        values = [[grid.get((length, d), float("nan")) for d in depths] for length in lengths]
+        image = ax.imshow(values, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto")
+        ax.set_xticks(range(len(depths)), [f"{d:g}" for d in depths], fontsize=7)
+        ax.set_yticks(range(len(lengths)), [str(n) for n in lengths], fontsize=7)
+        ax.set_title(f"{method} @ {budget or 'all'}", fontsize=8)
+        ax.set_xlabel("needle depth", fontsize=7)
+        ax.set_ylabel("tokens", fontsize=7)
+    fig.colorbar(image, ax=axes, shrink=0.6, label="score (%)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def render_report(run_dir: str | Path) -> Path:
     """Write ``report.md`` and one PNG per task into ``run_dir`` from its ``results.sqlite``."""
     run_dir = Path(run_dir)
@@ -295,6 +347,13 @@ def render_report(run_dir: str | Path) -> Path:
             f"![{task}]({plot.name})",
             "",
         ]
+    cells = niah_cells(rows)
+    if cells:
+        heatmap = plot_niah_heatmaps(cells, run_dir / "niah_heatmap.png")
+        parts += ["## Needle-in-a-Haystack grid", "", "Score per (length, depth) cell:", ""]
+        for (method, budget), grid in cells.items():
+            parts += [f"**{method} @ {budget or 'all'}**", "", niah_grid_table(grid), ""]
+        parts += [f"![niah heatmap]({heatmap.name})", ""]
     for task in sorted({r["task"] for r in rows if r["task"].startswith("bench-")}):
         plot = plot_against_length(rows, task, run_dir / f"{file_stem(task)}.png")
         parts += [f"## {task}", "", bench_table(rows, task), "", f"![{task}]({plot.name})", ""]
