@@ -71,3 +71,23 @@ def test_decode_only_latency(tmp_path):
         rows = store.rows()
     assert [r["prefill_s"] for r in rows] == [None, None] and all(r["decode_ms_per_token"] > 0 for r in rows)
     assert "bench-latency" in render_report(tmp_path).read_text()
+
+
+def test_prefill_timings_take_turns_between_presses():
+    import contextlib
+
+    calls = []
+
+    class Recorder:
+        chunk_size = None
+
+        def __init__(self, name):
+            self.name = name
+
+        def __call__(self, model):
+            calls.append(self.name)
+            return contextlib.nullcontext()
+
+    times = latency.measure_prefills(tiny_model("llama"), 16, [Recorder("a"), Recorder("b")], repeats=2)
+    assert calls == ["a", "b"] * 3  # one warm-up each, then alternating repeats
+    assert [len(t) for t in times] == [2, 2] and all(x > 0 for t in times for x in t)

@@ -61,16 +61,29 @@ def synthetic_cache(model, length: int, entries: int | None) -> DynamicCache:
 
 
 @torch.inference_mode()
-def measure_prefill(model, length: int, press: KVPress, repeats: int) -> list[float]:
+def measure_prefills(model, length: int, presses: list[KVPress], repeats: int) -> list[list[float]]:
+    """Prefill seconds per press, the presses taking turns within each repeat.
+
+    Taking turns (after one warm-up each) means a slow spell of a shared machine hits every
+    press alike, so ratios between presses hold even when absolute times drift.
+    """
     vocab = model.config.get_text_config().vocab_size
     ids = torch.randint(3, vocab, (1, length), generator=torch.Generator().manual_seed(length)).to(model.device)
 
-    def run():
+    def run(press):
         cache = DynamicCache(config=model.config)
         with press(model):
             prefill(model, ids, cache, press.chunk_size)
 
-    return _timed(run, repeats)
+    for press in presses:
+        run(press)
+    times: list[list[float]] = [[] for _ in presses]
+    for _ in range(repeats):
+        for i, press in enumerate(presses):
+            start = time.perf_counter()
+            run(press)
+            times[i].append(time.perf_counter() - start)
+    return times
 
 
 @torch.inference_mode()

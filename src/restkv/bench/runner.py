@@ -44,16 +44,16 @@ def run_latency(
         decode = {}
         for entries in sorted({c.budget for c in todo}, key=lambda b: -1 if b is None else b):
             decode[entries] = latency.summary(latency.measure_decode(model, length, entries, decode_tokens, repeats))
+        presses = [
+            config.press()
+            if chunk_size is None or config.method == "full"
+            else MethodConfig.make(config.method, config.budget, chunk_size=chunk_size, **dict(config.params)).press()
+            for config in todo
+        ]
+        prefills = latency.measure_prefills(model, length, presses, repeats) if prefill else [None] * len(todo)
         rows = []
-        for config in todo:
-            press = (
-                config.press()
-                if chunk_size is None or config.method == "full"
-                else MethodConfig.make(
-                    config.method, config.budget, chunk_size=chunk_size, **dict(config.params)
-                ).press()
-            )
-            pre = latency.summary(latency.measure_prefill(model, length, press, repeats)) if prefill else None
+        for config, times in zip(todo, prefills):
+            pre = latency.summary(times) if times is not None else None
             dec = decode[config.budget]
             rows.append(
                 _row(task, length, model_name, config, prefill_s=pre["median"] if pre else None, decode_ms_per_token=dec["median"],
