@@ -93,3 +93,13 @@ def test_batched_decoding_equals_one_config_at_a_time(family):
         assert b.kl == pytest.approx(a.kl, abs=1e-5) and b.top1 == a.top1
         if config.method != "full":
             assert b.decode_ms_per_token is None and a.decode_ms_per_token > 0
+
+
+@pytest.mark.parametrize("method", ["restkv", "h2o", "streamingllm"])
+def test_engine_decoding_with_eviction_matches_the_press(method):
+    """The engine appends into reserved room; eviction while decoding must still be honoured."""
+    model, ids = tiny_model("llama"), prompt_ids(80)
+    config = MethodConfig.make(method, 24, window_size=8, decode_budget=24, every=4)
+    outcome = Engine(model, [MethodConfig.make("full"), config]).run(ids, 30, set(), batch=1)[1]
+    tokens, _, _, _ = greedy_decode(model, ids, config.press(), 30, set())
+    assert outcome.token_ids == tokens and len(tokens) == 30
