@@ -15,6 +15,9 @@ run() {
 run $RESTKV eval ruler --methods full --budgets 128 --length 1024 --samples 20 --out runs/ruler-1k-full-only
 run $RESTKV eval ruler --methods $METHODS --budgets 128,256,512 --length 1024 --samples 20 --out runs/ruler-1k
 run $RESTKV eval niah --methods $METHODS --budgets 128,256 --lengths 512,1024 --depths 0,0.25,0.5,0.75,1 --samples 2 --out runs/niah
+# the same 1,024-token cells with wider pooling kernels (the digits of a needle sit side by side)
+run $RESTKV eval niah --methods "full,restkv[kernel_size=15],restkv[pooling=maxpool;kernel_size=15],restkv[pooling=maxpool],restkv[window_size=auto],snapkv[kernel_size=15],snapkv[pooling=maxpool;kernel_size=15]" \
+  --budgets 128,256 --lengths 1024 --depths 0,0.25,0.5,0.75,1 --samples 2 --out runs/niah-kernels
 run $RESTKV eval fidelity --methods $METHODS --budgets 256,512,1024 --length 4096 --samples 2 --out runs/fidelity
 run $RESTKV eval fidelity --methods $METHODS --budgets 256,512,1024 --length 8128 --samples 2 --out runs/fidelity
-for d in runs/ruler-1k runs/niah runs/fidelity; do $RESTKV report "$d"; done
+for d in runs/ruler-1k-full-only runs/ruler-1k runs/niah runs/niah-kernels runs/fidelity; do $RESTKV report "$d"; done
