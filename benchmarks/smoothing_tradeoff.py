@@ -71,7 +71,7 @@ def latency(args) -> None:
 def niah(args) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = {(r["setting"], r["length"]) for r in map(json.loads, out.open())} if out.exists() else set()
+    done = {(r["setting"], r["requested_length"]) for r in map(json.loads, out.open())} if out.exists() else set()
     for length in args.lengths:
         for setting in args.settings.split(","):
             if (setting, length) in done:
@@ -82,7 +82,7 @@ def niah(args) -> None:
             if result.returncode != 0:
                 print(f"{setting} at {length} failed:\n{result.stderr[-2000:]}", file=sys.stderr)
                 continue
-            row = json.loads(result.stdout.strip().splitlines()[-1])
+            row = {**json.loads(result.stdout.strip().splitlines()[-1]), "requested_length": length}
             print(json.dumps(row))
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -193,10 +193,11 @@ def report(args) -> None:
                 rows = store.rows()
             quality[name] = _means(rows, "kl" if name == "fidelity" else "score")
     needle = [json.loads(line) for line in (runs / "niah.jsonl").open()] if (runs / "niah.jsonl").exists() else []
-    lines = ["| temporal | pooling | " + " | ".join(f"scorer ms/layer at {int(n) // 1024}K (vs SnapKV)" for n in lengths)
-             + " | fidelity KL | RULER score | " + " | ".join(f"NIAH {n // 1024}K: found / needle kept" for n in sorted({r['length'] for r in needle})) + " |"]  # fmt: skip
-    lines.append("|" + "---|" * (lines[0].count("|") - 1))
-    niah_lengths = sorted({r["length"] for r in needle})
+    niah_lengths = sorted({r["requested_length"] for r in needle})
+    header = ["temporal", "pooling"]
+    header += [f"scorer ms/layer at {int(n) // 1024}K (+ over SnapKV)" for n in lengths]
+    header += ["fidelity KL", "RULER score"] + [f"NIAH {n // 1024}K: found / needle kept" for n in niah_lengths]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for spec in SETTINGS:
         t, p = spec[len("restkv[temporal=") :].rstrip("]").split(";pooling=")
         cells = [t, p]
@@ -206,7 +207,7 @@ def report(args) -> None:
         cells.append(_fmt(quality.get("fidelity", {}).get(spec), 4))
         cells.append(_fmt(quality.get("ruler", {}).get(spec), 1))
         for n in niah_lengths:
-            row = next((r for r in needle if r["setting"] == spec and r["length"] == n), None)
+            row = next((r for r in needle if r["setting"] == spec and r["requested_length"] == n), None)
             cells.append("-" if row is None else f"{'yes' if row['score'] else 'no'} / {row['needle_kept']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     snap = " | ".join(f"{lat['ms_per_layer'][n]['snapkv']:.1f}" for n in lengths)
