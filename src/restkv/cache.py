@@ -1,4 +1,7 @@
-"""A cache layer whose heads keep different numbers of entries, stored without padding.
+"""Cache layers of our own, and cache measures.
+
+:class:`VarlenLayer`: a layer whose heads keep different numbers of entries, stored without padding.
+:class:`ReservedLayer`: a dense layer that appends in place (used while decoding sweeps).
 
 AdaKV-style allocation gives each KV head its own number of prompt entries. Padding every head
 back to the largest one would keep the memory the method claims to free, so this layer stores
