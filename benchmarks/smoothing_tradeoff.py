@@ -199,7 +199,7 @@ def report(args) -> None:
     header += ["fidelity KL", "RULER score"] + [f"NIAH {n // 1024}K: found / needle kept" for n in niah_lengths]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for spec in SETTINGS:
-        t, p = spec[len("restkv[temporal=") :].rstrip("]").split(";pooling=")
+        t, p = _short(spec).split("/")
         cells = [t, p]
         for n in lengths:
             ms, base = lat["ms_per_layer"][n][spec], lat["ms_per_layer"][n]["snapkv"]
@@ -227,7 +227,7 @@ def report(args) -> None:
         ax.scatter(
             x, y, marker="o" if "adaptive" in spec else "s" if "avgpool" in spec else "^" if "maxpool" in spec else "x"
         )
-        ax.annotate(spec[len("restkv[temporal=") :].rstrip("]").replace(";pooling=", "/"), (x, y), fontsize=7)
+        ax.annotate(_short(spec), (x, y), fontsize=7)
     ax.set_xlabel(f"added scorer ms per layer over SnapKV at {int(longest) // 1024}K tokens")
     ax.set_ylabel("fidelity KL to the full cache (lower is better)")
     ax.set_title("ReST-KV smoothing: cost against fidelity")
@@ -235,12 +235,17 @@ def report(args) -> None:
     fig.savefig(out / "cost_vs_fidelity.png", dpi=120)
     if "ruler" in quality:
         fig, ax = plt.subplots(figsize=(7, 4))
-        labels = [s[len("restkv[temporal=") :].rstrip("]").replace(";pooling=", "/") for s in SETTINGS]
+        labels = [_short(s) for s in SETTINGS]
         ax.bar(range(len(SETTINGS)), [quality["ruler"].get(s, 0) for s in SETTINGS])
         ax.set_xticks(range(len(SETTINGS)), labels, rotation=60, ha="right", fontsize=7)
         ax.set_ylabel("RULER mean score (%)")
         fig.tight_layout()
         fig.savefig(out / "ruler_by_setting.png", dpi=120)
+
+
+def _short(spec: str) -> str:
+    """``restkv[temporal=ema;pooling=adaptive]`` -> ``ema/adaptive``."""
+    return spec[len("restkv[temporal=") :].rstrip("]").replace(";pooling=", "/")
 
 
 def _means(rows, column):

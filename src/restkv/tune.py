@@ -52,13 +52,11 @@ def builtin_calibration(loaded, count: int, length: int, seed: int = 101) -> lis
 
     Seeded apart from the evaluation sets (their seed is 0), so tuning never sees a test prompt.
     """
+    from .eval.tasks import token_counter
     from .eval.tasks.niah import niah_samples
     from .eval.tasks.passkey import passkey_samples
-    from .generate import encode_prompt
 
-    def count_tokens(text: str) -> int:
-        return encode_prompt(loaded.tokenizer, text, chat=loaded.chat).shape[1]
-
+    count_tokens = token_counter(loaded)
     needles = count // 2
     depths = [(i + 0.5) / needles for i in range(needles)]
     return passkey_samples(count - needles, length, count_tokens, seed=seed) + niah_samples(

@@ -17,6 +17,11 @@ def _mean(values):
     return sum(values) / len(values) if values else None
 
 
+def method_order(method: str, budget) -> tuple:
+    """Report order: the full cache first, then methods by name and budget."""
+    return (method != FULL, method, budget or 0)
+
+
 def aggregate(rows: list[dict]) -> list[dict]:
     """Mean of each measure per (task, model, method, budget); ``n`` is the sample count."""
     groups = defaultdict(list)
@@ -42,7 +47,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
                 "decode_ms_per_token": _mean([r["decode_ms_per_token"] for r in items]),
             }
         )
-    return sorted(out, key=lambda a: (a["task"], a["method"] != FULL, a["method"], a["budget"] or 0))
+    return sorted(out, key=lambda a: (a["task"], *method_order(a["method"], a["budget"])))
 
 
 def file_stem(task: str) -> str:
@@ -59,9 +64,7 @@ def family_means(agg: list[dict]) -> list[dict]:
         tasks = {a["task"] for a in members}
         if len(tasks) < 2:
             continue
-        keys = sorted(
-            {(a["model"], a["method"], a["budget"]) for a in members}, key=lambda k: (k[1] != FULL, k[1], k[2] or 0)
-        )
+        keys = sorted({(a["model"], a["method"], a["budget"]) for a in members}, key=lambda k: method_order(k[1], k[2]))
         for model, method, budget in keys:
             same = [a for a in members if (a["model"], a["method"], a["budget"]) == (model, method, budget)]
             if len(same) != len(tasks):
@@ -264,7 +267,7 @@ def niah_cells(rows: list[dict]) -> dict:
             cells[(r["method"], r["budget"])][(extra["length"], extra["depth"])].append(r["score"])
     return {
         key: {cell: 100 * sum(v) / len(v) for cell, v in grid.items()}
-        for key, grid in sorted(cells.items(), key=lambda kv: (kv[0][0] != FULL, kv[0][0], kv[0][1] or 0))
+        for key, grid in sorted(cells.items(), key=lambda kv: method_order(*kv[0]))
     }
 
 

@@ -24,12 +24,19 @@ class TaskOptions:
 TASK_FAMILIES = ("ruler", "niah", "fidelity", "passkey", "longbench", "infinitebench", "bbh")
 
 
-def build(family: str, loaded, options: TaskOptions):
-    """``[(task name, samples, score function)]`` for a task family on a loaded model."""
+def token_counter(loaded):
+    """A prompt's length in ``loaded``'s tokens, encoded as the evaluation encodes it."""
     from ...generate import encode_prompt
 
     def count(text: str) -> int:
         return encode_prompt(loaded.tokenizer, text, chat=loaded.chat).shape[1]
+
+    return count
+
+
+def build(family: str, loaded, options: TaskOptions):
+    """``[(task name, samples, score function)]`` for a task family on a loaded model."""
+    count = token_counter(loaded)
 
     if family == "ruler":
         from . import ruler
