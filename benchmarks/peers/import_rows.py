@@ -29,13 +29,15 @@ def main() -> None:
         samples=args.samples, length=args.length, seed=args.seed, subtasks=tuple(t for t in args.tasks.split(",") if t)
     )
     samples = {(task, s.id): (s, score) for task, group, score in build(args.task, loaded, options) for s in group}
-    failures = {}
+    # failures of earlier imports into the same run stay recorded: method@budget -> prompt -> error
+    failures_path = args.out / "peer_failures.json"
+    failures = json.loads(failures_path.read_text()) if failures_path.exists() else {}
     with ResultStore(args.out / "results.sqlite") as store:
         for line in open(args.rows):
             row = json.loads(line)
             sample, score = samples[(row["task"], row["sample_id"])]
             if "error" in row:
-                failures[(row["method"], row["budget"])] = row["error"]
+                failures.setdefault(f"{row['method']}@{row['budget']}", {})[row["sample_id"]] = row["error"]
                 continue
             if store.has(row["task"], row["sample_id"], DEFAULT_MODEL, row["method"], row["budget"]):
                 continue
@@ -46,11 +48,9 @@ def main() -> None:
                 "kept_entries": row["kept_entries"], "prefill_s": row["prefill_s"], "kl": row.get("kl"), "top1": row.get("top1"),
                 "extra": {"answers": sample.answers},
             }])  # fmt: skip
-    for (method, budget), error in sorted(failures.items()):
-        print(f"{method} at budget {budget} failed: {error}")
-    (args.out / "peer_failures.json").write_text(
-        json.dumps({f"{m}@{b}": e for (m, b), e in failures.items()}, indent=1)
-    )
+    for key, errors in sorted(failures.items()):
+        print(f"{key} failed on {len(errors)} prompts, e.g. {next(iter(errors.values()))}")
+    failures_path.write_text(json.dumps(failures, indent=1, sort_keys=True))
 
 
 if __name__ == "__main__":
