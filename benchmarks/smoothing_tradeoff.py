@@ -103,7 +103,9 @@ def niah_one(args) -> None:
     input_ids = encode_prompt(tokenizer, sample.prompt, chat=loaded.chat, answer_prefix=sample.answer_prefix)
     needle = needle_positions(tokenizer, sample, loaded.chat, sample.answers[0])
     tracker = KeptPositions()
-    press = get_press("restkv", budget=args.budget, chunk_size=args.chunk_size, **parse_method_spec(args.setting)[1])
+    press = get_press(
+        "restkv", budget=args.budget, chunk_size=args.chunk_size or None, **parse_method_spec(args.setting)[1]
+    )
     select = RestKVScorer.select
     RestKVScorer.select = tracker.wrap(select)
     try:
@@ -281,14 +283,14 @@ def main() -> None:
     nh.add_argument("--lengths", default="32768", type=lambda s: [int(x) for x in s.split(",")])
     nh.add_argument("--settings", default=",".join(SETTINGS))
     nh.add_argument("--budget", type=int, default=512)
-    nh.add_argument("--chunk-size", type=int, default=4096)
+    nh.add_argument("--chunk-size", type=int, default=4096, help="0: prefill in one pass")
     nh.add_argument("--depth", type=float, default=0.5)
     nh.add_argument("--out", required=True)
     one = sub.add_parser("niah-one")
     one.add_argument("setting")
     one.add_argument("length", type=int)
     one.add_argument("--budget", type=int, default=512)
-    one.add_argument("--chunk-size", type=int, default=4096)
+    one.add_argument("--chunk-size", type=int, default=4096, help="0: prefill in one pass")
     one.add_argument("--depth", type=float, default=0.5)
     rp = sub.add_parser("report")
     rp.add_argument("--runs", required=True)
