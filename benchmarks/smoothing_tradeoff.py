@@ -214,8 +214,16 @@ def report(args) -> None:
         lines.append("| " + " | ".join(cells) + " |")
     snap = " | ".join(f"{lat['ms_per_layer'][n]['snapkv']:.1f}" for n in lengths)
     lines.append(
-        f"\nSnapKV's scorer at the same lengths: {snap} ms per layer (budget {lat['budget']}, {lat['threads']} threads)."
+        f"\nSnapKV's scorer at the same lengths: {snap} ms per layer (budget {lat['budget']}, threads: {lat['threads']})."
     )
+    if needle:  # the chunked runs' own cost: prefill time grows with the prompt, memory must not
+        lines += ["", "| setting | prompt tokens | chunk | prefill s | peak RSS MiB | found | needle kept |"]
+        lines.append("|---|---|---|---|---|---|---|")
+        for r in sorted(needle, key=lambda r: (r["setting"], r["requested_length"])):
+            lines.append(
+                f"| {_short(r['setting'])} | {r['length']:,} | {r['chunk_size']} | {r['prefill_s']:.0f} | "
+                f"{r['peak_rss_mib']:,.0f} | {'yes' if r['score'] else 'no'} | {r['needle_kept']:.3f} |"
+            )
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
