@@ -181,6 +181,7 @@ def report(args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from restkv.eval.report import _fmt  # the reports' own cell format: "-" for missing
     from restkv.eval.store import ResultStore
 
     runs, out = Path(args.runs), Path(args.out)
@@ -263,20 +264,10 @@ def _means(rows, column):
     for r in rows:
         if r["method"] == "full":
             continue
-        spec = (
-            "restkv["
-            + ";".join(
-                f"{k}={v}" for k, v in (("temporal", r["params"]["temporal"]), ("pooling", r["params"]["pooling"]))
-            )
-            + "]"
-        )
+        spec = f"restkv[temporal={r['params']['temporal']};pooling={r['params']['pooling']}]"
         by.setdefault(spec, []).append(r[column])
     scale = 100 if column == "score" else 1
     return {k: scale * statistics.mean(v) for k, v in by.items()}
-
-
-def _fmt(value, digits):
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def main() -> None:
