@@ -5,7 +5,7 @@ import pytest
 from restkv.bench import latency
 from restkv.bench.runner import run_latency, run_memory
 from restkv.bench.shapes import SHAPES, random_model
-from restkv.eval.engine import MethodConfig
+from restkv.specs import MethodConfig
 from restkv.eval.report import render_report
 from restkv.eval.store import ResultStore
 from tiny_models import tiny_model

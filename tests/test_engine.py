@@ -4,7 +4,9 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from restkv.eval.engine import Engine, MethodConfig, fork_cache, kl_and_top1
+from restkv.cache import fork_cache
+from restkv.eval.engine import Engine, kl_and_top1
+from restkv.specs import MethodConfig
 from restkv.generate import greedy_decode
 from restkv.press import get_press
 from tiny_models import prompt_ids, tiny_model

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from restkv.eval.engine import MethodConfig
+from restkv.specs import MethodConfig
 from restkv.eval.report import render_report
 from restkv.eval.runner import run_sweep
 from restkv.eval.store import ResultStore, StoreError
@@ -66,7 +66,7 @@ SCRIPT = textwrap.dedent(
     import sys, time
     sys.path.insert(0, {tests!r})
     from tiny_models import TinyLoaded
-    from restkv.eval.engine import MethodConfig
+    from restkv.specs import MethodConfig
     from restkv.eval.runner import run_sweep
     from restkv.eval.store import ResultStore
     from restkv.eval.tasks.base import Sample

@@ -6,7 +6,8 @@ import pytest
 
 from restkv import get_press
 from restkv.eval.tasks.base import Sample
-from restkv.tune import GRID, PAPER, builtin_calibration, calibration_samples, load_profile, tune
+from restkv.profiles import load_profile
+from restkv.tune import GRID, PAPER, builtin_calibration, calibration_samples, tune
 from tiny_models import TinyLoaded
 
 

@@ -3,21 +3,40 @@
 >>> from restkv import RestKVPress, get_press, generate
 >>> press = RestKVPress(budget=128)
 >>> # with press(model): model.generate(...)
+
+The names below are imported on first use, so that importing one part of the package (the
+results store, the scorers) does not load the rest.
 """
 
-from .generate import GenerationResult, generate, generate_with_stats
-from .press import KVPress, RestKVPress, get_press
-from .scorers import available, get_scorer
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
 
-__all__ = [
-    "GenerationResult",
-    "KVPress",
-    "RestKVPress",
-    "available",
-    "generate",
-    "generate_with_stats",
-    "get_press",
-    "get_scorer",
-]
+from .version import __version__
+
+#: public name -> the module that defines it
+_EXPORTS = {
+    "GenerationResult": "generate",
+    "generate": "generate",
+    "generate_with_stats": "generate",
+    "KVPress": "press",
+    "RestKVPress": "press",
+    "get_press": "press",
+    "available": "scorers",
+    "get_scorer": "scorers",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'restkv' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__():
+    return __all__

@@ -7,6 +7,8 @@ that differs needs its own entry here, not a copy of its forward.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -66,6 +68,37 @@ def project_queries(
     states = states.transpose(1, 2)
     cos, sin = (t.unsqueeze(1).to(states.dtype) for t in position_embeddings)
     return states * cos + rotate_half(states) * sin
+
+
+def last_queries(
+    module: nn.Module, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor], span: int
+) -> torch.Tensor:
+    """Post-RoPE queries ``[b, H, span, d]`` of the last ``span`` positions a layer received."""
+    cos, sin = position_embeddings
+    return project_queries(module, hidden_states[:, -span:], (cos[..., -span:, :], sin[..., -span:, :]))
+
+
+@dataclass(frozen=True)
+class LayerContext:
+    """What scorers need to know about one attention layer, whatever the model family.
+
+    ``position`` is ``(index, count)`` among the compressed layers, for depth-aware methods.
+    """
+
+    index: int
+    o_proj: torch.Tensor
+    scaling: float | None
+    softcap: float | None
+    position: tuple[int, int]
+
+    def scorer_kwargs(self) -> dict:
+        """The keyword arguments of :meth:`restkv.scorers.Scorer.select` that describe the layer."""
+        return {"o_proj": self.o_proj, "scaling": self.scaling, "softcap": self.softcap, "layer": self.position}
+
+
+def layer_context(module: nn.Module, position: tuple[int, int]) -> LayerContext:
+    """The one place that reads a family's output projection, logit scale and soft-cap."""
+    return LayerContext(module.layer_idx, module.o_proj.weight, getattr(module, "scaling", None), logit_softcap(module), position)
 
 
 def logit_softcap(module: nn.Module) -> float | None:

@@ -1,7 +1,8 @@
-"""Cache layers of our own, and cache measures.
+"""Cache layers of our own, cache measures, and cache utilities (fork, stack, reserve).
 
 :class:`VarlenLayer`: a layer whose heads keep different numbers of entries, stored without padding.
 :class:`ReservedLayer`: a dense layer that appends in place (used while decoding sweeps).
+:func:`fork_cache`, :func:`stack_caches`: independent copies and batches of compressed caches.
 
 AdaKV-style allocation gives each KV head its own number of prompt entries. Padding every head
 back to the largest one would keep the memory the method claims to free, so this layer stores
@@ -15,8 +16,13 @@ the press masks the padding slots per head; the stored tensors never hold paddin
 
 from __future__ import annotations
 
+import copy
+
 import torch
+from transformers import DynamicCache
 from transformers.cache_utils import CacheLayerMixin, DynamicLayer
+
+from .state import LayerState, SequenceState, get_state, set_state
 
 
 class VarlenLayer(CacheLayerMixin):
@@ -166,3 +172,63 @@ def reserve(cache, extra: int):
         if type(layer) is DynamicLayer and getattr(layer, "is_initialized", False) and layer.keys.numel():
             cache.layers[i] = ReservedLayer(layer.keys, layer.values, extra)
     return cache
+
+
+def fork_cache(cache) -> DynamicCache:
+    """A cache that shares tensors with ``cache`` but not its future.
+
+    transformers' dynamic layers replace (never write into) their tensors when tokens are
+    appended, and compression replaces them too, so shallow layer copies are independent.
+    """
+    forked = copy.copy(cache)
+    forked.layers = [copy.copy(layer) for layer in cache.layers]
+    state = get_state(cache)
+    if state is not None:
+        set_state(forked, state.copy())
+    return forked
+
+
+def stack_caches(caches: list, device) -> DynamicCache:
+    """One batched cache whose rows are ``caches`` (each of batch 1), padded per layer.
+
+    Padding slots are masked through the sequence state, so each row attends to exactly the
+    entries its own cache holds.
+    """
+    stacked = fork_cache(caches[0])
+    layers, states = {}, {}
+    for index in range(len(caches[0].layers)):
+        keys = [c.layers[index].keys for c in caches]
+        values = [c.layers[index].values for c in caches]
+        width = max(k.shape[-2] for k in keys)
+        valid = []
+        for c, k in zip(caches, keys):
+            state = get_state(c)
+            layer_state = state.layers.get(index) if state is not None else None
+            v = torch.zeros(1, k.shape[1], width, dtype=torch.bool, device=k.device)
+            v[..., : k.shape[-2]] = True
+            if layer_state is not None and layer_state.valid is not None:
+                v[..., : layer_state.kept] &= layer_state.valid
+            valid.append(v)
+        layer = stacked.layers[index]
+        if isinstance(layer, VarlenLayer) or not getattr(layer, "is_sliding", False):
+            layer = DynamicLayer()
+            layer.lazy_initialization(keys[0], values[0])
+        layer.keys = torch.cat([_pad_to(k, width) for k in keys])
+        layer.values = torch.cat([_pad_to(v, width) for v in values])
+        layers[index] = layer
+        if not getattr(layer, "is_sliding", False):
+            all_valid = torch.cat(valid)
+            states[index] = LayerState(
+                prompt_tokens=width, kept=width, valid=None if bool(all_valid.all()) else all_valid
+            )
+    stacked.layers = [layers[i] for i in range(len(caches[0].layers))]
+    first = get_state(caches[0])
+    n = first.next_pos if first is not None else None
+    rows = len(caches)
+    next_pos = (n if n is not None else torch.tensor([0], device=device)).expand(rows).clone()
+    set_state(stacked, SequenceState(layers=states, next_pos=next_pos, budgets={i: 0 for i in states}))
+    return stacked
+
+
+def _pad_to(t: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[-2]))

@@ -1,95 +1,31 @@
-"""Compressing one cache layer, and the per-sequence state that decoding a compressed cache needs.
+"""Compressing one cache layer after prefill.
 
 Shared by the press (which calls it from a hook during the model's own prefill) and the
 evaluation engine (which calls it on a recorded prefill, once per method and budget), so both
-compress in exactly the same way.
+compress in exactly the same way. The per-sequence state it records lives in :mod:`restkv.state`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 
 import torch
 
-from .adapters import is_sliding, logit_softcap
+from .adapters import LayerContext, is_sliding
 from .budgets import layer_budgets
 from .cache import VarlenLayer
-from .decode_eviction import remember_prompt
+from .decode_eviction import context_of, remember
 from .scorers.base import top_positions
 from .select import head_adaptive_positions
-
-
-@dataclass
-class LayerState:
-    """A compressed layer: how many prompt entries it kept and which of them are real tokens."""
-
-    prompt_tokens: int
-    kept: int
-    #: ``[b, H_kv, kept]`` bool, False where a padding token was kept to fill the budget;
-    #: None when every kept entry is real (the common case)
-    valid: torch.Tensor | None = None
-
-
-@dataclass
-class PressStats:
-    """What the last prefill did, for reports: prompt length and entries kept per compressed layer."""
-
-    prompt_tokens: int = 0
-    #: KV entries (tokens x KV heads, batch row 0) kept in each compressed layer
-    entries_per_layer: dict[int, int] = field(default_factory=dict)
-    heads_per_layer: dict[int, int] = field(default_factory=dict)
-
-    @property
-    def kept_entries(self) -> int:
-        """KV entries (tokens x KV heads) kept over all compressed layers, per batch row."""
-        return sum(self.entries_per_layer.values())
-
-
-@dataclass
-class SequenceState:
-    """What the press knows about one sequence; stored on its cache as ``cache.restkv_state``.
-
-    Keeping it on the cache (not on the press or the ``with`` block) means a compressed cache
-    decodes correctly in any later press block, and two caches never share state.
-    """
-
-    layers: dict[int, LayerState] = field(default_factory=dict)
-    #: next position id per batch row (the cache is shorter than the sequence once compressed)
-    next_pos: torch.Tensor | None = None
-    #: ``[b, n]`` bool, False at the prompt's padding; None without padding
-    prompt_mask: torch.Tensor | None = None
-    budgets: dict[int, int] | None = None
-    #: decoding-time eviction: each layer's last window queries, or H2O's accumulated attention
-    recent_queries: dict[int, torch.Tensor] = field(default_factory=dict)
-    accumulated: dict[int, torch.Tensor] = field(default_factory=dict)
-    #: this prompt's observation window when the press has ``window_size="auto"``
-    window: int | None = None
-
-
-def sequence_state(cache) -> SequenceState:
-    """The cache's state, created fresh for an empty cache.
-
-    A state set on an empty cache before prefill (carrying the prompt's auto window) is kept.
-    """
-    state = getattr(cache, "restkv_state", None)
-    if state is None or (cache.get_seq_length() == 0 and (state.layers or state.next_pos is not None)):
-        state = SequenceState()
-        cache.restkv_state = state
-    return state
+from .state import LayerState, PressStats, SequenceState
 
 
 def effective_scorer(press, state: SequenceState):
     """The press's scorer, with this prompt's window when the press has an auto window."""
-    if getattr(press, "window_range", None) is None or state.window is None:
+    if press.window_range is None or state.window is None:
         return press.scorer
     low, high = press.window_range
     return dataclasses.replace(press.scorer, window_size=max(low, min(high, state.window)))
-
-
-def query_span(scorer, n: int) -> int:
-    """How many of the prompt's last queries ``scorer`` reads."""
-    return {"window": min(scorer.window_size, n), "all": n, "none": 1}[scorer.query_span]
 
 
 def plan_budgets(press, modules, cache, n: int) -> dict[int, int]:
@@ -101,76 +37,95 @@ def plan_budgets(press, modules, cache, n: int) -> dict[int, int]:
     return {m.layer_idx: b for m, b in zip(compressible, budgets)}
 
 
+@dataclasses.dataclass
+class _Job:
+    """One layer's compression: what every way of keeping entries reads."""
+
+    press: object
+    scorer: object
+    context: LayerContext
+    queries: torch.Tensor
+    state: SequenceState
+    memo: dict | None
+
+    def observed(self, budget: int) -> dict:
+        return {"budget": budget, "key_mask": self.state.prompt_mask, **self.context.scorer_kwargs()}
+
+    def scores(self, keys, values, budget: int) -> torch.Tensor:
+        """``scorer.score``, computed once per layer for scorers whose scores ignore the budget."""
+        compute = lambda: self.scorer.score(self.queries, keys, values, **self.observed(budget))  # noqa: E731
+        if self.memo is None or self.scorer.budget_dependent:
+            return compute()
+        key = (type(self.scorer), tuple(sorted(self.scorer.params().items())), self.context.index)
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
+
+
 def compress_layer(
     press, module, cache, queries: torch.Tensor, state: SequenceState, stats: PressStats, memo: dict | None = None
 ) -> None:
     """Shrink the layer's cache to its planned budget (in place, or by a per-head-length layer).
 
-    ``queries`` are the post-RoPE queries of the prompt's last ``query_span`` tokens; ``module``
-    is the layer's attention module (for the output projection, logit scale and soft-cap).
-    ``memo`` lets several budgets of one method share scores that do not depend on the budget
-    (the evaluation engine passes one per prompt).
+    ``queries`` are the post-RoPE queries of the prompt's last ``scorer.query_count(n)`` tokens;
+    ``module`` is the layer's attention module. ``memo`` lets several budgets of one method share
+    scores that do not depend on the budget (the evaluation engine passes one per prompt).
     """
-    scorer, index = effective_scorer(press, state), module.layer_idx
+    job = _Job(press, effective_scorer(press, state), context_of(module, state), queries, state, memo)
+    index = job.context.index
     layer = cache.layers[index]
-    keys, values = layer.keys, layer.values
-    kv_heads, n = keys.shape[1], keys.shape[-2]
+    kv_heads, n = layer.keys.shape[1], layer.keys.shape[-2]
     budget = state.budgets[index]
     stats.heads_per_layer[index] = kv_heads
     if n <= budget:
         # nothing to evict, but the layer is registered so decoding builds its mask like the others'
         stats.entries_per_layer[index] = n * kv_heads
         state.layers[index] = LayerState(prompt_tokens=n, kept=n, valid=_kept_valid(state, None, kv_heads))
-        remember_prompt(press, module, keys, queries, None, state)
+        remember(press, job.scorer, queries, layer.keys, None, job.context, state)
         return
-    observed = dict(
-        budget=budget,
-        o_proj=module.o_proj.weight,
-        key_mask=state.prompt_mask,
-        scaling=getattr(module, "scaling", None),
-        softcap=logit_softcap(module),
-        layer=(list(state.budgets).index(index), len(state.budgets)),
-    )
-    if press.allocator == "adakv":
-        scores = _scores(scorer, queries, keys, values, observed, memo, index)
-        positions, lengths = head_adaptive_positions(scores, budget, min(scorer.window_size, n), press.head_floor)
-        varlen = VarlenLayer(keys, values, positions, lengths)
-        cache.layers[index] = varlen
-        valid = _kept_valid(state, positions, kv_heads)
-        valid = varlen.valid if valid is None else valid & varlen.valid
-        stats.entries_per_layer[index] = int(lengths[0].sum())
-        state.layers[index] = LayerState(prompt_tokens=n, kept=varlen.width, valid=None if bool(valid.all()) else valid)
-        return
-    if memo is not None and not scorer.budget_dependent:
-        idx = top_positions(_scores(scorer, queries, keys, values, observed, memo, index), budget)
+    KEEPERS[press.allocator](job, cache, budget, stats)
+
+
+def _keep_dense(job: _Job, cache, budget: int, stats: PressStats) -> None:
+    """Every KV head keeps ``budget`` entries; the layer stays a dense tensor."""
+    index, scorer = job.context.index, job.scorer
+    layer = cache.layers[index]
+    keys, values = layer.keys, layer.values
+    kv_heads, n = keys.shape[1], keys.shape[-2]
+    if job.memo is not None and not scorer.budget_dependent:
+        idx = top_positions(job.scores(keys, values, budget), budget)
     else:
-        idx = scorer.select(queries, keys, values, **observed)
-    if scorer.merges_values:
-        values = scorer.merge_values(
-            queries,
-            keys,
-            values,
-            idx,
-            scaling=observed["scaling"],
-            key_mask=state.prompt_mask,
-            softcap=observed["softcap"],
-        )
+        idx = scorer.select(job.queries, keys, values, **job.observed(budget))
+    ctx = job.context
+    values = scorer.kept_values(
+        job.queries, keys, values, idx, scaling=ctx.scaling, key_mask=job.state.prompt_mask, softcap=ctx.softcap
+    )
     gather = idx[..., None].expand(-1, -1, -1, keys.shape[-1])
     layer.keys = keys.gather(2, gather)
     layer.values = values.gather(2, gather)
     stats.entries_per_layer[index] = budget * kv_heads
-    state.layers[index] = LayerState(prompt_tokens=n, kept=budget, valid=_kept_valid(state, idx, kv_heads))
-    remember_prompt(press, module, keys, queries, idx, state)
+    job.state.layers[index] = LayerState(prompt_tokens=n, kept=budget, valid=_kept_valid(job.state, idx, kv_heads))
+    remember(job.press, scorer, job.queries, keys, idx, ctx, job.state)
 
 
-def _scores(scorer, queries, keys, values, observed, memo, index):
-    """``scorer.score``, computed once per layer for scorers whose scores ignore the budget."""
-    if memo is None or scorer.budget_dependent:
-        return scorer.score(queries, keys, values, **observed)
-    key = (type(scorer), tuple(sorted(scorer.params().items())), index)
-    if key not in memo:
-        memo[key] = scorer.score(queries, keys, values, **observed)
-    return memo[key]
+def _keep_per_head(job: _Job, cache, budget: int, stats: PressStats) -> None:
+    """AdaKV: the layer's heads share ``H_kv x budget`` entries, stored without padding."""
+    index, state = job.context.index, job.state
+    layer = cache.layers[index]
+    keys, values = layer.keys, layer.values
+    kv_heads, n = keys.shape[1], keys.shape[-2]
+    window = min(job.scorer.window_size, n)
+    positions, lengths = head_adaptive_positions(job.scores(keys, values, budget), budget, window, job.press.head_floor)
+    varlen = VarlenLayer(keys, values, positions, lengths)
+    cache.layers[index] = varlen
+    valid = _kept_valid(state, positions, kv_heads)
+    valid = varlen.valid if valid is None else valid & varlen.valid
+    stats.entries_per_layer[index] = int(lengths[0].sum())
+    state.layers[index] = LayerState(prompt_tokens=n, kept=varlen.width, valid=None if bool(valid.all()) else valid)
+
+
+#: how a layer keeps its entries, by allocator (the allocator decides how many per layer and head)
+KEEPERS = {"uniform": _keep_dense, "pyramid": _keep_dense, "adakv": _keep_per_head}
 
 
 def _kept_valid(state: SequenceState, idx: torch.Tensor | None, kv_heads: int) -> torch.Tensor | None:

@@ -1,7 +1,8 @@
-"""Eviction during decoding: keep each layer's cache at ``decode_budget`` over long generations.
+"""Eviction after prefill: keep each layer at its size over long generations and across prompt chunks.
 
 Every ``every`` generated tokens, a layer whose cache has grown past its decode budget is scored
-again with the method's own rule and cut back:
+again with the method's own rule and cut back. The rule is the scorer's (its hooks
+``remember``, ``observe_step`` and ``decode_select``), so nothing here knows a method:
 
 * methods that read an observation window (ReST-KV, SnapKV, TOVA, CaM, ...) use the last
   ``window_size`` queries seen (prompt and generated) as the window; TOVA with ``every=1``
@@ -9,105 +10,60 @@ again with the method's own rule and cut back:
 * H2O keeps accumulating the attention each entry receives from every new query;
 * position rules (StreamingLLM's sinks and recency, LaCache's ladder) apply to the entries the
   cache holds, in order; for LaCache this is its iterative compaction.
+
+Chunked prefill uses the same machinery: after every chunk, each layer is compressed back to
+its prefill budget with the chunk's last queries as the observation window.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .adapters import logit_softcap, project_queries
-from .attention import accumulated_attention, repeat_kv
-from .scorers.base import top_positions
+from .adapters import LayerContext, last_queries, layer_context, project_queries
+from .state import LayerState, SequenceState
 
 
-def remember_prompt(press, module, keys, queries, idx, state) -> None:
-    """After prefill compression, keep what decoding-time eviction will need for this layer."""
-    if press.decode_budget is None:
-        return
-    scorer, index = press.scorer, module.layer_idx
-    if scorer.query_span == "all":
-        acc = accumulated_attention(
-            queries, keys, scaling=getattr(module, "scaling", None), softcap=logit_softcap(module)
-        )
-        if idx is not None:
-            acc = acc.gather(2, repeat_kv(idx[..., None], acc.shape[1] // idx.shape[1])[..., 0])
-        state.accumulated[index] = acc
-    else:
-        state.recent_queries[index] = queries[..., -max(scorer.window_size, 1) :, :]
+def context_of(module, state: SequenceState) -> LayerContext:
+    return layer_context(module, state.layer_position(module.layer_idx))
 
 
-def evict_step(press, module, layer, hidden, position_embeddings, state) -> None:
-    """After a decoding step's attention: update this layer's statistics and evict if due."""
-    scorer, index = press.scorer, module.layer_idx
+def remember(press, scorer, queries, keys, kept, context: LayerContext, state: SequenceState) -> None:
+    """After a compression, keep what decoding-time eviction will need for this layer."""
+    if press.decode_budget is not None:
+        state.memory[context.index] = scorer.remember(queries, keys, kept, context)
+
+
+def evict_step(press, module, layer, hidden, position_embeddings, state: SequenceState) -> None:
+    """After a decoding step's attention: update this layer's memory and evict if due."""
+    scorer, context = press.scorer, context_of(module, state)
     query = project_queries(module, hidden, position_embeddings)  # [b, H, 1, d]
-    keys, values = layer.keys, layer.values
-    scaling, softcap = getattr(module, "scaling", None), logit_softcap(module)
-    if scorer.query_span == "all":
-        acc = state.accumulated[index]
-        acc = torch.cat([acc, acc.new_zeros(*acc.shape[:2], keys.shape[-2] - acc.shape[-1])], dim=-1)
-        state.accumulated[index] = acc + accumulated_attention(query, keys, scaling=scaling, softcap=softcap)
-    else:
-        window = max(scorer.window_size, 1)
-        state.recent_queries[index] = torch.cat([state.recent_queries[index], query], dim=-2)[..., -window:, :]
-    n = keys.shape[-2]
-    if n < press.decode_budget + press.every:
+    memory = scorer.observe_step(state.memory[context.index], query, layer.keys, context)
+    state.memory[context.index] = memory
+    if layer.keys.shape[-2] < press.decode_budget + press.every:
         return
-    if scorer.query_span == "all":
-        scores = scorer._reduce_groups(state.accumulated[index], keys.shape[1])
-        w = min(scorer.window_size, n)
-        scores[..., n - w :] = float("inf")
-        idx = top_positions(scores, press.decode_budget)
-        group = state.accumulated[index].shape[1] // keys.shape[1]
-        state.accumulated[index] = state.accumulated[index].gather(2, repeat_kv(idx[..., None], group)[..., 0])
-    else:
-        layers = list(state.budgets)
-        idx = scorer.select(
-            state.recent_queries[index],
-            keys,
-            values,
-            budget=press.decode_budget,
-            o_proj=module.o_proj.weight,
-            scaling=scaling,
-            softcap=softcap,
-            layer=(layers.index(index), len(layers)),
-        )
-    shrink(layer, idx, state, index, press.decode_budget)
+    idx, state.memory[context.index] = scorer.decode_select(memory, layer.keys, layer.values, press.decode_budget, context)
+    shrink(layer, idx, state, context.index, press.decode_budget)
 
 
-def recompress_chunk(press, module, layer, hidden, position_embeddings, state) -> None:
+def recompress_chunk(press, scorer, module, layer, hidden, position_embeddings, state: SequenceState) -> None:
     """Chunked prefill: after a chunk's attention, cut the layer back to its budget.
 
     The chunk's last ``window_size`` queries are the observation window (all its queries for
     H2O, which then accumulates attention over the chunk only).
     """
-    scorer, index = press.scorer, module.layer_idx
-    budget = state.budgets[index]
-    n = layer.keys.shape[-2]
-    span = {"window": min(scorer.window_size, hidden.shape[1]), "all": hidden.shape[1], "none": 1}[scorer.query_span]
-    cos, sin = position_embeddings
-    queries = project_queries(module, hidden[:, -span:], (cos[..., -span:, :], sin[..., -span:, :]))
-    if press.decode_budget is not None and scorer.query_span != "all":
-        state.recent_queries[index] = queries[..., -max(scorer.window_size, 1) :, :]
-    if n <= budget:
-        return
-    layers = list(state.budgets)
-    idx = scorer.select(
-        queries,
-        layer.keys,
-        layer.values,
-        budget=budget,
-        o_proj=module.o_proj.weight,
-        scaling=getattr(module, "scaling", None),
-        softcap=logit_softcap(module),
-        layer=(layers.index(index), len(layers)),
-    )
-    shrink(layer, idx, state, index, budget)
+    context = context_of(module, state)
+    budget = state.budgets[context.index]
+    keys = layer.keys
+    queries = last_queries(module, hidden, position_embeddings, scorer.query_count(hidden.shape[1]))
+    idx = None
+    if keys.shape[-2] > budget:
+        idx = scorer.select(queries, keys, layer.values, budget=budget, **context.scorer_kwargs())
+        shrink(layer, idx, state, context.index, budget)
+    remember(press, scorer, queries, keys, idx, context, state)
 
 
-def shrink(layer, idx: torch.Tensor, state, index: int, kept: int) -> None:
+def shrink(layer, idx: torch.Tensor, state: SequenceState, index: int, kept: int) -> None:
     """Keep ``idx`` ``[b, H_kv, kept]`` of the layer's entries and update its mask state."""
-    from .compress import LayerState  # local: compress imports this module
-
     keys, values = layer.keys, layer.values
     n = keys.shape[-2]
     gather = idx[..., None].expand(-1, -1, -1, keys.shape[-1])

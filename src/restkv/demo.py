@@ -10,13 +10,13 @@ import shutil
 import time
 from pathlib import Path
 
-from .eval.engine import MethodConfig, parse_method_spec
 from .eval.report import aggregate, detail_table, render_report
 from .eval.runner import run_sweep
 from .eval.store import ResultStore
 from .eval.tasks import passkey
 from .generate import encode_prompt
 from .models import DEFAULT_MODEL, load_model
+from .specs import MethodConfig, parse_method_spec
 
 #: the paper's comparison, plus ReST-KV with the question-aware window (``window_size="auto"``),
 #: alone and with the 15-token pooling kernel that keeps whole multi-token numbers on small models

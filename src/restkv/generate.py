@@ -14,8 +14,9 @@ import torch
 from transformers import DynamicCache
 
 from .cache import cache_entries
-from .compress import SequenceState
+from .checks import check_int
 from .press import KVPress
+from .state import SequenceState, set_state
 from .window import question_window
 
 
@@ -30,6 +31,14 @@ class GenerationResult:
     full_entries: int  # what the full cache would have stored
     prefill_s: float
     decode_ms_per_token: float
+
+
+def eos_ids(tokenizer, model=None) -> set[int]:
+    """End tokens: the tokenizer's and the model's generation config's (instruct models often add one)."""
+    ids = set()
+    for source in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        ids.update(source if isinstance(source, list) else [source])
+    return ids - {None}
 
 
 def encode_prompt(tokenizer, prompt: str, chat: bool = True, answer_prefix: str = "") -> torch.Tensor:
@@ -88,7 +97,7 @@ def greedy_decode(
     input_ids = input_ids.to(model.device)
     cache = DynamicCache(config=model.config)
     if window is not None:
-        cache.restkv_state = SequenceState(window=window)
+        set_state(cache, SequenceState(window=window))
     n = input_ids.shape[1]
     generated: list[int] = []
     with press(model):
@@ -127,16 +136,14 @@ def generate_with_stats(
     model, tokenizer, prompt: str, press: KVPress | None = None, max_new_tokens: int = 64, chat: bool = True
 ) -> GenerationResult:
     """Like :func:`generate`, with prompt length, kept entries and timings."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    check_int("max_new_tokens", max_new_tokens, 1)
     input_ids = encode_prompt(tokenizer, prompt, chat)
     window = None
     if press is not None and getattr(press, "window_range", None) is not None:
         window = question_window(tokenizer, prompt, chat, "", *press.window_range)
-    eos = tokenizer.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
-    ids, kept, prefill_s, decode_ms = greedy_decode(model, input_ids, press, max_new_tokens, eos_ids, window)
-    text = tokenizer.decode([t for t in ids if t not in eos_ids], skip_special_tokens=True)
+    stop = eos_ids(tokenizer, model)
+    ids, kept, prefill_s, decode_ms = greedy_decode(model, input_ids, press, max_new_tokens, stop, window)
+    text = tokenizer.decode([t for t in ids if t not in stop], skip_special_tokens=True)
     n = input_ids.shape[1]
     return GenerationResult(text, ids, n, kept, full_cache_entries(model, n), prefill_s, decode_ms)
 

@@ -17,28 +17,24 @@ on exit, whatever happens inside:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from .adapters import attention_modules, check_supported, decoder_model, is_sliding, project_queries
+from .adapters import attention_modules, check_supported, decoder_model, is_sliding, last_queries
 from .budgets import ALLOCATORS, validate_budget
-from .compress import (
-    PressStats,
-    SequenceState,
-    compress_layer,
-    compressed_mask,
-    effective_scorer,
-    plan_budgets,
-    query_span,
-    sequence_state,
-)
+from .checks import check_choice, check_int, check_optional_int
+from .compress import compress_layer, compressed_mask, effective_scorer, plan_budgets
 from .decode_eviction import evict_step, recompress_chunk
+from .profiles import load_profile
 from .scorers import Scorer, get_scorer
-from .scorers.base import check_choice
+from .state import PressStats, SequenceState, ensure_state, get_state, layer_state
 from .window import AUTO, DEFAULT_RANGE
 
 
+@dataclass(eq=False)
 class KVPress:
     """Prefill-time KV cache eviction with any registered scorer.
 
@@ -59,39 +55,34 @@ class KVPress:
             and the CLI do the chunking); after each chunk every layer is compressed back to
             its budget, the chunk's last ``window_size`` queries being the observation window.
             Memory then stays bounded and prefill time grows linearly with the prompt.
+        window_range: ``(low, high)`` when the observation window is the prompt's question
+            (``window_size="auto"``; :func:`get_press` sets it).
     """
 
-    def __init__(
-        self,
-        scorer: Scorer | None,
-        budget: int | None = None,
-        compression_ratio: float | None = None,
-        allocator: str | None = None,
-        head_floor: float = 0.2,
-        decode_budget: int | None = None,
-        every: int = 1,
-        chunk_size: int | None = None,
-    ):
-        if chunk_size is not None and (
-            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-        ):
-            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-        self.chunk_size = chunk_size
-        #: ``(low, high)`` when the observation window is the prompt's question (``window_size="auto"``)
-        self.window_range: tuple[int, int] | None = None
-        if isinstance(head_floor, bool) or not isinstance(head_floor, (int, float)) or not 0 <= head_floor <= 1:
-            raise ValueError(f"head_floor must be a number in [0, 1], got {head_floor!r}")
-        self.head_floor = float(head_floor)
-        self.scorer = scorer
-        self.budget = budget
-        self.compression_ratio = compression_ratio
-        default = scorer.default_allocator if scorer is not None else "uniform"
-        self.allocator = check_choice("allocator", allocator or default, ALLOCATORS)
-        if scorer is not None:
-            validate_budget(budget, compression_ratio, scorer.window_size)
-        self.decode_budget, self.every = validate_decode_budget(decode_budget, every, scorer, self.allocator)
-        validate_chunking(chunk_size, self)
-        self.last_stats = PressStats()
+    scorer: Scorer | None = None
+    budget: int | None = None
+    compression_ratio: float | None = None
+    allocator: str | None = None
+    head_floor: float = 0.2
+    decode_budget: int | None = None
+    every: int = 1
+    chunk_size: int | None = None
+    window_range: tuple[int, int] | None = None
+    #: what the last prefill under this press did
+    last_stats: PressStats = field(default_factory=PressStats, init=False, repr=False)
+
+    def __post_init__(self):
+        check_optional_int("chunk_size", self.chunk_size, 1)
+        check_int("every", self.every, 1)
+        if isinstance(self.head_floor, bool) or not isinstance(self.head_floor, (int, float)) or not 0 <= self.head_floor <= 1:
+            raise ValueError(f"head_floor must be a number in [0, 1], got {self.head_floor!r}")
+        self.head_floor = float(self.head_floor)
+        default = self.scorer.default_allocator if self.scorer is not None else "uniform"
+        self.allocator = check_choice("allocator", self.allocator or default, ALLOCATORS)
+        if self.scorer is not None:
+            validate_budget(self.budget, self.compression_ratio, self.scorer.window_size)
+        validate_decode_budget(self)
+        validate_chunking(self)
 
     @property
     def name(self) -> str:
@@ -129,6 +120,15 @@ class KVPress:
             session.remove()
 
 
+#: the settings of a press itself (everything else given to :func:`get_press` is the method's)
+PRESS_SETTINGS = tuple(f.name for f in dataclasses.fields(KVPress) if f.init and f.name not in ("scorer", "window_range"))
+
+
+def hooks_only_press() -> KVPress:
+    """A press that evicts nothing but installs the hooks compressed caches decode with."""
+    return KVPress(get_scorer("full"), budget=1)
+
+
 def _cache_of(kwargs):
     return kwargs.get("cache", kwargs.get("past_key_values"))
 
@@ -162,7 +162,7 @@ class _Session:
         if cache is None or tokens is None:
             return None
         fresh = cache.get_seq_length() == 0
-        state = sequence_state(cache)
+        state = ensure_state(cache)
         q = tokens.shape[1]
         position_ids = kwargs.get("position_ids")
         if position_ids is None and state.layers and state.next_pos is not None:
@@ -181,14 +181,13 @@ class _Session:
 
     def _before_attention(self, module, args, kwargs):
         cache = _cache_of(kwargs)
-        state = getattr(cache, "restkv_state", None)
-        layer_state = state.layers.get(module.layer_idx) if state is not None else None
-        if layer_state is None:
+        compressed = layer_state(cache, module.layer_idx)
+        if compressed is None:
             return None
         hidden = _hidden_of(args, kwargs)
         stored = cache.layers[module.layer_idx].get_seq_length()
         kwargs["attention_mask"] = compressed_mask(
-            layer_state, stored, hidden.shape[1], module.num_key_value_groups, hidden.dtype
+            compressed, stored, hidden.shape[1], module.num_key_value_groups, hidden.dtype
         )
         return args, kwargs
 
@@ -201,15 +200,17 @@ class _Session:
         if is_sliding(module, layer) or layer.keys is None:
             return None
         if hidden.shape[1] == 1:
-            state = getattr(cache, "restkv_state", None)
+            state = get_state(cache)
             if self.press.decode_budget is not None and state is not None and module.layer_idx in state.layers:
                 evict_step(self.press, module, layer, hidden, kwargs["position_embeddings"], state)
             return None
-        state = sequence_state(cache)
+        state = ensure_state(cache)
         if layer.get_seq_length() != hidden.shape[1]:
             # a later chunk of a chunked prefill (or several tokens fed after a prompt)
             if self.press.chunk_size is not None and module.layer_idx in state.layers:
-                recompress_chunk(self.press, module, layer, hidden, kwargs["position_embeddings"], state)
+                recompress_chunk(
+                    self.press, self.press.scorer, module, layer, hidden, kwargs["position_embeddings"], state
+                )
             return None
         self._compress(module, cache, state, hidden, kwargs["position_embeddings"])
         return None
@@ -221,30 +222,24 @@ class _Session:
         if state.budgets is None:
             state.budgets = plan_budgets(self.press, self.modules, cache, n)
             self.press.last_stats = PressStats(prompt_tokens=n)
-        span = query_span(scorer, n)
-        cos, sin = position_embeddings
-        queries = project_queries(module, hidden[:, -span:], (cos[..., -span:, :], sin[..., -span:, :]))
+        queries = last_queries(module, hidden, position_embeddings, scorer.query_count(n))
         compress_layer(self.press, module, cache, queries, state, self.press.last_stats)
 
 
-def validate_decode_budget(decode_budget, every, scorer, allocator) -> tuple[int | None, int]:
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ValueError(f"every must be a positive integer, got {every!r}")
-    if decode_budget is None:
-        return None, every
-    if scorer is None:
+def validate_decode_budget(press: KVPress) -> None:
+    if press.decode_budget is None:
+        return
+    if press.scorer is None:
         raise ValueError("decode_budget needs an eviction method; the full cache keeps everything")
-    if isinstance(decode_budget, bool) or not isinstance(decode_budget, int) or decode_budget <= scorer.window_size:
-        raise ValueError(
-            f"decode_budget must be an integer larger than window_size ({scorer.window_size}), got {decode_budget!r}"
-        )
-    if allocator == "adakv":
+    window = press.scorer.window_size
+    if isinstance(press.decode_budget, bool) or not isinstance(press.decode_budget, int) or press.decode_budget <= window:
+        raise ValueError(f"decode_budget must be an integer larger than window_size ({window}), got {press.decode_budget!r}")
+    if press.allocator == "adakv":
         raise ValueError("decode_budget is not supported with the adakv allocator (per-head lengths)")
-    return decode_budget, every
 
 
-def validate_chunking(chunk_size, press) -> None:
-    if chunk_size is None:
+def validate_chunking(press: KVPress) -> None:
+    if press.chunk_size is None:
         return
     if press.scorer is None:
         raise ValueError("chunk_size needs an eviction method; the full cache keeps everything")
@@ -252,30 +247,24 @@ def validate_chunking(chunk_size, press) -> None:
         raise ValueError("chunk_size is not supported with the adakv allocator (per-head lengths)")
     if press.budget is None:
         raise ValueError("chunk_size needs a budget in tokens (a compression ratio of an unknown total is undefined)")
-    if chunk_size <= press.scorer.window_size:
-        raise ValueError(f"chunk_size ({chunk_size}) must be larger than window_size ({press.scorer.window_size})")
+    if press.chunk_size <= press.scorer.window_size:
+        raise ValueError(f"chunk_size ({press.chunk_size}) must be larger than window_size ({press.scorer.window_size})")
 
 
-def get_press(
-    name: str,
-    budget: int | None = None,
-    compression_ratio: float | None = None,
-    allocator: str | None = None,
-    head_floor: float = 0.2,
-    decode_budget: int | None = None,
-    every: int = 1,
-    chunk_size: int | None = None,
-    **params,
-) -> KVPress:
-    """A press by method name: ``get_press("restkv", budget=128, alpha=0.3)``; ``full`` keeps everything."""
+def get_press(name: str, **settings) -> KVPress:
+    """A press by method name: ``get_press("restkv", budget=128, alpha=0.3)``; ``full`` keeps everything.
+
+    Settings named in :data:`PRESS_SETTINGS` (``budget``, ``compression_ratio``, ``allocator``,
+    ``head_floor``, ``decode_budget``, ``every``, ``chunk_size``) go to the press, the rest to
+    the method's scorer.
+    """
+    press_settings = {k: settings.pop(k) for k in PRESS_SETTINGS if k in settings}
     if name == "full":
-        if params:
-            raise ValueError(f"full takes no parameters, got {', '.join(sorted(params))}")
+        if settings:
+            raise ValueError(f"full takes no parameters, got {', '.join(sorted(settings))}")
         return KVPress(None)  # no hooks at all: exactly the model's own behaviour
-    scorer, window_range = build_scorer(name, params, budget)
-    press = KVPress(scorer, budget, compression_ratio, allocator, head_floor, decode_budget, every, chunk_size)
-    press.window_range = window_range
-    return press
+    scorer, window_range = build_scorer(name, settings, press_settings.get("budget"))
+    return KVPress(scorer, window_range=window_range, **press_settings)
 
 
 def build_scorer(name: str, params: dict, budget: int | None = None) -> tuple[Scorer, tuple[int, int] | None]:
@@ -287,8 +276,6 @@ def build_scorer(name: str, params: dict, budget: int | None = None) -> tuple[Sc
     if profile is not None:  # tuned parameters; explicit ones win
         if name != "restkv":
             raise ValueError(f"profile is a tuned ReST-KV setting; {name} takes no profile")
-        from .tune import load_profile
-
         params = {**load_profile(profile), **params}
     window_range = params.pop("window_range", None)
     if params.get("window_size") == AUTO:
@@ -313,22 +300,11 @@ def _check_range(window_range) -> tuple[int, int]:
 class RestKVPress(KVPress):
     """ReST-KV at prefill: ``RestKVPress(budget=128)`` or ``RestKVPress(compression_ratio=0.75)``.
 
-    Scorer parameters (``window_size``, ``alpha``, ``temporal``, ``metric_mode``, ``use_wo``,
-    ``tau``, ``pooling``, ``kernel_size``, ``scale``, ``gqa_reduce``) default to the paper's
-    main setting.
+    Takes the settings of :class:`KVPress` and the scorer's parameters (``window_size``,
+    ``alpha``, ``temporal``, ``metric_mode``, ``use_wo``, ``tau``, ``pooling``, ``kernel_size``,
+    ``scale``, ``gqa_reduce``), which default to the paper's main setting.
     """
 
-    def __init__(
-        self,
-        budget: int | None = None,
-        compression_ratio: float | None = None,
-        allocator: str | None = None,
-        head_floor: float = 0.2,
-        decode_budget: int | None = None,
-        every: int = 1,
-        chunk_size: int | None = None,
-        **params,
-    ):
-        scorer, window_range = build_scorer("restkv", params, budget)
-        super().__init__(scorer, budget, compression_ratio, allocator, head_floor, decode_budget, every, chunk_size)
-        self.window_range = window_range
+    def __init__(self, budget: int | None = None, **settings):
+        built = get_press("restkv", budget=budget, **settings)
+        super().__init__(**{f.name: getattr(built, f.name) for f in dataclasses.fields(KVPress) if f.init})

@@ -21,20 +21,14 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .eval.engine import Engine, MethodConfig
-from .eval.runner import eos_ids
+from .eval.engine import Engine
 from .eval.tasks.base import Sample
-from .generate import encode_prompt
+from .generate import encode_prompt, eos_ids
+from .profiles import paper_setting
+from .specs import MethodConfig
 from .window import question_window
 
-PAPER = {
-    "window_size": 32,
-    "alpha": 0.3,
-    "temporal": "ema",
-    "pooling": "adaptive",
-    "kernel_size": 5,
-    "gqa_reduce": "mean",
-}
+PAPER = paper_setting()
 GRID = {
     "window_size": ["auto", 8, 16, 32],
     "alpha": [0.3, 0.5, 0.7],
@@ -152,15 +146,3 @@ def tune(loaded, samples: list[Sample], budget: int, grid: dict | None = None, b
         "search_s": round(time.perf_counter() - start, 1),
         "results": list(seen.values()),
     }
-
-
-def load_profile(path: str | Path) -> dict:
-    """The tuned parameters of a profile written by :func:`tune`."""
-    try:
-        profile = json.loads(Path(path).read_text())
-        params = dict(profile["params"])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{path} is not a restkv tuning profile ({err})") from err
-    if profile.get("method", "restkv") != "restkv":
-        raise ValueError(f"{path} is a profile for {profile.get('method')!r}, not restkv")
-    return params

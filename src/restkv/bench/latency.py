@@ -17,9 +17,9 @@ import torch
 from transformers import DynamicCache
 
 from ..adapters import attention_modules, is_sliding
-from ..compress import LayerState, SequenceState
 from ..generate import prefill
-from ..press import KVPress
+from ..press import KVPress, hooks_only_press
+from ..state import LayerState, SequenceState, set_state
 
 
 def _timed(fn, repeats: int, warmup: int = 1) -> list[float]:
@@ -56,7 +56,7 @@ def synthetic_cache(model, length: int, entries: int | None) -> DynamicCache:
         if not sliding:
             state.layers[index] = LayerState(prompt_tokens=length, kept=kept)
     state.budgets = {i: 0 for i in state.layers}
-    cache.restkv_state = state
+    set_state(cache, state)
     return cache
 
 
@@ -89,7 +89,7 @@ def measure_prefills(model, length: int, presses: list[KVPress], repeats: int) -
 @torch.inference_mode()
 def measure_decode(model, length: int, entries: int | None, steps: int, repeats: int) -> list[float]:
     """Milliseconds per decoding step from a cache of ``entries`` (None: ``length``) per layer."""
-    hooks = KVPress(None) if entries is None else _hooks_press()
+    hooks = KVPress(None) if entries is None else hooks_only_press()
 
     def run():
         cache = synthetic_cache(model, length, entries)
@@ -99,12 +99,6 @@ def measure_decode(model, length: int, entries: int | None, steps: int, repeats:
                 model(input_ids=token, cache=cache, position_ids=torch.tensor([[length + step]], device=model.device))
 
     return [1000 * t / steps for t in _timed(run, repeats)]
-
-
-def _hooks_press():
-    from ..eval.engine import hooks_only_press
-
-    return hooks_only_press()
 
 
 def summary(values: list[float]) -> dict:

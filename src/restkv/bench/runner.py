@@ -6,8 +6,8 @@ import time
 
 from tqdm.auto import tqdm
 
-from ..eval.engine import MethodConfig
 from ..eval.store import ResultStore
+from ..specs import MethodConfig
 from . import latency, memory
 
 

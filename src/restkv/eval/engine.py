@@ -14,67 +14,19 @@ compressed cache, and the next-token distributions are compared with the full ca
 from __future__ import annotations
 
 import contextlib
-import copy
-import dataclasses
 import time
 from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
-from ..adapters import attention_modules, check_supported, is_sliding, project_queries
-from ..cache import VarlenLayer, cache_bytes, cache_entries, reserve
-from ..compress import LayerState, PressStats, SequenceState, compress_layer, effective_scorer, plan_budgets, query_span
+from ..adapters import attention_modules, check_supported, is_sliding, last_queries
+from ..cache import cache_bytes, cache_entries, fork_cache, reserve, stack_caches
+from ..compress import compress_layer, effective_scorer, plan_budgets
 from ..generate import prefill
-from ..press import KVPress, get_press
-from ..scorers import get_scorer
-
-
-@dataclass(frozen=True)
-class MethodConfig:
-    """One point of a sweep: a method, a budget, and the method's parameters."""
-
-    method: str
-    budget: int | None = None
-    params: tuple = ()  # sorted (name, value) pairs, hashable
-    allocator: str | None = None  # None: the method's own default
-
-    @classmethod
-    def make(cls, method: str, budget: int | None = None, allocator: str | None = None, **params) -> MethodConfig:
-        return cls(method, None if method == "full" else budget, tuple(sorted(params.items())), allocator)
-
-    def press(self) -> KVPress:
-        if self.method == "full":
-            return get_press("full")
-        return get_press(self.method, budget=self.budget, allocator=self.allocator, **dict(self.params))
-
-    @property
-    def label(self) -> str:
-        extra = ",".join(f"{k}={v}" for k, v in self.params)
-        alloc = f"+{self.allocator}" if self.allocator else ""
-        return f"{self.method}{alloc}{'(' + extra + ')' if extra else ''}"
-
-
-def parse_method_spec(spec: str) -> tuple[str, dict]:
-    """``restkv`` or ``restkv[window_size=auto;alpha=0.7]``: a method name and its own parameters."""
-    if "[" not in spec:
-        return spec.strip(), {}
-    name, _, body = spec.partition("[")
-    pairs = [p for p in body.rstrip().removesuffix("]").split(";") if p.strip()]
-    if not spec.rstrip().endswith("]") or any("=" not in p for p in pairs):
-        raise ValueError(f"method {spec!r} must look like name[key=value;key=value]")
-    return name.strip(), {k.strip(): parse_value(v.strip()) for k, v in (p.split("=", 1) for p in pairs)}
-
-
-def parse_value(text: str):
-    """A command-line value as int, float, bool or string."""
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
+from ..press import KVPress, hooks_only_press
+from ..specs import MethodConfig
+from ..state import PressStats, SequenceState, get_state, set_state
 
 
 @dataclass
@@ -127,10 +79,7 @@ class Engine:
 
         def record(module, args, kwargs, output):
             hidden = kwargs.get("hidden_states", args[0] if args else None)
-            cos, sin = kwargs["position_embeddings"]
-            queries[module.layer_idx] = project_queries(
-                module, hidden[:, -span:], (cos[..., -span:, :], sin[..., -span:, :])
-            )
+            queries[module.layer_idx] = last_queries(module, hidden, kwargs["position_embeddings"], span)
 
         handles = [m.register_forward_hook(record, with_kwargs=True) for m in self.modules]
         cache = DynamicCache(config=self.model.config)
@@ -158,13 +107,13 @@ class Engine:
         start = time.perf_counter()
         state = SequenceState(next_pos=torch.tensor([record.prompt_tokens], device=self.model.device), window=window)
         state.budgets = plan_budgets(press, self.modules, cache, record.prompt_tokens)
-        span = query_span(effective_scorer(press, state), record.prompt_tokens)
+        span = effective_scorer(press, state).query_count(record.prompt_tokens)
         for module in self.modules:
             layer = cache.layers[module.layer_idx]
             if is_sliding(module, layer):
                 continue
             compress_layer(press, module, cache, record.queries[module.layer_idx][..., -span:, :], state, stats, memo)
-        cache.restkv_state = state
+        set_state(cache, state)
         return cache, stats, time.perf_counter() - start
 
     # -- decoding -----------------------------------------------------------------------------
@@ -237,13 +186,8 @@ class Engine:
         ref, ref_logits, ref_ms = self.decode(fork_cache(record.cache), record.last_logits, n, max_new_tokens, eos_ids)
         ref_tokens = ref[0]
         reference = ref_logits[: len(ref_tokens), 0]  # [k, vocab]
-        outcomes = {}
-        full_entries, full_bytes = cache_entries(record.cache), cache_bytes(record.cache)
-        for config in configs:
-            if config.method == "full":
-                outcomes[config] = Outcome(
-                    config, ref_tokens, n, full_entries, full_bytes, record.prefill_s, 0.0, ref_ms, 0.0, 1.0
-                )
+        full = _sizes(record.cache)
+        outcomes = {c: _outcome(c, record, full, 0.0, ref_tokens, ref_ms) for c in configs if c.method == "full"}
         memo: dict = {}
         pending = [c for c in configs if c.method != "full"]
         sequential = [c for c in pending if batch <= 1 or self.presses[c].decode_budget is not None]
@@ -251,33 +195,21 @@ class Engine:
         for config in sequential:
             cache, _, compress_s = self.compressed_cache(record, config, memo, window)
             press = self.presses[config]
-            entries, size, forced = cache_entries(cache), cache_bytes(cache), fork_cache(cache)
+            sizes, forced = _sizes(cache), fork_cache(cache)
             tokens, _, ms = self.decode(cache, record.last_logits, n, max_new_tokens, eos_ids, press)
             kl, top1 = self._fidelity(forced, ref_tokens, reference, n, press)
-            outcomes[config] = Outcome(
-                config, tokens[0], n, entries, size, record.prefill_s + compress_s, compress_s, ms, kl[0], top1[0]
-            )
+            outcomes[config] = _outcome(config, record, sizes, compress_s, tokens[0], ms, kl[0], top1[0])
         for start in range(0, len(batched), batch):
             group = batched[start : start + batch]
             built = [self.compressed_cache(record, c, memo, window) for c in group]
-            sizes = [(cache_entries(b[0]), cache_bytes(b[0])) for b in built]
+            sizes = [_sizes(b[0]) for b in built]
             stacked = stack_caches([b[0] for b in built], self.model.device)
             forced = fork_cache(stacked)
             first = record.last_logits.expand(len(group), -1)
             tokens, _, _ = self.decode(stacked, first, n, max_new_tokens, eos_ids, hooks_only_press())
             kl, top1 = self._fidelity(forced, ref_tokens, reference, n, hooks_only_press())
             for r, (config, (_, _, compress_s)) in enumerate(zip(group, built)):
-                outcomes[config] = Outcome(
-                    config,
-                    tokens[r],
-                    n,
-                    *sizes[r],
-                    record.prefill_s + compress_s,
-                    compress_s,
-                    None,
-                    kl[r],
-                    top1[r],
-                )
+                outcomes[config] = _outcome(config, record, sizes[r], compress_s, tokens[r], None, kl[r], top1[r])
         return [outcomes[c] for c in configs]
 
     @torch.inference_mode()
@@ -297,23 +229,8 @@ class Engine:
         targets = torch.tensor(continuation[1:])
         reference = self.teacher_forced_logits(fork_cache(record.cache), forced, n)[0]
         ppl_full = _perplexity(reference, targets)
-        full_entries, full_bytes = cache_entries(record.cache), cache_bytes(record.cache)
-        outcomes = {}
-        for config in configs:
-            if config.method == "full":
-                outcomes[config] = Outcome(
-                    config,
-                    [],
-                    n,
-                    full_entries,
-                    full_bytes,
-                    record.prefill_s,
-                    0.0,
-                    None,
-                    0.0,
-                    1.0,
-                    {"ppl": ppl_full, "ppl_full": ppl_full},
-                )
+        full, extra = _sizes(record.cache), {"ppl": ppl_full, "ppl_full": ppl_full}
+        outcomes = {c: _outcome(c, record, full, 0.0, extra=extra) for c in configs if c.method == "full"}
         pending = [c for c in configs if c.method != "full"]
         memo: dict = {}
         for start in range(0, len(pending), max(batch, 1)):
@@ -324,22 +241,43 @@ class Engine:
             logits = self.teacher_forced_logits(stacked, forced.expand(len(group), -1), n, press)
             for r, (config, (cache, _, compress_s)) in enumerate(zip(group, built)):
                 kl, top1 = kl_and_top1(reference, logits[r])
-                outcomes[config] = Outcome(
-                    config, [], n, cache_entries(cache), cache_bytes(cache), record.prefill_s + compress_s, compress_s, None, kl, top1,
-                    {"ppl": _perplexity(logits[r], targets), "ppl_full": ppl_full},
-                )  # fmt: skip
+                extra = {"ppl": _perplexity(logits[r], targets), "ppl_full": ppl_full}
+                outcomes[config] = _outcome(config, record, _sizes(cache), compress_s, kl=kl, top1=top1, extra=extra)
         return [outcomes[c] for c in configs]
 
     def _fidelity(self, cache, ref_tokens, reference, n, press):
         """Per row: KL and top-1 agreement over the answer steps after the first (the first
         step's distribution comes from the shared prefill)."""
-        rows = cache.restkv_state.next_pos.shape[0] if getattr(cache, "restkv_state", None) is not None else 1
+        state = get_state(cache)
+        rows = state.next_pos.shape[0] if state is not None else 1
         if len(ref_tokens) < 2:
             return [0.0] * rows, [1.0] * rows
         forced = torch.tensor([ref_tokens[:-1]]).expand(rows, -1)
         logits = self.teacher_forced_logits(cache, forced, n, press)  # predicts steps 1..k-1
         pairs = [kl_and_top1(reference[1 : len(ref_tokens)], logits[r]) for r in range(rows)]
         return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _sizes(cache) -> tuple[int, int]:
+    """KV entries (batch row 0) and bytes a cache stores."""
+    return cache_entries(cache), cache_bytes(cache)
+
+
+def _outcome(config, record, sizes, compress_s, tokens=(), ms=None, kl=0.0, top1=1.0, extra=None) -> Outcome:
+    """What ``config`` did on the recorded prompt: its prefill is the shared one plus its compression."""
+    return Outcome(
+        config=config,
+        token_ids=list(tokens),
+        prompt_tokens=record.prompt_tokens,
+        kept_entries=sizes[0],
+        kv_bytes=sizes[1],
+        prefill_s=record.prefill_s + compress_s,
+        compress_s=compress_s,
+        decode_ms_per_token=ms,
+        kl=kl,
+        top1=top1,
+        extra=extra or {},
+    )
 
 
 def _perplexity(logits: torch.Tensor, targets: torch.Tensor) -> float:
@@ -354,67 +292,3 @@ def kl_and_top1(reference_logits: torch.Tensor, logits: torch.Tensor) -> tuple[f
     kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1).clamp_min(0)
     top1 = (reference_logits.argmax(-1) == logits.argmax(-1)).float()
     return float(kl.mean()), float(top1.mean())
-
-
-def fork_cache(cache) -> DynamicCache:
-    """A cache that shares tensors with ``cache`` but not its future.
-
-    transformers' dynamic layers replace (never write into) their tensors when tokens are
-    appended, and compression replaces them too, so shallow layer copies are independent.
-    """
-    forked = copy.copy(cache)
-    forked.layers = [copy.copy(layer) for layer in cache.layers]
-    state = getattr(cache, "restkv_state", None)
-    if state is not None:
-        forked.restkv_state = dataclasses.replace(state, layers=dict(state.layers))
-    return forked
-
-
-def hooks_only_press() -> KVPress:
-    """A press that evicts nothing but installs the hooks compressed caches decode with."""
-    return KVPress(get_scorer("full"), budget=1)
-
-
-def stack_caches(caches: list, device) -> DynamicCache:
-    """One batched cache whose rows are ``caches`` (each of batch 1), padded per layer.
-
-    Padding slots are masked through the sequence state, so each row attends to exactly the
-    entries its own cache holds.
-    """
-    stacked = fork_cache(caches[0])
-    layers, states = {}, {}
-    for index in range(len(caches[0].layers)):
-        keys = [c.layers[index].keys for c in caches]
-        values = [c.layers[index].values for c in caches]
-        width = max(k.shape[-2] for k in keys)
-        valid = []
-        for c, k in zip(caches, keys):
-            state = getattr(c, "restkv_state", None)
-            layer_state = state.layers.get(index) if state is not None else None
-            v = torch.zeros(1, k.shape[1], width, dtype=torch.bool, device=k.device)
-            v[..., : k.shape[-2]] = True
-            if layer_state is not None and layer_state.valid is not None:
-                v[..., : layer_state.kept] &= layer_state.valid
-            valid.append(v)
-        layer = stacked.layers[index]
-        if isinstance(layer, VarlenLayer) or not getattr(layer, "is_sliding", False):
-            layer = DynamicLayer()
-            layer.lazy_initialization(keys[0], values[0])
-        layer.keys = torch.cat([_pad_to(k, width) for k in keys])
-        layer.values = torch.cat([_pad_to(v, width) for v in values])
-        layers[index] = layer
-        if not getattr(layer, "is_sliding", False):
-            all_valid = torch.cat(valid)
-            states[index] = LayerState(
-                prompt_tokens=width, kept=width, valid=None if bool(all_valid.all()) else all_valid
-            )
-    stacked.layers = [layers[i] for i in range(len(caches[0].layers))]
-    n = caches[0].restkv_state.next_pos if getattr(caches[0], "restkv_state", None) is not None else None
-    rows = len(caches)
-    next_pos = (n if n is not None else torch.tensor([0], device=device)).expand(rows).clone()
-    stacked.restkv_state = SequenceState(layers=states, next_pos=next_pos, budgets={i: 0 for i in states})
-    return stacked
-
-
-def _pad_to(t: torch.Tensor, width: int) -> torch.Tensor:
-    return torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[-2]))

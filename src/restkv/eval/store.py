@@ -12,7 +12,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from .. import __version__
+from ..version import __version__
 
 COLUMNS = {
     "task": "TEXT NOT NULL",

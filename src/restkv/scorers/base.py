@@ -14,21 +14,9 @@ from typing import ClassVar
 import torch
 
 from ..attention import group_size
+from ..checks import check_choice, check_int
 
 GQA_REDUCTIONS = ("mean", "max", "sum")
-
-
-def check_int(name: str, value, minimum: int) -> int:
-    """``value`` as an int ``>= minimum``, or a one-sentence ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def check_choice(name: str, value, choices) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
-    return value
 
 
 @dataclass
@@ -36,7 +24,10 @@ class Scorer:
     """Base class: score the ``n - window_size`` prefix tokens, keep the top ones plus the window.
 
     Subclasses implement :meth:`prefix_scores`; :meth:`select` is shared by every method, so
-    methods differ only in how they score.
+    methods differ only in how they score. Methods with a rule of their own beyond scoring
+    override a hook instead of adding a branch to the core: :meth:`kept_values` (CaM merges
+    evicted values into kept ones), and :meth:`remember`, :meth:`observe_step` and
+    :meth:`decode_select` for decoding-time eviction (H2O keeps accumulating attention).
 
     Attributes:
         window_size: the last ``window_size`` prompt tokens are always kept (the observation
@@ -55,8 +46,6 @@ class Scorer:
     needs_o_proj: ClassVar[bool] = False
     #: whether the scores depend on the budget (then they cannot be shared between budgets)
     budget_dependent: ClassVar[bool] = False
-    #: whether kept values absorb evicted ones (CaM): then ``merge_values`` is called
-    merges_values: ClassVar[bool] = False
     #: the layer allocator a press uses with this scorer unless told otherwise
     default_allocator: ClassVar[str] = "uniform"
 
@@ -85,7 +74,34 @@ class Scorer:
         """
         raise NotImplementedError
 
+    # -- hooks with a default rule ---------------------------------------------------------
+    def kept_values(self, queries, keys, values, kept, *, scaling=None, key_mask=None, softcap=None) -> torch.Tensor:
+        """Values ``[b, H_kv, n, d]`` to gather at ``kept`` after a prefill compression (as they are)."""
+        return values
+
+    def remember(self, queries, keys, kept, context) -> torch.Tensor:
+        """What decoding-time eviction needs from a compression of this layer: the last window queries.
+
+        ``queries`` are those the compression read, ``keys`` the layer's keys before it, ``kept``
+        the positions kept (None when nothing was evicted), ``context`` the layer's
+        :class:`~restkv.adapters.LayerContext`.
+        """
+        return queries[..., -max(self.window_size, 1) :, :]
+
+    def observe_step(self, memory, query, keys, context) -> torch.Tensor:
+        """Fold a decoding step's query ``[b, H, 1, d]`` into the memory (keys include its own entry)."""
+        return torch.cat([memory, query], dim=-2)[..., -max(self.window_size, 1) :, :]
+
+    def decode_select(self, memory, keys, values, budget: int, context) -> tuple[torch.Tensor, torch.Tensor]:
+        """Kept positions while decoding, and the memory that goes with them: the method's own
+        selection, with the last queries seen as the observation window."""
+        return self.select(memory, keys, values, budget=budget, **context.scorer_kwargs()), memory
+
     # -- shared ---------------------------------------------------------------------------
+    def query_count(self, n: int) -> int:
+        """How many of an ``n``-token input's last queries this method reads."""
+        return {"window": min(self.window_size, n), "all": n, "none": 1}[self.query_span]
+
     def params(self) -> dict:
         """The method's parameters and their values (for records and the CLI)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -112,7 +128,7 @@ class Scorer:
             softcap=softcap,
             layer=layer,
         ).float()
-        prefix = self._reduce_groups(prefix, keys.shape[1])
+        prefix = self.reduce_groups(prefix, keys.shape[1])
         if key_mask is not None:
             prefix = prefix.masked_fill(~key_mask[:, None, : n - w].to(prefix.device), float("-inf"))
         window = torch.full((*prefix.shape[:2], w), float("inf"), device=prefix.device)
@@ -166,7 +182,8 @@ class Scorer:
         )
         return top_positions(scores, budget)
 
-    def _reduce_groups(self, scores: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    def reduce_groups(self, scores: torch.Tensor, kv_heads: int) -> torch.Tensor:
+        """Per-query-head scores ``[b, H, n]`` to per-KV-head ones ``[b, H_kv, n]`` (``gqa_reduce``)."""
         heads = scores.shape[1]
         if heads == kv_heads:
             return scores

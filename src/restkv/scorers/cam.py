@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from ..attention import window_attention
-from .base import Scorer, check_int
+from ..checks import check_int
+from .base import Scorer
 
 
 @dataclass
@@ -32,7 +33,6 @@ class CaMScorer(Scorer):
     merge_window: int = 32
 
     name = "cam"
-    merges_values = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -46,7 +46,7 @@ class CaMScorer(Scorer):
         attn = window_attention(queries, keys, scaling=scaling, key_mask=key_mask, softcap=softcap)
         return attn[..., : n - w].sum(dim=-2)
 
-    def merge_values(self, queries, keys, values, kept, *, scaling=None, key_mask=None, softcap=None):
+    def kept_values(self, queries, keys, values, kept, *, scaling=None, key_mask=None, softcap=None):
         """Values ``[b, H_kv, n, d]`` after merging, to be gathered at ``kept``."""
         n = keys.shape[-2]
         w = min(self.window_size, n)

@@ -6,6 +6,10 @@ Language Models" (NeurIPS 2023, arXiv 2306.14048); at prefill, as in ``KVCache-F
 attention it receives summed over all prompt queries. Computed in query chunks, so it needs no
 ``[n, n]`` matrix.
 
+While generating with a ``decode_budget``, H2O keeps accumulating the attention each entry
+receives from every new query (its hooks :meth:`H2OScorer.remember`, :meth:`~H2OScorer.observe_step`
+and :meth:`~H2OScorer.decode_select`).
+
 ``normalize=True`` divides each token's total by the number of queries that can see it (the
 mean instead of the sum), which is NVIDIA kvpress's ``ObservedAttentionPress``; with
 ``window_size=0`` the two keep the same entries.
@@ -17,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attention import accumulated_attention
-from .base import Scorer
+from ..attention import accumulated_attention, repeat_kv
+from .base import Scorer, top_positions
 
 
 @dataclass
@@ -38,3 +42,23 @@ class H2OScorer(Scorer):
             seen_by = n - torch.arange(n, device=total.device).clamp_min(n - q)
             total = total / seen_by
         return total[..., : n - min(self.window_size, n)]
+
+    # -- decoding-time eviction: the accumulated attention is the memory ----------------------
+    def remember(self, queries, keys, kept, context):
+        acc = accumulated_attention(queries, keys, scaling=context.scaling, softcap=context.softcap)
+        if kept is not None:
+            acc = acc.gather(2, repeat_kv(kept[..., None], acc.shape[1] // kept.shape[1])[..., 0])
+        return acc
+
+    def observe_step(self, memory, query, keys, context):
+        grown = keys.shape[-2] - memory.shape[-1]
+        memory = torch.cat([memory, memory.new_zeros(*memory.shape[:2], grown)], dim=-1)
+        return memory + accumulated_attention(query, keys, scaling=context.scaling, softcap=context.softcap)
+
+    def decode_select(self, memory, keys, values, budget, context):
+        n = keys.shape[-2]
+        scores = self.reduce_groups(memory, keys.shape[1]).clone()  # never write into the memory
+        scores[..., n - min(self.window_size, n) :] = float("inf")
+        idx = top_positions(scores, budget)
+        group = memory.shape[1] // keys.shape[1]
+        return idx, memory.gather(2, repeat_kv(idx[..., None], group)[..., 0])

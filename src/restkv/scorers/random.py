@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Scorer, check_int
+from ..checks import check_int
+from .base import Scorer
 
 
 @dataclass

@@ -22,7 +22,8 @@ import torch
 
 from ..attention import repeat_kv, window_attention
 from ..smoothing import POOLINGS, TEMPORAL_RULES, adaptive_pool, pool, temporal, validate_alpha
-from .base import Scorer, check_choice, check_int
+from ..checks import check_choice, check_int
+from .base import Scorer
 
 METRIC_MODES = ("after", "before")
 #: how many query heads' projected norms are computed at once (bounds memory)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from ..attention import window_attention
 from ..smoothing import pool
-from .base import Scorer, check_choice, check_int
+from ..checks import check_choice, check_int
+from .base import Scorer
 
 
 @dataclass

@@ -1,0 +1,22 @@
+"""Argument checks shared by every layer: one sentence per bad value, as a ValueError."""
+
+from __future__ import annotations
+
+
+def check_int(name: str, value, minimum: int) -> int:
+    """``value`` as an int ``>= minimum``, or a one-sentence ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {wanted}, got {value!r}")
+    return value
+
+
+def check_optional_int(name: str, value, minimum: int) -> int | None:
+    """Like :func:`check_int`, but None passes (an unset option)."""
+    return None if value is None else check_int(name, value, minimum)
+
+
+def check_choice(name: str, value, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+    return value
