@@ -39,7 +39,7 @@ PAPER = "restkv[temporal=ema;pooling=adaptive]"
 
 # -- latency ----------------------------------------------------------------------------------
 def latency(args) -> None:
-    from restkv.eval.engine import parse_method_spec
+    from restkv.specs import parse_method_spec
     from restkv.scorers import get_scorer
 
     torch.manual_seed(0)
@@ -89,7 +89,7 @@ def niah(args) -> None:
 
 
 def niah_one(args) -> None:
-    from restkv.eval.engine import parse_method_spec
+    from restkv.specs import parse_method_spec
     from restkv.eval.tasks import niah as niah_task
     from restkv.generate import encode_prompt, greedy_decode
     from restkv.models import load_model

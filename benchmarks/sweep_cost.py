@@ -14,8 +14,9 @@ import statistics
 import time
 from pathlib import Path
 
-from restkv.eval.engine import Engine, MethodConfig
-from restkv.eval.runner import eos_ids
+from restkv.eval.engine import Engine
+from restkv.specs import MethodConfig
+from restkv.generate import eos_ids
 from restkv.eval.tasks import ruler
 from restkv.generate import encode_prompt
 from restkv.models import load_model

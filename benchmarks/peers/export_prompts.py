@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from restkv.eval.runner import eos_ids
+from restkv.generate import eos_ids
 from restkv.eval.tasks import TaskOptions, build
 from restkv.generate import encode_prompt
 from restkv.models import load_model
