@@ -5,9 +5,9 @@ import pytest
 from restkv.bench import latency
 from restkv.bench.runner import run_latency, run_memory
 from restkv.bench.shapes import SHAPES, random_model
-from restkv.specs import MethodConfig
 from restkv.eval.report import render_report
 from restkv.eval.store import ResultStore
+from restkv.specs import MethodConfig
 from tiny_models import tiny_model
 
 CONFIGS = [

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from restkv.specs import MethodConfig
 from restkv.eval.report import render_report
 from restkv.eval.runner import run_sweep
 from restkv.eval.store import ResultStore, StoreError
 from restkv.eval.tasks.base import Sample
+from restkv.specs import MethodConfig
 from tiny_models import TinyLoaded
 
 CONFIGS = [

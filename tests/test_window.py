@@ -82,10 +82,10 @@ def test_auto_window_press_uses_the_given_window_and_paper_default_is_unchanged(
 
 
 def test_auto_window_through_the_engine(tmp_path):
-    from restkv.specs import MethodConfig
     from restkv.eval.runner import run_sweep
     from restkv.eval.store import ResultStore
     from restkv.eval.tasks.base import Sample
+    from restkv.specs import MethodConfig
     from tiny_models import TinyLoaded
 
     configs = [

@@ -98,7 +98,9 @@ class LayerContext:
 
 def layer_context(module: nn.Module, position: tuple[int, int]) -> LayerContext:
     """The one place that reads a family's output projection, logit scale and soft-cap."""
-    return LayerContext(module.layer_idx, module.o_proj.weight, getattr(module, "scaling", None), logit_softcap(module), position)
+    return LayerContext(
+        module.layer_idx, module.o_proj.weight, getattr(module, "scaling", None), logit_softcap(module), position
+    )
 
 
 def logit_softcap(module: nn.Module) -> float | None:

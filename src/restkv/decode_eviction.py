@@ -41,7 +41,9 @@ def evict_step(press, module, layer, hidden, position_embeddings, state: Sequenc
     state.memory[context.index] = memory
     if layer.keys.shape[-2] < press.decode_budget + press.every:
         return
-    idx, state.memory[context.index] = scorer.decode_select(memory, layer.keys, layer.values, press.decode_budget, context)
+    idx, state.memory[context.index] = scorer.decode_select(
+        memory, layer.keys, layer.values, press.decode_budget, context
+    )
     shrink(layer, idx, state, context.index, press.decode_budget)
 
 

@@ -74,7 +74,11 @@ class KVPress:
     def __post_init__(self):
         check_optional_int("chunk_size", self.chunk_size, 1)
         check_int("every", self.every, 1)
-        if isinstance(self.head_floor, bool) or not isinstance(self.head_floor, (int, float)) or not 0 <= self.head_floor <= 1:
+        if (
+            isinstance(self.head_floor, bool)
+            or not isinstance(self.head_floor, (int, float))
+            or not 0 <= self.head_floor <= 1
+        ):
             raise ValueError(f"head_floor must be a number in [0, 1], got {self.head_floor!r}")
         self.head_floor = float(self.head_floor)
         default = self.scorer.default_allocator if self.scorer is not None else "uniform"
@@ -121,7 +125,9 @@ class KVPress:
 
 
 #: the settings of a press itself (everything else given to :func:`get_press` is the method's)
-PRESS_SETTINGS = tuple(f.name for f in dataclasses.fields(KVPress) if f.init and f.name not in ("scorer", "window_range"))
+PRESS_SETTINGS = tuple(
+    f.name for f in dataclasses.fields(KVPress) if f.init and f.name not in ("scorer", "window_range")
+)
 
 
 def hooks_only_press() -> KVPress:
@@ -232,8 +238,14 @@ def validate_decode_budget(press: KVPress) -> None:
     if press.scorer is None:
         raise ValueError("decode_budget needs an eviction method; the full cache keeps everything")
     window = press.scorer.window_size
-    if isinstance(press.decode_budget, bool) or not isinstance(press.decode_budget, int) or press.decode_budget <= window:
-        raise ValueError(f"decode_budget must be an integer larger than window_size ({window}), got {press.decode_budget!r}")
+    if (
+        isinstance(press.decode_budget, bool)
+        or not isinstance(press.decode_budget, int)
+        or press.decode_budget <= window
+    ):
+        raise ValueError(
+            f"decode_budget must be an integer larger than window_size ({window}), got {press.decode_budget!r}"
+        )
     if press.allocator == "adakv":
         raise ValueError("decode_budget is not supported with the adakv allocator (per-head lengths)")
 
@@ -248,7 +260,9 @@ def validate_chunking(press: KVPress) -> None:
     if press.budget is None:
         raise ValueError("chunk_size needs a budget in tokens (a compression ratio of an unknown total is undefined)")
     if press.chunk_size <= press.scorer.window_size:
-        raise ValueError(f"chunk_size ({press.chunk_size}) must be larger than window_size ({press.scorer.window_size})")
+        raise ValueError(
+            f"chunk_size ({press.chunk_size}) must be larger than window_size ({press.scorer.window_size})"
+        )
 
 
 def get_press(name: str, **settings) -> KVPress:

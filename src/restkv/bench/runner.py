@@ -24,6 +24,18 @@ def _row(task, length, model_name, config, **fields):
     }
 
 
+def bench_model(shape: str | None, layers: int | None, model: str, device: str, dtype: str):
+    """The model timed in-process: random weights of ``shape`` (few ``layers``), else ``model`` loaded."""
+    if shape:
+        from .shapes import random_model
+
+        # random weights have no saved dtype to fall back on
+        return random_model(shape, layers, "bfloat16" if dtype == "auto" else dtype, device=device)
+    from ..models import load_model
+
+    return load_model(model, device=device, dtype=dtype).model
+
+
 def run_latency(
     model,
     model_name,

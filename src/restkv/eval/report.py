@@ -149,10 +149,7 @@ def plot_against_budget(
     agg: list[dict], task: str, path: Path, measures=(("score", "score"), ("kl", "mean KL to full cache"))
 ) -> Path:
     """One panel per measure, one line per method, the full cache as a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     items = [a for a in agg if a["task"] == task]
     fig, axes = plt.subplots(1, len(measures), figsize=(5.5 * len(measures), 4), squeeze=False)
@@ -166,17 +163,8 @@ def plot_against_budget(
         full = next((a[measure] for a in items if a["method"] == FULL), None)
         if full is not None:
             ax.axhline(full, color="black", linestyle="--", label="full cache")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("budget (entries per head and layer)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"{task}: {items[0]['model'] if items else ''}")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        _log2_axis(ax, "budget (entries per head and layer)", label)
+    return _save_figure(fig, axes, task, items, path)
 
 
 def bench_table(rows: list[dict], task: str) -> str:
@@ -215,10 +203,7 @@ def bench_table(rows: list[dict], task: str) -> str:
 
 
 def plot_against_length(rows: list[dict], task: str, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     items = [r for r in rows if r["task"] == task]
     if task == "bench-latency":
@@ -246,16 +231,8 @@ def plot_against_length(rows: list[dict], task: str, path: Path) -> Path:
                 label=f"{method} {budget or ''}".strip(),
                 **style,
             )
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("context length (tokens)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"{task}: {items[0]['model'] if items else ''}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        _log2_axis(ax, "context length (tokens)", label)
+    return _save_figure(fig, axes, task, items, path)
 
 
 def niah_cells(rows: list[dict]) -> dict:
@@ -282,10 +259,7 @@ def niah_grid_table(grid: dict) -> str:
 
 def plot_niah_heatmaps(cells: dict, path: Path) -> Path:
     """One heatmap (length x depth, score) per method and budget."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     keys = list(cells)
     cols = min(4, len(keys))
@@ -363,3 +337,32 @@ def render_report(run_dir: str | Path) -> Path:
     out = run_dir / "report.md"
     out.write_text("\n".join(parts))
     return out
+
+
+def _log2_axis(ax, xlabel: str, ylabel: str) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+
+
+def _save_figure(fig, axes, task: str, items: list, path: Path) -> Path:
+    """Legend, title and PNG file shared by every plot of a report."""
+    plt = _pyplot()
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{task}: {items[0]['model'] if items else ''}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only backend (reports run without a display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -2,29 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from ..generate import encode_prompt
+from ..generate import encode_prompt, eos_ids
+from ..specs import MethodConfig
 from ..window import question_window
-from .engine import Engine, MethodConfig
+from .engine import Engine
 from .store import ResultStore
 from .tasks.base import Sample
-
-
-def eos_ids(tokenizer, model=None) -> set[int]:
-    ids = set()
-    for source in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
-        ids.update(source if isinstance(source, list) else [source])
-    return ids - {None}
+from .tasks.registry import MODES, TaskGroup
 
 
 def public_meta(sample: Sample) -> dict:
     """The sample's metadata worth keeping in every row (token id lists are not)."""
     return {k: v for k, v in sample.meta.items() if not k.endswith("_ids")}
+
+
+def sample_mode(sample: Sample) -> str:
+    """The mode a sample needs when no family says: token ids to feed mean teacher forcing."""
+    return "teacher_forced" if "prompt_ids" in sample.meta else "generate"
 
 
 def run_sweep(
@@ -36,11 +38,16 @@ def run_sweep(
     score: Callable[[str, Sample], float],
     progress: bool = True,
     batch: int = 1,
+    mode: str | None = None,
 ) -> dict:
     """Evaluate every config on every sample; rows already in ``store`` are skipped.
 
+    ``mode`` is the task family's (``"generate"`` or ``"teacher_forced"``); None infers it per
+    sample from the metadata, as callers from before families had modes expect.
     Returns counters: samples run and skipped, wall seconds, and the prefill seconds spent.
     """
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     model, tokenizer = loaded.model, loaded.tokenizer
     engine = Engine(model, configs)
     ranges = [p.window_range for p in engine.presses.values() if getattr(p, "window_range", None)]
@@ -53,7 +60,8 @@ def run_sweep(
         if not todo:
             counters["samples_skipped"] += 1
             continue
-        if "prompt_ids" in sample.meta:  # fidelity: teacher forcing, nothing generated
+        teacher_forced = (mode or sample_mode(sample)) == "teacher_forced"
+        if teacher_forced:  # fidelity: nothing generated, the continuation is fed
             input_ids = torch.tensor([sample.meta["prompt_ids"]])
             outcomes = engine.fidelity(input_ids, sample.meta["continuation_ids"], configs=todo, batch=batch)
         else:
@@ -75,7 +83,7 @@ def run_sweep(
                     "budget": o.config.budget,
                     "params": {"method": o.config.method, **engine.presses[o.config].params()},
                     "prediction": text,
-                    "score": o.top1 if "prompt_ids" in sample.meta else score(text, sample),
+                    "score": o.top1 if teacher_forced else score(text, sample),
                     "prompt_tokens": o.prompt_tokens,
                     "kept_entries": o.kept_entries,
                     "kv_bytes": o.kv_bytes,
@@ -93,3 +101,38 @@ def run_sweep(
         counters["compress_s"] += sum(o.compress_s for o in outcomes)
     counters["wall_s"] = time.perf_counter() - start
     return counters
+
+
+def run_eval(
+    loaded,
+    groups: list[TaskGroup],
+    configs: list[MethodConfig],
+    out_dir: str | Path,
+    batch: int = 8,
+    command: str = "",
+    mode: str | None = None,
+    started: float | None = None,
+) -> dict:
+    """Sweep every group into ``out_dir/results.sqlite`` and log the run to ``out_dir/runs.jsonl``.
+
+    ``started`` is the ``time.perf_counter()`` at which the command began, so the logged wall
+    time includes loading the model and building the samples. Returns the summed counters
+    with ``wall_s``.
+    """
+    started = time.perf_counter() if started is None else started
+    out_dir = Path(out_dir)
+    totals = {"samples_run": 0, "samples_skipped": 0, "prefill_s": 0.0, "compress_s": 0.0}
+    with ResultStore(out_dir / "results.sqlite") as store:
+        for task, samples, score in groups:
+            counters = run_sweep(loaded, task, samples, configs, store, score, batch=batch, mode=mode)
+            for key in totals:
+                totals[key] += counters[key]
+    wall = time.perf_counter() - started
+    entry = {
+        "command": command,
+        "wall_s": round(wall, 1),
+        **{k: round(v, 2) if isinstance(v, float) else v for k, v in totals.items()},
+    }
+    with open(out_dir / "runs.jsonl", "a") as log:
+        log.write(json.dumps(entry) + "\n")
+    return {**totals, "wall_s": wall}

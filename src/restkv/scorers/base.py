@@ -117,17 +117,8 @@ class Scorer:
         n = keys.shape[-2]
         w = min(self.window_size, n)
         q = {"window": queries[..., -w:, :] if w else queries[..., :0, :], "all": queries}.get(self.query_span, queries)
-        prefix = self.prefix_scores(
-            q,
-            keys,
-            values,
-            budget=budget,
-            o_proj=o_proj,
-            key_mask=key_mask,
-            scaling=scaling,
-            softcap=softcap,
-            layer=layer,
-        ).float()
+        observed = dict(o_proj=o_proj, key_mask=key_mask, scaling=scaling, softcap=softcap, layer=layer)
+        prefix = self.prefix_scores(q, keys, values, budget=budget, **observed).float()
         prefix = self.reduce_groups(prefix, keys.shape[1])
         if key_mask is not None:
             prefix = prefix.masked_fill(~key_mask[:, None, : n - w].to(prefix.device), float("-inf"))
@@ -169,18 +160,8 @@ class Scorer:
                 f"budget ({budget}) must be larger than window_size ({self.window_size}): "
                 "the window alone would fill it"
             )
-        scores = self.score(
-            queries,
-            keys,
-            values,
-            budget=budget,
-            o_proj=o_proj,
-            key_mask=key_mask,
-            scaling=scaling,
-            softcap=softcap,
-            layer=layer,
-        )
-        return top_positions(scores, budget)
+        observed = dict(o_proj=o_proj, key_mask=key_mask, scaling=scaling, softcap=softcap, layer=layer)
+        return top_positions(self.score(queries, keys, values, budget=budget, **observed), budget)
 
     def reduce_groups(self, scores: torch.Tensor, kv_heads: int) -> torch.Tensor:
         """Per-query-head scores ``[b, H, n]`` to per-KV-head ones ``[b, H_kv, n]`` (``gqa_reduce``)."""

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from ..attention import repeat_kv, window_attention
-from ..smoothing import POOLINGS, TEMPORAL_RULES, adaptive_pool, pool, temporal, validate_alpha
 from ..checks import check_choice, check_int
+from ..smoothing import POOLINGS, TEMPORAL_RULES, adaptive_pool, pool, temporal, validate_alpha
 from .base import Scorer
 
 METRIC_MODES = ("after", "before")

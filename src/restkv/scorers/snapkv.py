@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..attention import window_attention
-from ..smoothing import pool
 from ..checks import check_choice, check_int
+from ..smoothing import pool
 from .base import Scorer
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .registry import TaskGroup
+
 
 @dataclass
 class Sample:
@@ -21,6 +23,16 @@ class Sample:
     #: text the answer starts with (RULER's answer prefix), placed after the chat template's
     #: generation prompt so the model continues it
     answer_prefix: str = ""
+
+
+def token_counter(loaded):
+    """A prompt's length in ``loaded``'s tokens, encoded as the evaluation encodes it."""
+    from ...generate import encode_prompt  # torch: imported only when a model is in use
+
+    def count(text: str) -> int:
+        return encode_prompt(loaded.tokenizer, text, chat=loaded.chat).shape[1]
+
+    return count
 
 
 def fit_to_length(build, length: int, count_tokens, limit: int = 1_000_000):
@@ -77,7 +89,7 @@ def local_task_file(label: str, task: str, tasks, data_dir, known: str) -> Path:
     return path
 
 
-def build_local(family: str, label: str, tasks, load, score_for, options, tokenizer) -> list:
+def build_local(family: str, label: str, tasks, load, score_for, options, tokenizer) -> list[TaskGroup]:
     """``(task, samples, score)`` groups of a benchmark read from ``--data-dir/<task>.jsonl``.
 
     Without ``--tasks``, every task whose file is present is evaluated.
@@ -88,6 +100,6 @@ def build_local(family: str, label: str, tasks, load, score_for, options, tokeni
     if not names:
         raise ValueError(f"{options.data_dir} holds none of {label}'s <task>.jsonl files")
     return [
-        (f"{family}/{t}", load(t, options.data_dir, options.samples, tokenizer, options.length), score_for(t))
+        TaskGroup(f"{family}/{t}", load(t, options.data_dir, options.samples, tokenizer, options.length), score_for(t))
         for t in names
     ]

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from .base import Sample
+from .registry import TaskGroup, TaskOptions, register_family
 
 SHOTS = 3
 BIGBENCH_VERSION = "1.0.0"
@@ -143,13 +144,13 @@ def score(prediction: str, sample: Sample) -> float:
     return float(any(answer == a or answer.lower() == a.lower() for a in sample.answers))
 
 
-def build(options, root: Path | None = None) -> list:
+def build(options: TaskOptions, root: Path | None = None) -> list[TaskGroup]:
     root = Path(options.data_dir) if options.data_dir else prepare(root)
     names = options.subtasks or tuple(TASKS)
     groups, missing = [], []
     for task in names:
         try:
-            groups.append((f"bbh/{task}", load(task, root, options.samples), score))
+            groups.append(TaskGroup(f"bbh/{task}", load(task, root, options.samples), score))
         except FileNotFoundError:
             missing.append(task)
     if missing:
@@ -159,3 +160,8 @@ def build(options, root: Path | None = None) -> list:
     if not groups:
         raise ValueError(f"no BBH task data found under {root}")
     return groups
+
+
+@register_family("bbh")
+def task_groups(loaded, options: TaskOptions) -> list[TaskGroup]:
+    return build(options)

@@ -18,6 +18,7 @@ import inspect
 import platform
 
 from .base import Sample
+from .registry import TaskGroup, TaskOptions, register_family
 
 MODULES = (
     "argparse", "asyncio", "collections", "concurrent.futures", "configparser", "contextlib", "csv",
@@ -69,3 +70,10 @@ def fidelity_samples(tokenizer, count: int, length: int, continuation: int = 64,
             )
         )  # fmt: skip
     return out
+
+
+@register_family("fidelity", mode="teacher_forced")
+def task_groups(loaded, options: TaskOptions) -> list[TaskGroup]:
+    """One group; no score function, as teacher forcing scores by top-1 agreement."""
+    samples = fidelity_samples(loaded.tokenizer, options.samples, options.length, options.continuation, options.seed)
+    return [TaskGroup(f"fidelity/{options.length}", samples, None)]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .. import metrics
 from .base import Sample, build_local, local_task_file
+from .registry import TaskGroup, TaskOptions, register_family
 
 CONFIG = json.loads(files("restkv.eval.data").joinpath("longbench.json").read_text())
 TASKS = tuple(CONFIG["tasks"])
@@ -83,5 +84,10 @@ def score_for(task: str):
     return score
 
 
-def build(options, tokenizer) -> list:
+def build(options: TaskOptions, tokenizer) -> list[TaskGroup]:
     return build_local("longbench", "LongBench", TASKS, load, score_for, options, tokenizer)
+
+
+@register_family("longbench")
+def task_groups(loaded, options: TaskOptions) -> list[TaskGroup]:
+    return build(options, loaded.tokenizer)

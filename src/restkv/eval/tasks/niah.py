@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import random
 
-from .base import Sample, fit_to_length, string_match_all
+from .base import Sample, fit_to_length, string_match_all, token_counter
+from .registry import TaskGroup, TaskOptions, register_family
 from .ruler import _essay
 
 
@@ -51,3 +52,11 @@ def niah_samples(lengths, depths, per_cell: int, count_tokens, seed: int = 0) ->
 
 def score(prediction: str, sample: Sample) -> float:
     return string_match_all(prediction, sample.answers)
+
+
+@register_family("niah")
+def task_groups(loaded, options: TaskOptions) -> list[TaskGroup]:
+    """One group holding the whole (length, depth) grid; ``--lengths`` defaults to ``--length``."""
+    lengths = options.lengths or (options.length,)
+    samples = niah_samples(lengths, options.depths, options.samples, token_counter(loaded), options.seed)
+    return [TaskGroup("niah", samples, score)]

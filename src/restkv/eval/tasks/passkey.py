@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import random
 
-from .base import Sample, fit_to_length, string_match_all
+from .base import Sample, fit_to_length, string_match_all, token_counter
+from .registry import TaskGroup, TaskOptions, register_family
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 INTRO = "There is an important piece of information hidden inside a lot of irrelevant text. Find it and memorize it."
@@ -38,3 +39,9 @@ def passkey_samples(count: int, length: int, count_tokens, seed: int = 0) -> lis
 def score(prediction: str, sample: Sample) -> float:
     """1 when the key appears in the answer, else 0."""
     return string_match_all(prediction, sample.answers)
+
+
+@register_family("passkey")
+def task_groups(loaded, options: TaskOptions) -> list[TaskGroup]:
+    samples = passkey_samples(options.samples, options.length, token_counter(loaded), options.seed)
+    return [TaskGroup("passkey", samples, score)]

@@ -20,7 +20,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from .base import Sample, fit_to_length, string_match_all, string_match_part, words
+from .base import Sample, fit_to_length, string_match_all, string_match_part, token_counter, words
+from .registry import TaskGroup, TaskOptions, register_family
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 
@@ -246,3 +247,14 @@ def score(task: str) -> Callable[[str, Sample], float]:
     """RULER's metric for ``task``: string_match_part for QA, string_match_all otherwise."""
     metric = string_match_part if task in QA else string_match_all
     return lambda prediction, sample: metric(prediction, sample.answers)
+
+
+@register_family("ruler")
+def task_groups(loaded, options: TaskOptions) -> list[TaskGroup]:
+    """One group per RULER task (``--tasks``, or every synthetic one)."""
+    count = token_counter(loaded)
+
+    def samples(task: str) -> list[Sample]:
+        return ruler_samples(task, options.samples, options.length, count, options.seed, options.data_dir)
+
+    return [TaskGroup(f"ruler/{t}", samples(t), score(t)) for t in options.subtasks or SYNTHETIC]

@@ -1,0 +1,47 @@
+"""The ``restkv`` command: one module per subcommand, each with ``add_parser`` and ``run``.
+
+Every error a user can cause (bad arguments, a missing file, a model that cannot be loaded)
+prints one sentence and exits with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from . import bench, demo, eval, generate, methods, models, report, tune
+from .common import UsageError
+
+EXIT_USAGE = 2
+
+#: the subcommands, in the order ``restkv --help`` lists them
+COMMANDS = (methods, models, generate, demo, eval, tune, bench, report)
+
+__all__ = ["COMMANDS", "EXIT_USAGE", "UsageError", "build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="restkv", description="ReST-KV and baseline KV cache eviction on Hugging Face models."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.add_parser(subparsers)  # each sets ``run`` as its parser's default
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # argparse itself exits with 2 on malformed arguments
+    start = time.perf_counter()
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError) as err:  # every user error is one of these
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"restkv: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(
+            f"\nrestkv: interrupted after {time.perf_counter() - start:.0f} s; finished rows are kept", file=sys.stderr
+        )
+        return 130

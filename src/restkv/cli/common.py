@@ -1,0 +1,78 @@
+"""What several commands share: argument types, the model arguments, method parameters."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class UsageError(ValueError):
+    """Bad input from the command line."""
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    return [positive_int(part) for part in text.split(",") if part.strip()]
+
+
+def name_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    from ..models import DEFAULT_MODEL, DTYPES
+
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"embedded model name, local folder or hub id (default {DEFAULT_MODEL})"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--dtype", default="auto", choices=list(DTYPES), help="model dtype (default: as saved)")
+
+
+def method_params(pairs: list[str] | None) -> dict:
+    """``--param NAME=VALUE`` pairs as a parameter dict."""
+    from ..specs import parse_value  # imports the presses (torch): only when a command runs
+
+    params = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise UsageError(f"--param takes NAME=VALUE, got {pair!r}")
+        name, value = pair.split("=", 1)
+        params[name.strip()] = parse_value(value.strip())
+    return params
+
+
+def method_configs(methods: list[str], budgets: list[int], pairs: list[str] | None) -> list:
+    """Every (method, budget) of ``--methods`` x ``--budgets``, with ``--param METHOD.NAME=VALUE``.
+
+    Each config builds its press once here, so a bad method, budget or parameter is reported
+    before any model is loaded. Duplicates are dropped, first one kept.
+    """
+    from ..specs import MethodConfig, parse_method_spec, parse_value
+
+    params: dict[str, dict] = {}
+    for pair in pairs or []:
+        name, _, value = pair.partition("=")
+        method, dot, key = name.partition(".")
+        if not dot or not value:
+            raise UsageError(f"--param takes METHOD.NAME=VALUE, got {pair!r}")
+        params.setdefault(method.strip(), {})[key.strip()] = parse_value(value.strip())
+    unknown = set(params) - {parse_method_spec(m)[0] for m in methods}
+    if unknown:
+        raise UsageError(f"--param names {', '.join(sorted(unknown))}, which is not in --methods")
+    configs = []
+    for spec in methods:
+        method, inline = parse_method_spec(spec)
+        for budget in [None] if method == "full" else budgets:
+            config = MethodConfig.make(method, budget, **{**params.get(method, {}), **inline})
+            config.press()  # validates the method, budget and parameters
+            configs.append(config)
+    return list(dict.fromkeys(configs))

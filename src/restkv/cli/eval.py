@@ -1,0 +1,64 @@
+"""``restkv eval``: methods x budgets on a task family, into a resumable results store."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from .common import UsageError, add_model_args, int_list, method_configs, name_list, positive_int
+
+
+def add_parser(subparsers) -> None:
+    ev = subparsers.add_parser("eval", help="evaluate methods x budgets on a task into a resumable results store")
+    ev.add_argument("task", help="ruler, niah, fidelity, passkey, longbench, infinitebench or bbh")
+    ev.add_argument("--tasks", type=name_list, default=(), help="sub-tasks (e.g. niah_single_1,vt for ruler)")
+    ev.add_argument(
+        "--methods",
+        type=name_list,
+        default=["full", "restkv", "snapkv"],
+        help="comma-separated; a method may carry its own parameters: restkv[window_size=auto;alpha=0.7]",
+    )
+    ev.add_argument("--budgets", type=int_list, default=[128, 256])
+    ev.add_argument(
+        "--param", action="append", metavar="METHOD.NAME=VALUE", help="a method parameter, e.g. restkv.alpha=0.7"
+    )
+    ev.add_argument("--length", type=positive_int, default=1024, help="prompt length in the model's tokens")
+    ev.add_argument("--lengths", type=int_list, default=(), help="niah: several lengths for the grid")
+    ev.add_argument("--depths", type=lambda t: [float(x) for x in t.split(",")], default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    ev.add_argument(
+        "--continuation", type=positive_int, default=64, help="fidelity: tokens teacher-forced after the prompt"
+    )
+    ev.add_argument("--samples", type=positive_int, default=20, help="samples per task (per grid cell for niah)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--data-dir", type=Path, help="folder with LongBench/InfiniteBench/QA files")
+    ev.add_argument(
+        "--batch", type=positive_int, default=8, help="compressed caches decoded together (1: one at a time, timed)"
+    )
+    ev.add_argument("--out", type=Path, required=True)
+    add_model_args(ev)
+    ev.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..eval.runner import run_eval
+    from ..eval.tasks import TaskOptions, get_family
+    from ..models import load_model
+
+    family = get_family(args.task)  # an unknown name fails before the model is loaded
+    if args.data_dir is not None and not args.data_dir.is_dir():
+        raise UsageError(f"--data-dir {args.data_dir} is not a folder")
+    configs = method_configs(args.methods, args.budgets, args.param)
+    options = TaskOptions(
+        args.samples, args.length, tuple(args.lengths), tuple(args.depths), args.continuation, args.seed,
+        str(args.data_dir) if args.data_dir else None, tuple(args.tasks),
+    )  # fmt: skip
+    start = time.perf_counter()
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    groups = family.groups(loaded, options)
+    totals = run_eval(loaded, groups, configs, args.out, args.batch, " ".join(sys.argv), family.mode, start)
+    print(
+        f"{totals['samples_run']} samples run, {totals['samples_skipped']} already done; "
+        f"wall time {totals['wall_s']:.0f} s; results in {args.out}"
+    )
+    return 0

@@ -1,0 +1,68 @@
+"""``restkv generate``: answer one prompt with a compressed cache and print what it cost."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .common import UsageError, add_model_args, method_params, positive_int
+
+
+def add_parser(subparsers) -> None:
+    gen = subparsers.add_parser("generate", help="answer a prompt with a compressed cache and print what it cost")
+    gen.add_argument("prompt", nargs="?", help="the question (appended after --prompt-file's text when both are given)")
+    gen.add_argument("--prompt-file", type=Path, help="read the prompt (or its context) from this file")
+    gen.add_argument(
+        "--method", default="restkv", help="eviction method (see 'restkv methods'); 'full' keeps everything"
+    )
+    gen.add_argument(
+        "--budget", type=positive_int, default=128, help="KV entries kept per head and layer (default 128)"
+    )
+    gen.add_argument(
+        "--param", action="append", metavar="NAME=VALUE", help="a method parameter, e.g. --param window_size=16"
+    )
+    gen.add_argument("--profile", type=Path, help="ReST-KV parameters tuned by 'restkv tune'")
+    gen.add_argument("--max-new-tokens", type=positive_int, default=64)
+    gen.add_argument("--no-chat", action="store_true", help="do not wrap the prompt in the chat template")
+    add_model_args(gen)
+    gen.set_defaults(run=run)
+
+
+def read_prompt(args) -> str:
+    """``--prompt-file``'s text followed by the positional prompt."""
+    if args.prompt is None and args.prompt_file is None:
+        raise UsageError("give a prompt, or --prompt-file with the text")
+    text = ""
+    if args.prompt_file is not None:
+        if not args.prompt_file.is_file():
+            raise UsageError(f"prompt file {args.prompt_file} does not exist")
+        text = args.prompt_file.read_text()
+    prompt = "\n\n".join(part for part in (text, args.prompt) if part)
+    if not prompt.strip():
+        raise UsageError("the prompt is empty")
+    return prompt
+
+
+def run(args) -> int:
+    from ..generate import generate_with_stats
+    from ..models import load_model
+    from ..press import get_press
+
+    prompt = read_prompt(args)
+    params = method_params(args.param)
+    if args.profile is not None:
+        params["profile"] = str(args.profile)
+    # built before the model is loaded, so a bad method or parameter fails fast
+    press = get_press(args.method, budget=None if args.method == "full" else args.budget, **params)
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    result = generate_with_stats(
+        loaded.model, loaded.tokenizer, prompt, press, args.max_new_tokens, chat=loaded.chat and not args.no_chat
+    )
+    print(result.text.strip())
+    print(
+        f"\n[{press.name}] prompt {result.prompt_tokens} tokens | KV entries kept {result.kept_entries} of "
+        f"{result.full_entries} ({100 * result.kept_entries / max(result.full_entries, 1):.0f}%) | "
+        f"prefill {result.prefill_s:.2f} s | decode {result.decode_ms_per_token:.1f} ms/token",
+        file=sys.stderr,
+    )
+    return 0
