@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from .checks import is_int, is_number
+
 #: layer allocators; ``adakv`` is uniform across layers and adaptive across the heads of each
 ALLOCATORS = ("uniform", "pyramid", "adakv")
 
@@ -13,15 +15,14 @@ def validate_budget(budget, compression_ratio, window_size: int) -> None:
     if (budget is None) == (compression_ratio is None):
         raise ValueError("give exactly one of budget (tokens kept per head and layer) or compression_ratio")
     if budget is not None:
-        if isinstance(budget, bool) or not isinstance(budget, int):
+        if not is_int(budget):
             raise ValueError(f"budget must be an integer number of tokens, got {budget!r}")
         if budget <= window_size:
             raise ValueError(
                 f"budget ({budget}) must be larger than window_size ({window_size}): the window alone would fill it"
             )
     else:
-        ok = isinstance(compression_ratio, (int, float)) and not isinstance(compression_ratio, bool)
-        if not ok or not 0 <= compression_ratio < 1:
+        if not is_number(compression_ratio) or not 0 <= compression_ratio < 1:
             raise ValueError(f"compression_ratio must be a number in [0, 1), got {compression_ratio!r}")
 
 

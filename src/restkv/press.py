@@ -25,7 +25,7 @@ from torch import nn
 
 from .adapters import attention_modules, check_supported, decoder_model, is_sliding, last_queries
 from .budgets import ALLOCATORS, validate_budget
-from .checks import check_choice, check_int, check_optional_int
+from .checks import check_choice, check_int, check_optional_int, is_int, is_number
 from .compress import compress_layer, compressed_mask, effective_scorer, plan_budgets
 from .decode_eviction import evict_step, recompress_chunk
 from .profiles import load_profile
@@ -74,11 +74,7 @@ class KVPress:
     def __post_init__(self):
         check_optional_int("chunk_size", self.chunk_size, 1)
         check_int("every", self.every, 1)
-        if (
-            isinstance(self.head_floor, bool)
-            or not isinstance(self.head_floor, (int, float))
-            or not 0 <= self.head_floor <= 1
-        ):
+        if not is_number(self.head_floor) or not 0 <= self.head_floor <= 1:
             raise ValueError(f"head_floor must be a number in [0, 1], got {self.head_floor!r}")
         self.head_floor = float(self.head_floor)
         default = self.scorer.default_allocator if self.scorer is not None else "uniform"
@@ -238,11 +234,7 @@ def validate_decode_budget(press: KVPress) -> None:
     if press.scorer is None:
         raise ValueError("decode_budget needs an eviction method; the full cache keeps everything")
     window = press.scorer.window_size
-    if (
-        isinstance(press.decode_budget, bool)
-        or not isinstance(press.decode_budget, int)
-        or press.decode_budget <= window
-    ):
+    if not is_int(press.decode_budget) or press.decode_budget <= window:
         raise ValueError(
             f"decode_budget must be an integer larger than window_size ({window}), got {press.decode_budget!r}"
         )
@@ -294,7 +286,7 @@ def build_scorer(name: str, params: dict, budget: int | None = None) -> tuple[Sc
     window_range = params.pop("window_range", None)
     if params.get("window_size") == AUTO:
         low, high = _check_range(window_range or DEFAULT_RANGE)
-        if isinstance(budget, int) and not isinstance(budget, bool) and budget > low:
+        if is_int(budget) and budget > low:
             high = min(high, budget - 1)
         window_range = (low, high)
         params["window_size"] = high
@@ -305,7 +297,7 @@ def build_scorer(name: str, params: dict, budget: int | None = None) -> tuple[Sc
 
 def _check_range(window_range) -> tuple[int, int]:
     ok = isinstance(window_range, (tuple, list)) and len(window_range) == 2
-    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for v in window_range)
+    ok = ok and all(is_int(v) for v in window_range)
     if not ok or not 1 <= window_range[0] <= window_range[1]:
         raise ValueError(f"window_range must be two integers (low, high) with 1 <= low <= high, got {window_range!r}")
     return int(window_range[0]), int(window_range[1])

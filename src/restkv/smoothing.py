@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .checks import is_number
+
 TEMPORAL_RULES = ("ema", "mean", "last")
 POOLINGS = ("adaptive", "avgpool", "maxpool", "none")
 
@@ -136,6 +138,6 @@ def adaptive_pool(
 
 
 def validate_alpha(alpha: float) -> float:
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha <= 1 or math.isnan(alpha):
+    if not is_number(alpha) or not 0 < alpha <= 1 or math.isnan(alpha):
         raise ValueError(f"alpha must be a number in (0, 1], got {alpha!r}")
     return float(alpha)

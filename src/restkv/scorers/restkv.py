@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..attention import repeat_kv, window_attention
-from ..checks import check_choice, check_int
+from ..checks import check_choice, check_int, is_number
 from ..smoothing import POOLINGS, TEMPORAL_RULES, adaptive_pool, pool, temporal, validate_alpha
 from .base import Scorer
 
@@ -118,7 +118,7 @@ class RestKVScorer(Scorer):
         if not isinstance(self.use_wo, bool):
             raise ValueError(f"use_wo must be True or False, got {self.use_wo!r}")
         for label, value in (("tau", self.tau), ("scale", self.scale)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            if not is_number(value) or not value > 0:
                 raise ValueError(f"{label} must be a positive number, got {value!r}")
 
     def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap, **context):

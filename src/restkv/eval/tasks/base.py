@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .registry import TaskGroup
+from .registry import TaskGroup, register_family
 
 
 @dataclass
@@ -103,3 +103,13 @@ def build_local(family: str, label: str, tasks, load, score_for, options, tokeni
         TaskGroup(f"{family}/{t}", load(t, options.data_dir, options.samples, tokenizer, options.length), score_for(t))
         for t in names
     ]
+
+
+def register_local_family(family: str, label: str, tasks, load, score_for):
+    """Register a benchmark read from local files; returns its ``build(options, tokenizer)``."""
+
+    def build(options, tokenizer) -> list[TaskGroup]:
+        return build_local(family, label, tasks, load, score_for, options, tokenizer)
+
+    register_family(family)(lambda loaded, options: build(options, loaded.tokenizer))
+    return build

@@ -16,9 +16,8 @@ import json
 import re
 
 from .. import metrics
-from .base import Sample, build_local, local_task_file
+from .base import Sample, local_task_file, register_local_family
 from .longbench import truncate_middle
-from .registry import TaskGroup, TaskOptions, register_family
 
 HIDDEN = "There is an important piece of information hidden inside a lot of irrelevant text. Find it and memorize it. I will quiz you about it.\n\n{context}\n\n{input}"
 CHOICE = "\n\nOnly one of the following options is correct; answer with one single letter (A, B, C or D).\nA. {A}\nB. {B}\nC. {C}\nD. {D}"
@@ -118,10 +117,5 @@ def load(task: str, data_dir, limit=None, tokenizer=None, max_tokens=None) -> li
     return samples
 
 
-def build(options: TaskOptions, tokenizer) -> list[TaskGroup]:
-    return build_local("infinitebench", "InfiniteBench", TASKS, load, score_for, options, tokenizer)
-
-
-@register_family("infinitebench")
-def task_groups(loaded, options: TaskOptions) -> list[TaskGroup]:
-    return build(options, loaded.tokenizer)
+#: ``build(options, tokenizer)``: the task groups of the files present in ``options.data_dir``
+build = register_local_family("infinitebench", "InfiniteBench", TASKS, load, score_for)

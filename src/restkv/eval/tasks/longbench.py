@@ -17,8 +17,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from .. import metrics
-from .base import Sample, build_local, local_task_file
-from .registry import TaskGroup, TaskOptions, register_family
+from .base import Sample, local_task_file, register_local_family
 
 CONFIG = json.loads(files("restkv.eval.data").joinpath("longbench.json").read_text())
 TASKS = tuple(CONFIG["tasks"])
@@ -84,10 +83,5 @@ def score_for(task: str):
     return score
 
 
-def build(options: TaskOptions, tokenizer) -> list[TaskGroup]:
-    return build_local("longbench", "LongBench", TASKS, load, score_for, options, tokenizer)
-
-
-@register_family("longbench")
-def task_groups(loaded, options: TaskOptions) -> list[TaskGroup]:
-    return build(options, loaded.tokenizer)
+#: ``build(options, tokenizer)``: the task groups of the files present in ``options.data_dir``
+build = register_local_family("longbench", "LongBench", TASKS, load, score_for)
