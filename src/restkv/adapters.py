@@ -90,17 +90,47 @@ class LayerContext:
     scaling: float | None
     softcap: float | None
     position: tuple[int, int]
+    #: the layer's rotary frequencies ``[d/2]`` (for re-indexing kept keys), when known
+    inv_freq: torch.Tensor | None = None
 
     def scorer_kwargs(self) -> dict:
         """The keyword arguments of :meth:`restkv.scorers.Scorer.select` that describe the layer."""
         return {"o_proj": self.o_proj, "scaling": self.scaling, "softcap": self.softcap, "layer": self.position}
 
 
-def layer_context(module: nn.Module, position: tuple[int, int]) -> LayerContext:
+def layer_context(module: nn.Module, position: tuple[int, int], inv_freq: torch.Tensor | None = None) -> LayerContext:
     """The one place that reads a family's output projection, logit scale and soft-cap."""
-    return LayerContext(
-        module.layer_idx, module.o_proj.weight, getattr(module, "scaling", None), logit_softcap(module), position
-    )
+    scaling, softcap = getattr(module, "scaling", None), logit_softcap(module)
+    return LayerContext(module.layer_idx, module.o_proj.weight, scaling, softcap, position, inv_freq)
+
+
+def rope_frequencies(model: nn.Module) -> dict[int, torch.Tensor]:
+    """Each attention layer's rotary frequencies ``inv_freq`` ``[d/2]``, read from the model's own
+    rotary module (Gemma 3 keeps one set per layer type: local and global layers differ)."""
+    rotary = getattr(decoder_model(model), "rotary_emb", None)
+    if rotary is None:
+        raise ValueError(f"{type(model).__name__} has no rotary embedding module; rerotate needs one")
+    layer_types = getattr(text_config(model.config), "layer_types", None)
+    out = {}
+    for module in attention_modules(model):
+        per_type = getattr(rotary, f"{layer_types[module.layer_idx]}_inv_freq", None) if layer_types else None
+        inv_freq = (per_type if per_type is not None else rotary.inv_freq).float()
+        if 2 * inv_freq.shape[-1] != module.head_dim:
+            raise ValueError("rerotate needs rotary embedding over the whole head (no partial rotary factor)")
+        out[module.layer_idx] = inv_freq
+    return out
+
+
+def rotate_keys(keys: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Post-RoPE ``keys`` ``[b, H_kv, k, d]`` moved by ``delta`` positions (``[b, H_kv, k]`` or ``[k]``).
+
+    Rotary embedding rotates each pair of dimensions by ``position x inv_freq``, so a key moves
+    to another position by one more rotation by the difference, computed in float32.
+    """
+    angles = delta.to(keys.device, torch.float32)[..., None] * inv_freq.to(keys.device)  # [..., k, d/2]
+    angles = torch.cat([angles, angles], dim=-1)
+    k = keys.float()
+    return (k * angles.cos() + rotate_half(k) * angles.sin()).to(keys.dtype)
 
 
 def logit_softcap(module: nn.Module) -> float | None:

@@ -14,7 +14,7 @@ import torch
 from .adapters import LayerContext, is_sliding
 from .budgets import layer_budgets
 from .cache import VarlenLayer
-from .decode_eviction import context_of, remember
+from .decode_eviction import context_of, reindexed_keys, remember
 from .scorers.base import top_positions
 from .select import head_adaptive_positions
 from .state import LayerState, PressStats, SequenceState
@@ -63,15 +63,23 @@ class _Job:
 
 
 def compress_layer(
-    press, module, cache, queries: torch.Tensor, state: SequenceState, stats: PressStats, memo: dict | None = None
+    press,
+    module,
+    cache,
+    queries: torch.Tensor,
+    state: SequenceState,
+    stats: PressStats,
+    memo: dict | None = None,
+    inv_freq: torch.Tensor | None = None,
 ) -> None:
     """Shrink the layer's cache to its planned budget (in place, or by a per-head-length layer).
 
     ``queries`` are the post-RoPE queries of the prompt's last ``scorer.query_count(n)`` tokens;
     ``module`` is the layer's attention module. ``memo`` lets several budgets of one method share
     scores that do not depend on the budget (the evaluation engine passes one per prompt).
+    ``inv_freq`` (the layer's rotary frequencies) is needed with ``press.rerotate``.
     """
-    job = _Job(press, effective_scorer(press, state), context_of(module, state), queries, state, memo)
+    job = _Job(press, effective_scorer(press, state), context_of(module, state, inv_freq), queries, state, memo)
     index = job.context.index
     layer = cache.layers[index]
     kv_heads, n = layer.keys.shape[1], layer.keys.shape[-2]
@@ -101,7 +109,11 @@ def _keep_dense(job: _Job, cache, budget: int, stats: PressStats) -> None:
         job.queries, keys, values, idx, scaling=ctx.scaling, key_mask=job.state.prompt_mask, softcap=ctx.softcap
     )
     gather = idx[..., None].expand(-1, -1, -1, keys.shape[-1])
-    layer.keys = keys.gather(2, gather)
+    if job.press.rerotate:
+        target = max(job.state.budgets.values())
+        layer.keys, job.state.next_after = reindexed_keys(keys, idx, job.state, ctx, target)
+    else:
+        layer.keys = keys.gather(2, gather)
     layer.values = values.gather(2, gather)
     stats.entries_per_layer[index] = budget * kv_heads
     job.state.layers[index] = LayerState(prompt_tokens=n, kept=budget, valid=_kept_valid(job.state, idx, kv_heads))

@@ -12,19 +12,27 @@ again with the method's own rule and cut back. The rule is the scorer's (its hoo
   cache holds, in order; for LaCache this is its iterative compaction.
 
 Chunked prefill uses the same machinery: after every chunk, each layer is compressed back to
-its prefill budget with the chunk's last queries as the observation window.
+its prefill budget. The observation window is the chunk's last queries or, when the chunk is
+followed by a question probe (question-aware streaming, after Finch), the probe's queries; the
+probe's own entries are then removed.
+
+With ``rerotate=True`` every compression also moves the kept keys to contiguous positions that
+end right before the next token's (their rotary embedding is rotated by the difference), so
+positions stay below about budget + chunk + question whatever the input length.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from .adapters import LayerContext, last_queries, layer_context, project_queries
+from .adapters import LayerContext, last_queries, layer_context, project_queries, rotate_keys
 from .state import LayerState, SequenceState
 
 
-def context_of(module, state: SequenceState) -> LayerContext:
-    return layer_context(module, state.layer_position(module.layer_idx))
+def context_of(module, state: SequenceState, inv_freq: torch.Tensor | None = None) -> LayerContext:
+    return layer_context(module, state.layer_position(module.layer_idx), inv_freq)
 
 
 def remember(press, scorer, queries, keys, kept, context: LayerContext, state: SequenceState) -> None:
@@ -33,9 +41,9 @@ def remember(press, scorer, queries, keys, kept, context: LayerContext, state: S
         state.memory[context.index] = scorer.remember(queries, keys, kept, context)
 
 
-def evict_step(press, module, layer, hidden, position_embeddings, state: SequenceState) -> None:
+def evict_step(press, module, layer, hidden, position_embeddings, state: SequenceState, inv_freq=None) -> None:
     """After a decoding step's attention: update this layer's memory and evict if due."""
-    scorer, context = press.scorer, context_of(module, state)
+    scorer, context = press.scorer, context_of(module, state, inv_freq)
     query = project_queries(module, hidden, position_embeddings)  # [b, H, 1, d]
     memory = scorer.observe_step(state.memory[context.index], query, layer.keys, context)
     state.memory[context.index] = memory
@@ -44,37 +52,91 @@ def evict_step(press, module, layer, hidden, position_embeddings, state: Sequenc
     idx, state.memory[context.index] = scorer.decode_select(
         memory, layer.keys, layer.values, press.decode_budget, context
     )
-    shrink(layer, idx, state, context.index, press.decode_budget)
+    keep(layer, idx, state, context, press.rerotate, target=press.decode_budget)
 
 
-def recompress_chunk(press, scorer, module, layer, hidden, position_embeddings, state: SequenceState) -> None:
+def recompress_chunk(press, scorer, module, layer, hidden, position_embeddings, state, inv_freq=None) -> None:
     """Chunked prefill: after a chunk's attention, cut the layer back to its budget.
 
-    The chunk's last ``window_size`` queries are the observation window (all its queries for
-    H2O, which then accumulates attention over the chunk only).
+    Without a probe, the chunk's last ``window_size`` queries are the observation window (all
+    its queries for H2O, which then accumulates attention over the chunk only; a chunk shorter
+    than the window is its own window). With a probe of ``p`` tokens, the probe's queries are
+    the window, ``budget`` entries are kept among the others, and the probe is dropped.
     """
-    context = context_of(module, state)
-    budget = state.budgets[context.index]
+    context = context_of(module, state, inv_freq)
+    budget, probe = state.budgets[context.index], state.probe
+    chunk = hidden.shape[1]
+    if probe or scorer.window_size > chunk:
+        scorer = dataclasses.replace(scorer, window_size=probe or chunk)
     keys = layer.keys
-    queries = last_queries(module, hidden, position_embeddings, scorer.query_count(hidden.shape[1]))
+    queries = last_queries(module, hidden, position_embeddings, scorer.query_count(chunk))
+    context_tokens = keys.shape[-2] - probe
     idx = None
-    if keys.shape[-2] > budget:
-        idx = scorer.select(queries, keys, layer.values, budget=budget, **context.scorer_kwargs())
-        shrink(layer, idx, state, context.index, budget)
+    if context_tokens > budget:
+        idx = scorer.select(queries, keys, layer.values, budget=budget + probe, **context.scorer_kwargs())
+        idx = idx[..., : idx.shape[-1] - probe]  # the window is the probe: drop it
+    elif probe or press.rerotate:
+        idx = torch.arange(context_tokens, device=keys.device).expand(*keys.shape[:2], context_tokens)
+    if idx is not None:
+        keep(layer, idx, state, context, press.rerotate, probe=probe, target=max(state.budgets.values()))
     remember(press, scorer, queries, keys, idx, context, state)
 
 
-def shrink(layer, idx: torch.Tensor, state: SequenceState, index: int, kept: int) -> None:
-    """Keep ``idx`` ``[b, H_kv, kept]`` of the layer's entries and update its mask state."""
-    keys, values = layer.keys, layer.values
-    n = keys.shape[-2]
-    gather = idx[..., None].expand(-1, -1, -1, keys.shape[-1])
-    layer.keys, layer.values = keys.gather(2, gather), values.gather(2, gather)
-    old = state.layers[index]
+def keep(
+    layer,
+    idx: torch.Tensor,
+    state: SequenceState,
+    context: LayerContext,
+    rerotate: bool,
+    *,
+    target: int,
+    probe: int = 0,
+):
+    """Keep ``idx`` ``[b, H_kv, k]`` of the layer's entries (the last ``probe`` are a probe, dropped).
+
+    With ``rerotate``, the kept keys move to contiguous positions ending right before the new
+    next position, ``min(context end, target)``; every compressed layer computes the same one.
+    """
+    keys = None
+    if rerotate:
+        keys, state.next_after = reindexed_keys(layer.keys, idx, state, context, target, probe)
+    shrink(layer, idx, state, context.index, idx.shape[-1], keys)
+
+
+def reindexed_keys(keys, idx, state: SequenceState, context: LayerContext, target: int, probe: int = 0):
+    """The kept keys at their new contiguous positions, and the new next position ``[b]``.
+
+    Entries of a re-indexed cache always sit at contiguous positions ending right before the
+    next one, so entry ``i`` of ``n`` is at ``end - n + i``.
+    """
+    if context.inv_freq is None:
+        raise ValueError("rerotate needs the layer's rotary frequencies")
+    end = state.next_pos
+    if end is None or bool((end != end[0]).any()):
+        raise ValueError("rerotate needs one next position for every batch row (no padded batches)")
+    end, n, k = int(end[0]), keys.shape[-2], idx.shape[-1]
+    new_end = min(end - probe, target)
+    delta = (new_end - k + torch.arange(k, device=idx.device)) - (end - n + idx)
+    gathered = keys.gather(2, idx[..., None].expand(-1, -1, -1, keys.shape[-1]))
+    return rotate_keys(gathered, delta, context.inv_freq), torch.full_like(state.next_pos, new_end)
+
+
+def shrink(layer, idx: torch.Tensor, state, index: int, kept: int, keys: torch.Tensor | None = None) -> None:
+    """Keep ``idx`` ``[b, H_kv, kept]`` of the layer's entries and update its mask state.
+
+    ``keys``: the kept keys when the caller already gathered (and moved) them.
+    """
+    old_keys, values = layer.keys, layer.values
+    n = old_keys.shape[-2]
+    gather = idx[..., None].expand(-1, -1, -1, old_keys.shape[-1])
+    layer.keys = old_keys.gather(2, gather) if keys is None else keys
+    layer.values = values.gather(2, gather)
+    old = state.layers.get(index)
     valid = None
-    if old.valid is not None:  # entries appended since the last compression are real tokens
+    if old is not None and old.valid is not None:  # entries appended since the last compression are real tokens
         full = torch.ones(*old.valid.shape[:2], n, dtype=torch.bool, device=old.valid.device)
         full[..., : old.kept] = old.valid
         valid = full.gather(2, idx)
         valid = None if bool(valid.all()) else valid
-    state.layers[index] = LayerState(prompt_tokens=old.prompt_tokens, kept=kept, valid=valid)
+    prompt_tokens = old.prompt_tokens if old is not None else n
+    state.layers[index] = LayerState(prompt_tokens=prompt_tokens, kept=kept, valid=valid)

@@ -16,7 +16,7 @@ from transformers import DynamicCache
 from .cache import cache_entries
 from .checks import check_int
 from .press import KVPress
-from .state import SequenceState, set_state
+from .state import SequenceState, ensure_state, get_state, set_state
 from .window import question_window
 
 
@@ -59,29 +59,63 @@ def encode_prompt(tokenizer, prompt: str, chat: bool = True, answer_prefix: str 
 
 @torch.inference_mode()
 def prefill(
-    model, input_ids: torch.Tensor, cache, chunk_size: int | None = None, progress: bool = False
+    model,
+    input_ids: torch.Tensor,
+    cache,
+    chunk_size: int | None = None,
+    progress: bool = False,
+    question_tokens: int = 0,
 ) -> torch.Tensor:
     """Run the prompt through ``model`` into ``cache``; returns the last position's logits ``[b, vocab]``.
 
-    With ``chunk_size`` the prompt is fed ``chunk_size`` tokens at a time with their true
-    position ids; inside a press block every chunk is compressed back to the budget before the
-    next one, so memory stays bounded whatever the prompt length. Only the last position's
-    logits are computed (a full ``[n, vocab]`` logits tensor would dominate memory at long
-    contexts).
+    With ``chunk_size`` the prompt is fed ``chunk_size`` tokens at a time; inside a press block
+    every chunk is compressed back to the budget before the next one, so memory stays bounded
+    whatever the prompt length. With ``question_tokens`` (the prompt's last tokens, its
+    question), the question is kept out of the chunks: it follows each chunk as a probe whose
+    queries choose what that chunk leaves behind, and is fed for real after the last chunk.
+    Positions come from the press's state (they differ from token counts once keys are
+    re-indexed). Only the last position's logits are computed: a full ``[n, vocab]`` logits
+    tensor would dominate memory at long contexts.
     """
     n = input_ids.shape[1]
-    step = n if not chunk_size else chunk_size
-    starts = range(0, n, step)
+    step = chunk_size or n
+    question = question_tokens if chunk_size else 0
+    if question and n - question <= chunk_size:  # the context fits one chunk: one pass, question as window
+        question, step = 0, n
+    context, probe = input_ids[:, : n - question], input_ids[:, n - question :]
+    starts = range(0, context.shape[1], step)
+    state = ensure_state(cache)
+    state.prompt_length, state.streaming = n, len(starts) > 1
     if progress and len(starts) > 1:
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc="prefill", unit="chunk")
     logits = None
-    for start in starts:
-        chunk = input_ids[:, start : start + step]
-        positions = torch.arange(start, start + chunk.shape[1], device=input_ids.device).expand(chunk.shape[0], -1)
-        logits = model(input_ids=chunk, cache=cache, position_ids=positions, use_cache=True, logits_to_keep=1).logits
+    try:
+        for start in starts:
+            chunk = context[:, start : start + step]
+            if question:
+                chunk, state.probe = torch.cat([chunk, probe], dim=1), question
+            logits = _forward(model, cache, chunk, start, logits_to_keep=1)
+        state.streaming = False
+        if question:
+            logits = _forward(model, cache, probe, context.shape[1], logits_to_keep=1)
+    finally:
+        state.streaming, state.probe = False, 0
     return logits[:, -1]
+
+
+def next_positions(cache, start: int, length: int, rows: int, device) -> torch.Tensor:
+    """Position ids ``[rows, length]`` of the next tokens: from the press's state when it has one
+    (compressed or re-indexed caches), else counted from ``start``."""
+    state = get_state(cache)
+    first = state.next_pos[:, None] if state is not None and state.next_pos is not None else start
+    return (first + torch.arange(length, device=device)).expand(rows, -1)
+
+
+def _forward(model, cache, ids: torch.Tensor, start: int, **kwargs):
+    positions = next_positions(cache, start, ids.shape[1], ids.shape[0], ids.device)
+    return model(input_ids=ids, cache=cache, position_ids=positions, use_cache=True, **kwargs).logits
 
 
 @torch.inference_mode()
@@ -91,7 +125,8 @@ def greedy_decode(
     """Prefill ``input_ids`` under ``press`` (in chunks if the press has ``chunk_size``), then
     decode greedily. Returns the new ids, the KV entries kept, prefill seconds and decode ms/token.
 
-    ``window`` is the prompt's observation window for presses with ``window_size="auto"``.
+    ``window`` is the prompt's observation window for presses with ``window_size="auto"``
+    (with ``chunk_size`` as well, those last tokens are the question that probes each chunk).
     """
     press = press or KVPress(None)
     input_ids = input_ids.to(model.device)
@@ -102,7 +137,8 @@ def greedy_decode(
     generated: list[int] = []
     with press(model):
         start = time.perf_counter()
-        logits = prefill(model, input_ids, cache, press.chunk_size)
+        question = window if press.question_aware and window is not None else 0
+        logits = prefill(model, input_ids, cache, press.chunk_size, question_tokens=question)
         prefill_s = time.perf_counter() - start
         kept = cache_entries(cache)
         start = time.perf_counter()
@@ -111,13 +147,7 @@ def greedy_decode(
             generated.append(token)
             if token in eos_ids or step == max_new_tokens - 1:
                 break
-            position = torch.tensor([[n + step]], device=model.device)
-            logits = model(
-                input_ids=torch.tensor([[token]], device=model.device),
-                cache=cache,
-                position_ids=position,
-                use_cache=True,
-            ).logits[:, -1]
+            logits = _forward(model, cache, torch.tensor([[token]], device=model.device), n + step)[:, -1]
         decode_steps = max(len(generated) - 1, 1)
         decode_ms = (time.perf_counter() - start) * 1000 / decode_steps
     return generated, kept, prefill_s, decode_ms

@@ -23,7 +23,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .adapters import attention_modules, check_supported, decoder_model, is_sliding, last_queries
+from .adapters import (
+    attention_modules,
+    check_supported,
+    decoder_model,
+    is_sliding,
+    last_queries,
+    rope_frequencies,
+    rotate_keys,
+)
 from .budgets import ALLOCATORS, validate_budget
 from .checks import check_choice, check_int, check_optional_int, is_int, is_number
 from .compress import compress_layer, compressed_mask, effective_scorer, plan_budgets
@@ -56,7 +64,12 @@ class KVPress:
             its budget, the chunk's last ``window_size`` queries being the observation window.
             Memory then stays bounded and prefill time grows linearly with the prompt.
         window_range: ``(low, high)`` when the observation window is the prompt's question
-            (``window_size="auto"``; :func:`get_press` sets it).
+            (``window_size="auto"``; :func:`get_press` sets it). With ``chunk_size`` too, the
+            compression is question-aware: the question is kept out of the chunks and appended
+            to each one as a probe whose queries are the observation window, then removed.
+        rerotate: after every compression, move each layer's kept keys to contiguous positions
+            ending right before the next token's (re-applying their rotary embedding), so the
+            model never sees a position beyond about budget + chunk + question.
     """
 
     scorer: Scorer | None = None
@@ -68,6 +81,7 @@ class KVPress:
     every: int = 1
     chunk_size: int | None = None
     window_range: tuple[int, int] | None = None
+    rerotate: bool = False
     #: what the last prefill under this press did
     last_stats: PressStats = field(default_factory=PressStats, init=False, repr=False)
 
@@ -83,6 +97,10 @@ class KVPress:
             validate_budget(self.budget, self.compression_ratio, self.scorer.window_size)
         validate_decode_budget(self)
         validate_chunking(self)
+        if not isinstance(self.rerotate, bool):
+            raise ValueError(f"rerotate must be True or False, got {self.rerotate!r}")
+        if self.rerotate and self.allocator == "adakv":
+            raise ValueError("rerotate is not supported with the adakv allocator (per-head lengths)")
 
     @property
     def name(self) -> str:
@@ -100,7 +118,14 @@ class KVPress:
             params["chunk_size"] = self.chunk_size
         if self.window_range is not None:
             params.update(window_size=AUTO, window_range=list(self.window_range))
+        if self.rerotate:
+            params["rerotate"] = True
         return params
+
+    @property
+    def question_aware(self) -> bool:
+        """Whether a chunked prefill probes each chunk with the prompt's question."""
+        return self.chunk_size is not None and self.window_range is not None
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items() if v is not None)
@@ -145,7 +170,12 @@ class _Session:
     def __init__(self, press: KVPress, model: nn.Module):
         self.press = press
         self.modules = attention_modules(model)
-        self.handles = [decoder_model(model).register_forward_pre_hook(self._before_model, with_kwargs=True)]
+        self.frequencies = rope_frequencies(model) if press.rerotate else {}
+        decoder = decoder_model(model)
+        self.handles = [
+            decoder.register_forward_pre_hook(self._before_model, with_kwargs=True),
+            decoder.register_forward_hook(self._after_model, with_kwargs=True),
+        ]
         for module in self.modules:
             self.handles.append(module.register_forward_pre_hook(self._before_attention, with_kwargs=True))
             self.handles.append(module.register_forward_hook(self._after_attention, with_kwargs=True))
@@ -179,7 +209,29 @@ class _Session:
         mask = kwargs.get("attention_mask")
         if fresh and isinstance(mask, torch.Tensor) and mask.dim() == 2 and not bool(mask.all()):
             state.prompt_mask = mask[:, -q:].bool()
+        if state.probe:  # sliding layers keep the probe's predecessors until it is cut out again
+            for layer in sliding_layers(cache):
+                layer.record_past = True
         return args, kwargs
+
+    def _after_model(self, module, args, kwargs, output):
+        """Once every layer has run: drop a probe from sliding layers and settle the next position."""
+        state = get_state(_cache_of(kwargs))
+        if state is None or (not state.probe and state.next_after is None):
+            return None
+        cache = _cache_of(kwargs)
+        end = state.next_pos - state.probe  # the probe's positions are reused by what comes next
+        shift = None if state.next_after is None else int(state.next_after[0] - end[0])
+        for layer in sliding_layers(cache):
+            drop_probe(layer, state.probe)
+            if shift:
+                index = cache.layers.index(layer)
+                layer.keys = rotate_keys(
+                    layer.keys, torch.full(layer.keys.shape[-2:-1], shift), self.frequencies[index]
+                )
+        state.next_pos = end if state.next_after is None else state.next_after
+        state.probe, state.next_after = 0, None
+        return None
 
     def _before_attention(self, module, args, kwargs):
         cache = _cache_of(kwargs)
@@ -201,31 +253,53 @@ class _Session:
         layer = cache.layers[module.layer_idx]
         if is_sliding(module, layer) or layer.keys is None:
             return None
+        inv_freq = self.frequencies.get(module.layer_idx)
         if hidden.shape[1] == 1:
             state = get_state(cache)
             if self.press.decode_budget is not None and state is not None and module.layer_idx in state.layers:
-                evict_step(self.press, module, layer, hidden, kwargs["position_embeddings"], state)
+                evict_step(self.press, module, layer, hidden, kwargs["position_embeddings"], state, inv_freq)
             return None
         state = ensure_state(cache)
-        if layer.get_seq_length() != hidden.shape[1]:
-            # a later chunk of a chunked prefill (or several tokens fed after a prompt)
-            if self.press.chunk_size is not None and module.layer_idx in state.layers:
-                recompress_chunk(
-                    self.press, self.press.scorer, module, layer, hidden, kwargs["position_embeddings"], state
-                )
-            return None
-        self._compress(module, cache, state, hidden, kwargs["position_embeddings"])
+        fresh = layer.get_seq_length() == hidden.shape[1]
+        if not (fresh or state.streaming):
+            return None  # tokens fed after a compressed prompt (a question, teacher forcing) stay
+        self._plan(cache, state, layer.keys.shape[-2] - state.probe)
+        if fresh and not state.probe:
+            scorer = effective_scorer(self.press, state)
+            n = layer.keys.shape[-2]
+            queries = last_queries(module, hidden, kwargs["position_embeddings"], scorer.query_count(n))
+            compress_layer(self.press, module, cache, queries, state, self.press.last_stats, inv_freq=inv_freq)
+        else:  # a chunk of a streamed prompt (the first one too when it carries a probe)
+            recompress_chunk(
+                self.press, self.press.scorer, module, layer, hidden, kwargs["position_embeddings"], state, inv_freq
+            )
+            kept = layer.keys.shape[-2]
+            self.press.last_stats.entries_per_layer[module.layer_idx] = kept * layer.keys.shape[1]
+            self.press.last_stats.heads_per_layer[module.layer_idx] = layer.keys.shape[1]
         return None
 
-    # -- compression ------------------------------------------------------------------------
-    def _compress(self, module, cache, state: SequenceState, hidden, position_embeddings) -> None:
-        scorer = effective_scorer(self.press, state)
-        n = cache.layers[module.layer_idx].keys.shape[-2]
+    def _plan(self, cache, state: SequenceState, n: int) -> None:
+        """Budgets for this prompt, planned once (for the whole prompt when it arrives in chunks)."""
         if state.budgets is None:
-            state.budgets = plan_budgets(self.press, self.modules, cache, n)
-            self.press.last_stats = PressStats(prompt_tokens=n)
-        queries = last_queries(module, hidden, position_embeddings, scorer.query_count(n))
-        compress_layer(self.press, module, cache, queries, state, self.press.last_stats)
+            total = state.prompt_length or n
+            state.budgets = plan_budgets(self.press, self.modules, cache, total)
+            self.press.last_stats = PressStats(prompt_tokens=total)
+
+
+def sliding_layers(cache) -> list:
+    """The cache's sliding-window layers (they keep their own window; a press never compresses them)."""
+    return [layer for layer in cache.layers if getattr(layer, "is_sliding", False)]
+
+
+def drop_probe(layer, probe: int) -> None:
+    """Cut the last ``probe`` entries out of a sliding layer that recorded its past, and bring it
+    back to its window (as if the probe had never been fed)."""
+    if layer.record_past:
+        window = layer.sliding_window - 1
+        layer.keys = layer.keys[..., : layer.keys.shape[-2] - probe, :][..., -window:, :]
+        layer.values = layer.values[..., : layer.values.shape[-2] - probe, :][..., -window:, :]
+        layer.cumulative_length -= probe
+        layer.record_past = False
 
 
 def validate_decode_budget(press: KVPress) -> None:
