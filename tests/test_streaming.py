@@ -219,3 +219,50 @@ def test_rerotate_is_validated():
         get_press("restkv", budget=40, rerotate="yes")
     with pytest.raises(ValueError, match="not supported with the adakv allocator"):
         get_press("restkv", budget=40, allocator="adakv", rerotate=True)
+
+
+# -- the evaluation engine streams chunked rows ------------------------------------------------
+
+
+def test_engine_streams_chunked_rows_exactly_as_the_press_does():
+    from restkv.eval.engine import Engine
+    from restkv.specs import MethodConfig
+
+    model = tiny_model("llama")
+    ids = prompt(400)
+    aware = MethodConfig.make("restkv", 40, window_size="auto", window_range=(4, 16), chunk_size=64, rerotate=True)
+    plain = MethodConfig.make("snapkv", 40, window_size=4, chunk_size=100)
+    engine = Engine(model, [MethodConfig.make("full"), aware, plain])
+    full_calls = []
+    handle = model.register_forward_pre_hook(
+        lambda m, a, k: full_calls.append(k["input_ids"].shape[1]), with_kwargs=True
+    )
+    try:
+        outcomes = engine.run(ids, 6, configs=[aware, plain], window=Q)
+    finally:
+        handle.remove()
+    assert max(full_calls) <= 100 + Q, "a streamed row went through a full prefill"
+    # after the prefill: the budget per layer and KV head, plus the question fed for real
+    for outcome, config, kept in zip(outcomes, [aware, plain], [40 + Q, 40]):
+        tokens = greedy_decode(model, ids, config.press(), 6, window=Q)[0]
+        assert outcome.token_ids == tokens
+        assert outcome.kl is None  # no full cache in this sweep: nothing to compare with
+        assert outcome.kept_entries == kept * 2 * 3
+    with_full = engine.run(ids, 6, configs=[MethodConfig.make("full"), aware], window=Q)
+    assert with_full[1].token_ids == outcomes[0].token_ids and with_full[1].kl is not None
+
+
+def test_each_auto_press_gets_the_question_clipped_to_its_own_range():
+    from restkv.eval.engine import Engine
+    from restkv.specs import MethodConfig
+
+    model = tiny_model("llama")
+    ids = prompt_ids(120)
+    narrow = MethodConfig.make("restkv", 24, window_size="auto")  # range (8, 23)
+    wide = MethodConfig.make("restkv", 64, window_size="auto")  # range (8, 63)
+    engine = Engine(model, [narrow, wide])
+    windows = {engine.presses[narrow].window_range: 23, engine.presses[wide].window_range: 40}
+    together = engine.run(ids, 4, configs=[narrow, wide], window=windows)
+    alone = engine.run(ids, 4, configs=[wide], window={engine.presses[wide].window_range: 40})
+    assert together[1].token_ids == alone[0].token_ids
+    assert together[1].kl == pytest.approx(alone[0].kl)

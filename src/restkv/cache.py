@@ -222,10 +222,9 @@ def stack_caches(caches: list, device) -> DynamicCache:
                 prompt_tokens=width, kept=width, valid=None if bool(all_valid.all()) else all_valid
             )
     stacked.layers = [layers[i] for i in range(len(caches[0].layers))]
-    first = get_state(caches[0])
-    n = first.next_pos if first is not None else None
-    rows = len(caches)
-    next_pos = (n if n is not None else torch.tensor([0], device=device)).expand(rows).clone()
+    # each row goes on from its own next position (re-indexed caches differ from the prompt length)
+    positions = [getattr(get_state(c), "next_pos", None) for c in caches]
+    next_pos = torch.cat([torch.zeros(1, dtype=torch.long, device=device) if p is None else p for p in positions])
     set_state(stacked, SequenceState(layers=states, next_pos=next_pos, budgets={i: 0 for i in states}))
     return stacked
 

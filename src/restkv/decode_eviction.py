@@ -140,3 +140,36 @@ def shrink(layer, idx: torch.Tensor, state, index: int, kept: int, keys: torch.T
         valid = None if bool(valid.all()) else valid
     prompt_tokens = old.prompt_tokens if old is not None else n
     state.layers[index] = LayerState(prompt_tokens=prompt_tokens, kept=kept, valid=valid)
+
+
+def sliding_layers(cache) -> list:
+    """The cache's sliding-window layers (they keep their own window; a press never compresses them)."""
+    return [layer for layer in cache.layers if getattr(layer, "is_sliding", False)]
+
+
+def settle(cache, state: SequenceState, frequencies: dict[int, torch.Tensor]) -> None:
+    """After a forward (or an engine compression): drop a probe from the sliding layers, move
+    them like the compressed ones if keys were re-indexed, and set the next position."""
+    if not state.probe and state.next_after is None:
+        return
+    end = state.next_pos - state.probe  # the probe's positions are reused by what comes next
+    shift = 0 if state.next_after is None else int(state.next_after[0] - end[0])
+    for index, layer in enumerate(cache.layers):
+        if not getattr(layer, "is_sliding", False) or layer.keys is None:
+            continue
+        drop_probe(layer, state.probe)
+        if shift:
+            layer.keys = rotate_keys(layer.keys, torch.full(layer.keys.shape[-2:-1], shift), frequencies[index])
+    state.next_pos = end if state.next_after is None else state.next_after
+    state.probe, state.next_after = 0, None
+
+
+def drop_probe(layer, probe: int) -> None:
+    """Cut the last ``probe`` entries out of a sliding layer that recorded its past, and bring it
+    back to its window (as if the probe had never been fed)."""
+    if probe and layer.record_past:
+        window = layer.sliding_window - 1
+        layer.keys = layer.keys[..., : layer.keys.shape[-2] - probe, :][..., -window:, :]
+        layer.values = layer.values[..., : layer.values.shape[-2] - probe, :][..., -window:, :]
+        layer.cumulative_length -= probe
+        layer.record_past = False

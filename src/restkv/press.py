@@ -30,12 +30,11 @@ from .adapters import (
     is_sliding,
     last_queries,
     rope_frequencies,
-    rotate_keys,
 )
 from .budgets import ALLOCATORS, validate_budget
 from .checks import check_choice, check_int, check_optional_int, is_int, is_number
 from .compress import compress_layer, compressed_mask, effective_scorer, plan_budgets
-from .decode_eviction import evict_step, recompress_chunk
+from .decode_eviction import evict_step, recompress_chunk, settle, sliding_layers
 from .profiles import load_profile
 from .scorers import Scorer, get_scorer
 from .state import PressStats, SequenceState, ensure_state, get_state, layer_state
@@ -216,21 +215,10 @@ class _Session:
 
     def _after_model(self, module, args, kwargs, output):
         """Once every layer has run: drop a probe from sliding layers and settle the next position."""
-        state = get_state(_cache_of(kwargs))
-        if state is None or (not state.probe and state.next_after is None):
-            return None
         cache = _cache_of(kwargs)
-        end = state.next_pos - state.probe  # the probe's positions are reused by what comes next
-        shift = None if state.next_after is None else int(state.next_after[0] - end[0])
-        for layer in sliding_layers(cache):
-            drop_probe(layer, state.probe)
-            if shift:
-                index = cache.layers.index(layer)
-                layer.keys = rotate_keys(
-                    layer.keys, torch.full(layer.keys.shape[-2:-1], shift), self.frequencies[index]
-                )
-        state.next_pos = end if state.next_after is None else state.next_after
-        state.probe, state.next_after = 0, None
+        state = get_state(cache)
+        if state is not None:
+            settle(cache, state, self.frequencies)
         return None
 
     def _before_attention(self, module, args, kwargs):
@@ -284,22 +272,6 @@ class _Session:
             total = state.prompt_length or n
             state.budgets = plan_budgets(self.press, self.modules, cache, total)
             self.press.last_stats = PressStats(prompt_tokens=total)
-
-
-def sliding_layers(cache) -> list:
-    """The cache's sliding-window layers (they keep their own window; a press never compresses them)."""
-    return [layer for layer in cache.layers if getattr(layer, "is_sliding", False)]
-
-
-def drop_probe(layer, probe: int) -> None:
-    """Cut the last ``probe`` entries out of a sliding layer that recorded its past, and bring it
-    back to its window (as if the probe had never been fed)."""
-    if layer.record_past:
-        window = layer.sliding_window - 1
-        layer.keys = layer.keys[..., : layer.keys.shape[-2] - probe, :][..., -window:, :]
-        layer.values = layer.values[..., : layer.values.shape[-2] - probe, :][..., -window:, :]
-        layer.cumulative_length -= probe
-        layer.record_past = False
 
 
 def validate_decode_budget(press: KVPress) -> None:

@@ -1,4 +1,4 @@
-"""Prefill once, compress many.
+"""Prefill once, compress many; stream what does not fit.
 
 With prefill-time eviction the prompt's forward pass is the same for every method: only the
 stored cache differs. So each prompt is prefilled once with the full cache while the queries
@@ -6,6 +6,11 @@ the scorers read are recorded; each method and budget then gets its compressed c
 record (through the same :func:`~restkv.compress.compress_layer` the press uses) and is decoded
 on its own. A sweep of many methods costs one prefill plus one cheap compression and one
 decode per method.
+
+Configurations with ``chunk_size`` are streamed instead: their prompt goes through the press
+chunk by chunk (question-aware when the press has an auto window), in bounded memory, exactly
+as :func:`restkv.generate.prefill` does for users; no full prefill is needed for them, so a
+sweep of streamed configurations alone skips the full-cache reference (its KL is then None).
 
 Fidelity is measured by teacher forcing: the full cache's greedy answer is fed to each
 compressed cache, and the next-token distributions are compared with the full cache's.
@@ -20,10 +25,11 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from ..adapters import attention_modules, check_supported, is_sliding, last_queries
+from ..adapters import attention_modules, check_supported, is_sliding, last_queries, rope_frequencies
 from ..cache import cache_bytes, cache_entries, fork_cache, reserve, stack_caches
 from ..compress import compress_layer, effective_scorer, plan_budgets
-from ..generate import prefill
+from ..decode_eviction import settle
+from ..generate import next_positions, prefill
 from ..press import KVPress, hooks_only_press
 from ..specs import MethodConfig
 from ..state import PressStats, SequenceState, get_state, set_state
@@ -69,6 +75,12 @@ class Engine:
         scorers = [p.scorer for p in self.presses.values() if p.scorer is not None]
         self.needs_all_queries = any(s.query_span == "all" for s in scorers)
         self.window = max([s.window_size for s in scorers] + [1])
+        rerotate = any(p.rerotate for p in self.presses.values())
+        self.frequencies = rope_frequencies(model) if rerotate else {}
+
+    def streamed(self, config: MethodConfig) -> bool:
+        """Whether ``config`` prefills in chunks (then it never reads the shared full prefill)."""
+        return self.presses[config].chunk_size is not None
 
     # -- the shared prefill -----------------------------------------------------------------
     @torch.inference_mode()
@@ -109,12 +121,27 @@ class Engine:
         state.budgets = plan_budgets(press, self.modules, cache, record.prompt_tokens)
         span = effective_scorer(press, state).query_count(record.prompt_tokens)
         for module in self.modules:
-            layer = cache.layers[module.layer_idx]
-            if is_sliding(module, layer):
+            index = module.layer_idx
+            if is_sliding(module, cache.layers[index]):
                 continue
-            compress_layer(press, module, cache, record.queries[module.layer_idx][..., -span:, :], state, stats, memo)
+            queries = record.queries[index][..., -span:, :]
+            compress_layer(press, module, cache, queries, state, stats, memo, self.frequencies.get(index))
+        settle(cache, state, self.frequencies)
         set_state(cache, state)
         return cache, stats, time.perf_counter() - start
+
+    @torch.inference_mode()
+    def stream(self, input_ids: torch.Tensor, config: MethodConfig, window: int | None):
+        """``config``'s cache, prefilled through its press chunk by chunk; returns the cache, the
+        last position's logits ``[1, vocab]`` and the prefill seconds."""
+        press = self.presses[config]
+        cache = DynamicCache(config=self.model.config)
+        set_state(cache, SequenceState(window=window))
+        question = window if press.question_aware and window is not None else 0
+        start = time.perf_counter()
+        with press(self.model):
+            logits = prefill(self.model, input_ids.to(self.model.device), cache, press.chunk_size, False, question)
+        return cache, logits.float(), time.perf_counter() - start
 
     # -- decoding -----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -153,9 +180,8 @@ class Engine:
             return self._step(cache, tokens, start_pos)
 
     def _step(self, cache, ids: torch.Tensor, start_pos: int) -> torch.Tensor:
-        device = self.model.device
-        ids = ids.to(device)
-        positions = torch.arange(start_pos, start_pos + ids.shape[1], device=device).expand(ids.shape[0], -1)
+        ids = ids.to(self.model.device)
+        positions = next_positions(cache, start_pos, ids.shape[1], ids.shape[0], ids.device)
         return self.model(input_ids=ids, cache=cache, position_ids=positions, use_cache=True).logits.float()
 
     def _hooks(self, press: KVPress | None):
@@ -171,9 +197,13 @@ class Engine:
         eos_ids=(),
         configs=None,
         batch: int = 1,
-        window: int | None = None,
+        window: int | dict | None = None,
     ) -> list[Outcome]:
-        """Every config (default: all) on one prompt ``[1, n]``; the full cache is always the reference.
+        """Every config (default: all) on one prompt ``[1, n]``; the full cache is the reference
+        whenever it is among the configs or a config reads the shared prefill.
+
+        ``window``: the prompt's question length in tokens for presses with an auto window, or a
+        dict from each press's ``window_range`` to the question length clipped to that range.
 
         With ``batch > 1``, up to ``batch`` compressed caches are decoded together as the rows of
         one batch (padded per layer, padding masked), which makes a sweep cost little more than
@@ -181,19 +211,36 @@ class Engine:
         are then not measured (None).
         """
         configs = self.configs if configs is None else configs
-        record = self.prefill(input_ids)
-        n = record.prompt_tokens
-        ref, ref_logits, ref_ms = self.decode(fork_cache(record.cache), record.last_logits, n, max_new_tokens, eos_ids)
-        ref_tokens = ref[0]
-        reference = ref_logits[: len(ref_tokens), 0]  # [k, vocab]
-        full = _sizes(record.cache)
-        outcomes = {c: _outcome(c, record, full, 0.0, ref_tokens, ref_ms) for c in configs if c.method == "full"}
+        n = input_ids.shape[1]
+        streamed = [c for c in configs if self.streamed(c)]
+        outcomes, ref_tokens, reference = {}, None, None
+        if len(streamed) < len(configs):
+            record = self.prefill(input_ids)
+            ref, ref_logits, ref_ms = self.decode(
+                fork_cache(record.cache), record.last_logits, n, max_new_tokens, eos_ids
+            )
+            ref_tokens = ref[0]
+            reference = ref_logits[: len(ref_tokens), 0]  # [k, vocab]
+            full = _sizes(record.cache)
+            outcomes = {c: _outcome(c, record, full, 0.0, ref_tokens, ref_ms) for c in configs if c.method == "full"}
+        for config in streamed:
+            press = self.presses[config]
+            cache, first, prefill_s = self.stream(input_ids, config, _window_for(press, window))
+            sizes, forced = _sizes(cache), fork_cache(cache)
+            tokens, _, ms = self.decode(cache, first, n, max_new_tokens, eos_ids, press)
+            kl, top1 = [None], [None]
+            if ref_tokens is not None:
+                kl, top1 = self._fidelity(forced, ref_tokens, reference, n, press)
+            record = PrefillRecord(None, {}, first, n, prefill_s)
+            outcomes[config] = _outcome(config, record, sizes, 0.0, tokens[0], ms, kl[0], top1[0])
         memo: dict = {}
-        pending = [c for c in configs if c.method != "full"]
+        pending = [c for c in configs if c.method != "full" and not self.streamed(c)]
         sequential = [c for c in pending if batch <= 1 or self.presses[c].decode_budget is not None]
         batched = [c for c in pending if c not in sequential]
         for config in sequential:
-            cache, _, compress_s = self.compressed_cache(record, config, memo, window)
+            cache, _, compress_s = self.compressed_cache(
+                record, config, memo, _window_for(self.presses[config], window)
+            )
             press = self.presses[config]
             sizes, forced = _sizes(cache), fork_cache(cache)
             tokens, _, ms = self.decode(cache, record.last_logits, n, max_new_tokens, eos_ids, press)
@@ -201,7 +248,7 @@ class Engine:
             outcomes[config] = _outcome(config, record, sizes, compress_s, tokens[0], ms, kl[0], top1[0])
         for start in range(0, len(batched), batch):
             group = batched[start : start + batch]
-            built = [self.compressed_cache(record, c, memo, window) for c in group]
+            built = [self.compressed_cache(record, c, memo, _window_for(self.presses[c], window)) for c in group]
             sizes = [_sizes(b[0]) for b in built]
             stacked = stack_caches([b[0] for b in built], self.model.device)
             forced = fork_cache(stacked)
@@ -231,7 +278,15 @@ class Engine:
         ppl_full = _perplexity(reference, targets)
         full, extra = _sizes(record.cache), {"ppl": ppl_full, "ppl_full": ppl_full}
         outcomes = {c: _outcome(c, record, full, 0.0, extra=extra) for c in configs if c.method == "full"}
-        pending = [c for c in configs if c.method != "full"]
+        for config in [c for c in configs if self.streamed(c)]:
+            cache, _, prefill_s = self.stream(prompt_ids, config, None)
+            sizes = _sizes(cache)
+            logits = self.teacher_forced_logits(cache, forced, n, self.presses[config])[0]
+            kl, top1 = kl_and_top1(reference, logits)
+            extra = {"ppl": _perplexity(logits, targets), "ppl_full": ppl_full}
+            streamed = PrefillRecord(None, {}, logits[:1], n, prefill_s)
+            outcomes[config] = _outcome(config, streamed, sizes, 0.0, kl=kl, top1=top1, extra=extra)
+        pending = [c for c in configs if c.method != "full" and not self.streamed(c)]
         memo: dict = {}
         for start in range(0, len(pending), max(batch, 1)):
             group = pending[start : start + max(batch, 1)]
@@ -256,6 +311,13 @@ class Engine:
         logits = self.teacher_forced_logits(cache, forced, n, press)  # predicts steps 1..k-1
         pairs = [kl_and_top1(reference[1 : len(ref_tokens)], logits[r]) for r in range(rows)]
         return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _window_for(press: KVPress, window: int | dict | None) -> int | None:
+    """This press's question window: one for every press, or looked up by the press's own range."""
+    if isinstance(window, dict):
+        return window.get(press.window_range)
+    return window
 
 
 def _sizes(cache) -> tuple[int, int]:

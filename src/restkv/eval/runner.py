@@ -50,7 +50,7 @@ def run_sweep(
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     model, tokenizer = loaded.model, loaded.tokenizer
     engine = Engine(model, configs)
-    ranges = [p.window_range for p in engine.presses.values() if getattr(p, "window_range", None)]
+    ranges = {p.window_range for p in engine.presses.values() if p.window_range is not None}
     stop = eos_ids(tokenizer, model)
     counters = {"samples_run": 0, "samples_skipped": 0, "wall_s": 0.0, "prefill_s": 0.0, "compress_s": 0.0}
     start = time.perf_counter()
@@ -67,9 +67,8 @@ def run_sweep(
         else:
             chat = loaded.chat and sample.meta.get("chat", True)
             input_ids = encode_prompt(tokenizer, sample.prompt, chat=chat, answer_prefix=sample.answer_prefix)
-            window = None
-            if ranges:  # the question's length in tokens, for presses with an auto window
-                window = question_window(tokenizer, sample.prompt, chat, sample.answer_prefix, *ranges[0])
+            # the question's length in tokens, clipped to each auto-window press's own range
+            window = {r: question_window(tokenizer, sample.prompt, chat, sample.answer_prefix, *r) for r in ranges}
             outcomes = engine.run(input_ids, sample.max_new_tokens, stop, configs=todo, batch=batch, window=window)
         rows = []
         for o in outcomes:
