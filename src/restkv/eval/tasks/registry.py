@@ -24,6 +24,8 @@ class TaskOptions:
     seed: int = 0
     data_dir: str | None = None
     subtasks: tuple = ()
+    #: filler of needle tasks: "synthetic" (generated words) or "essays" (Paul Graham's essays)
+    haystack: str = "synthetic"
 
 
 class TaskGroup(NamedTuple):
