@@ -120,7 +120,13 @@ def _forward(model, cache, ids: torch.Tensor, start: int, **kwargs):
 
 @torch.inference_mode()
 def greedy_decode(
-    model, input_ids: torch.Tensor, press: KVPress | None, max_new_tokens: int, eos_ids=(), window: int | None = None
+    model,
+    input_ids: torch.Tensor,
+    press: KVPress | None,
+    max_new_tokens: int,
+    eos_ids=(),
+    window: int | None = None,
+    progress: bool = False,
 ):
     """Prefill ``input_ids`` under ``press`` (in chunks if the press has ``chunk_size``), then
     decode greedily. Returns the new ids, the KV entries kept, prefill seconds and decode ms/token.
@@ -138,7 +144,7 @@ def greedy_decode(
     with press(model):
         start = time.perf_counter()
         question = window if press.question_aware and window is not None else 0
-        logits = prefill(model, input_ids, cache, press.chunk_size, question_tokens=question)
+        logits = prefill(model, input_ids, cache, press.chunk_size, progress, question)
         prefill_s = time.perf_counter() - start
         kept = cache_entries(cache)
         start = time.perf_counter()
@@ -163,16 +169,23 @@ def full_cache_entries(model, n: int) -> int:
 
 
 def generate_with_stats(
-    model, tokenizer, prompt: str, press: KVPress | None = None, max_new_tokens: int = 64, chat: bool = True
+    model,
+    tokenizer,
+    prompt: str,
+    press: KVPress | None = None,
+    max_new_tokens: int = 64,
+    chat: bool = True,
+    progress: bool = False,
 ) -> GenerationResult:
-    """Like :func:`generate`, with prompt length, kept entries and timings."""
+    """Like :func:`generate`, with prompt length, kept entries and timings (``progress``: a bar
+    over the chunks of a chunked prefill)."""
     check_int("max_new_tokens", max_new_tokens, 1)
     input_ids = encode_prompt(tokenizer, prompt, chat)
     window = None
-    if press is not None and getattr(press, "window_range", None) is not None:
+    if press is not None and press.window_range is not None:
         window = question_window(tokenizer, prompt, chat, "", *press.window_range)
     stop = eos_ids(tokenizer, model)
-    ids, kept, prefill_s, decode_ms = greedy_decode(model, input_ids, press, max_new_tokens, stop, window)
+    ids, kept, prefill_s, decode_ms = greedy_decode(model, input_ids, press, max_new_tokens, stop, window, progress)
     text = tokenizer.decode([t for t in ids if t not in stop], skip_special_tokens=True)
     n = input_ids.shape[1]
     return GenerationResult(text, ids, n, kept, full_cache_entries(model, n), prefill_s, decode_ms)

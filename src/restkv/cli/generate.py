@@ -43,6 +43,13 @@ def read_prompt(args) -> str:
     return prompt
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run(args) -> int:
     from ..generate import generate_with_stats
     from ..models import load_model
@@ -56,13 +63,20 @@ def run(args) -> int:
     press = get_press(args.method, budget=None if args.method == "full" else args.budget, **params)
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     result = generate_with_stats(
-        loaded.model, loaded.tokenizer, prompt, press, args.max_new_tokens, chat=loaded.chat and not args.no_chat
+        loaded.model,
+        loaded.tokenizer,
+        prompt,
+        press,
+        args.max_new_tokens,
+        chat=loaded.chat and not args.no_chat,
+        progress=press.chunk_size is not None,
     )
     print(result.text.strip())
     print(
         f"\n[{press.name}] prompt {result.prompt_tokens} tokens | KV entries kept {result.kept_entries} of "
         f"{result.full_entries} ({100 * result.kept_entries / max(result.full_entries, 1):.0f}%) | "
-        f"prefill {result.prefill_s:.2f} s | decode {result.decode_ms_per_token:.1f} ms/token",
+        f"prefill {result.prefill_s:.2f} s | decode {result.decode_ms_per_token:.1f} ms/token | "
+        f"peak memory {peak_rss_mib():,.0f} MiB",
         file=sys.stderr,
     )
     return 0

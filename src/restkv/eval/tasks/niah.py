@@ -37,44 +37,50 @@ def by_length(sentences: list[str], depth: float) -> int:
     return len(sentences)
 
 
+ANSWER_PREFIX = "The secret code for the vault is"
+
+
+def niah_sample(
+    sample_id: str, code: str, depth: float, filler_seed: float, length: int, count_tokens, haystack: str
+) -> Sample:
+    """One needle (``code`` at ``depth``) in ``haystack`` text filled to ``length`` tokens.
+
+    The same code, depth and filler seed at several lengths give the same needle in a longer or
+    shorter haystack (the haystack's start is the same; only its length changes).
+    """
+    if haystack not in HAYSTACKS:
+        raise ValueError(f"haystack must be one of {', '.join(HAYSTACKS)}, got {haystack!r}")
+    if not 0 <= depth <= 1:
+        raise ValueError(f"depths must be between 0 and 1, got {depth}")
+    filler, place = HAYSTACKS[haystack], by_count if haystack == "synthetic" else by_length
+
+    def build(units: int) -> str:
+        sentences = filler(random.Random(filler_seed), units)
+        sentences.insert(place(sentences, depth), f"{ANSWER_PREFIX} {code}.")
+        return (
+            "Read the following text carefully; a secret code is hidden in it.\n\n"
+            + " ".join(sentences)
+            + "\n\nWhat is the secret code for the vault? Answer with the code only."
+        )
+
+    prompt = fit_to_length(build, length, count_tokens)
+    meta = {"length": length, "depth": depth, "haystack": haystack}
+    return Sample(sample_id, prompt, [code], 16, meta, ANSWER_PREFIX)
+
+
 def niah_samples(
     lengths, depths, per_cell: int, count_tokens, seed: int = 0, haystack: str = "synthetic"
 ) -> list[Sample]:
     """``per_cell`` samples for every (length, depth) pair, hidden in ``haystack`` text."""
-    if haystack not in HAYSTACKS:
-        raise ValueError(f"haystack must be one of {', '.join(HAYSTACKS)}, got {haystack!r}")
-    filler = HAYSTACKS[haystack]
-    place = by_count if haystack == "synthetic" else by_length
     out = []
     for length in lengths:
         for depth in depths:
-            if not 0 <= depth <= 1:
-                raise ValueError(f"depths must be between 0 and 1, got {depth}")
             for i in range(per_cell):
                 rng = random.Random(f"niah-{seed}-{length}-{depth}-{i}")
                 code = str(rng.randint(1_000_000, 9_999_999))
-                filler_seed = rng.random()
-
-                def build(units: int, code=code, depth=depth, filler_seed=filler_seed) -> str:
-                    sentences = filler(random.Random(filler_seed), units)
-                    sentences.insert(place(sentences, depth), f"The secret code for the vault is {code}.")
-                    return (
-                        "Read the following text carefully; a secret code is hidden in it.\n\n"
-                        + " ".join(sentences)
-                        + "\n\nWhat is the secret code for the vault? Answer with the code only."
-                    )
-
-                prompt = fit_to_length(build, length, count_tokens)
-                out.append(
-                    Sample(
-                        f"niah-{length}-{depth:.3f}-{seed}-{i}" + ("" if haystack == "synthetic" else f"-{haystack}"),
-                        prompt,
-                        [code],
-                        16,
-                        {"length": length, "depth": depth, "haystack": haystack},
-                        "The secret code for the vault is",
-                    )
-                )
+                suffix = "" if haystack == "synthetic" else f"-{haystack}"
+                sample_id = f"niah-{length}-{depth:.3f}-{seed}-{i}{suffix}"
+                out.append(niah_sample(sample_id, code, depth, rng.random(), length, count_tokens, haystack))
     return out
 
 
