@@ -18,6 +18,11 @@ SHAPES = {
         model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
         num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768, rope_theta=1000000.0,
     ),
+    # the Llama-3.1 layout at toy width: smoke runs of GPU scripts on a CPU
+    "llama-tiny": dict(
+        model_type="llama", vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+        num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=131072, rope_theta=500000.0,
+    ),
 }  # fmt: skip
 
 
