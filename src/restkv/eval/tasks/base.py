@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,6 +88,23 @@ def local_task_file(label: str, task: str, tasks, data_dir, known: str) -> Path:
     if not path.is_file():
         raise ValueError(f"{label} task {task} needs {path} (the official data file)")
     return path
+
+
+def read_records(path: Path, label: str, limit: int | None, parse):
+    """``(line number, record, parse(record))`` for the first ``limit`` lines of a JSONL file.
+
+    A line that is not JSON, or a record ``parse`` cannot read, is one sentence naming the line.
+    """
+    with path.open() as lines:
+        for number, line in enumerate(lines):
+            if limit is not None and number >= limit:
+                break
+            try:
+                item = json.loads(line)
+                parsed = parse(item)
+            except (json.JSONDecodeError, KeyError, TypeError, IndexError) as err:
+                raise ValueError(f"{path} line {number + 1} is not {label} record ({err})") from err
+            yield number, item, parsed
 
 
 def build_local(family: str, label: str, tasks, load, score_for, options, tokenizer) -> list[TaskGroup]:

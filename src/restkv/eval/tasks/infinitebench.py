@@ -12,11 +12,10 @@ the middle (the official truncation).
 
 from __future__ import annotations
 
-import json
 import re
 
 from .. import metrics
-from .base import Sample, local_task_file, register_local_family
+from .base import Sample, local_task_file, read_records, register_local_family
 from .longbench import truncate_middle
 
 HIDDEN = "There is an important piece of information hidden inside a lot of irrelevant text. Find it and memorize it. I will quiz you about it.\n\n{context}\n\n{input}"
@@ -100,20 +99,15 @@ def load(task: str, data_dir, limit=None, tokenizer=None, max_tokens=None) -> li
     path = local_task_file("InfiniteBench", task, TASKS, data_dir, "available")
     template, max_new = TEMPLATES[task]
     samples = []
-    with path.open() as lines:
-        for number, line in enumerate(lines):
-            if limit is not None and len(samples) >= limit:
-                break
-            try:
-                item = json.loads(line)
-                options = dict(zip("ABCD", item.get("options") or ["", "", "", ""]))
-                prompt = template.format(context=item["context"], input=item["input"], **options)
-                answers = _answers(task, item)
-            except (json.JSONDecodeError, KeyError, TypeError, IndexError) as err:
-                raise ValueError(f"{path} line {number + 1} is not an InfiniteBench record ({err})") from err
-            if tokenizer is not None and max_tokens is not None:
-                prompt = truncate_middle(tokenizer, prompt, max_tokens)
-            samples.append(Sample(f"infinitebench-{task}-{item.get('id', number)}", prompt, answers, max_new, {}))
+
+    def parse(item):
+        options = dict(zip("ABCD", item.get("options") or ["", "", "", ""]))
+        return template.format(context=item["context"], input=item["input"], **options), _answers(task, item)
+
+    for number, item, (prompt, answers) in read_records(path, "an InfiniteBench", limit, parse):
+        if tokenizer is not None and max_tokens is not None:
+            prompt = truncate_middle(tokenizer, prompt, max_tokens)
+        samples.append(Sample(f"infinitebench-{task}-{item.get('id', number)}", prompt, answers, max_new, {}))
     return samples
 
 

@@ -17,7 +17,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from .. import metrics
-from .base import Sample, local_task_file, register_local_family
+from .base import Sample, local_task_file, read_records, register_local_family
 
 CONFIG = json.loads(files("restkv.eval.data").joinpath("longbench.json").read_text())
 TASKS = tuple(CONFIG["tasks"])
@@ -51,24 +51,15 @@ def load(
     path = local_task_file("LongBench", task, TASKS, data_dir, "the paper's 16")
     template, max_new = CONFIG["tasks"][task]["prompt"], CONFIG["tasks"][task]["max_new_tokens"]
     samples = []
-    with path.open() as lines:
-        for number, line in enumerate(lines):
-            if limit is not None and len(samples) >= limit:
-                break
-            try:
-                item = json.loads(line)
-                prompt = template.format(context=item["context"], input=item["input"])
-                answers = list(item["answers"])
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise ValueError(f"{path} line {number + 1} is not a LongBench record ({err})") from err
-            if tokenizer is not None and max_tokens is not None:
-                prompt = truncate_middle(tokenizer, prompt, max_tokens)
-            meta = {
-                "all_classes": item.get("all_classes") or [],
-                "length": item.get("length"),
-                "chat": task not in NO_CHAT,
-            }
-            samples.append(Sample(f"longbench-{task}-{item.get('_id', number)}", prompt, answers, max_new, meta))
+
+    def parse(item):
+        return template.format(context=item["context"], input=item["input"]), list(item["answers"])
+
+    for number, item, (prompt, answers) in read_records(path, "a LongBench", limit, parse):
+        if tokenizer is not None and max_tokens is not None:
+            prompt = truncate_middle(tokenizer, prompt, max_tokens)
+        meta = {"all_classes": item.get("all_classes") or [], "length": item.get("length"), "chat": task not in NO_CHAT}
+        samples.append(Sample(f"longbench-{task}-{item.get('_id', number)}", prompt, answers, max_new, meta))
     return samples
 
 
