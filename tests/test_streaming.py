@@ -232,7 +232,8 @@ def test_engine_streams_chunked_rows_exactly_as_the_press_does():
     ids = prompt(400)
     aware = MethodConfig.make("restkv", 40, window_size="auto", window_range=(4, 16), chunk_size=64, rerotate=True)
     plain = MethodConfig.make("snapkv", 40, window_size=4, chunk_size=100)
-    engine = Engine(model, [MethodConfig.make("full"), aware, plain])
+    prefilled = MethodConfig.make("snapkv", 40, window_size=4)
+    engine = Engine(model, [MethodConfig.make("full"), aware, plain, prefilled])
     full_calls = []
     handle = model.register_forward_pre_hook(
         lambda m, a, k: full_calls.append(k["input_ids"].shape[1]), with_kwargs=True
@@ -248,8 +249,11 @@ def test_engine_streams_chunked_rows_exactly_as_the_press_does():
         assert outcome.token_ids == tokens
         assert outcome.kl is None  # no full cache in this sweep: nothing to compare with
         assert outcome.kept_entries == kept * 2 * 3
-    with_full = engine.run(ids, 6, configs=[MethodConfig.make("full"), aware], window=Q)
-    assert with_full[1].token_ids == outcomes[0].token_ids and with_full[1].kl is not None
+    # mixed with rows that read the shared prefill, decoded one by one and in a batch
+    for batch in (1, 4):
+        mixed = engine.run(ids, 6, configs=[MethodConfig.make("full"), aware, prefilled, plain], batch=batch, window=Q)
+        assert mixed[1].token_ids == outcomes[0].token_ids and mixed[3].token_ids == outcomes[1].token_ids
+        assert mixed[1].kl is not None and mixed[2].kl is not None
 
 
 def test_each_auto_press_gets_the_question_clipped_to_its_own_range():

@@ -231,8 +231,8 @@ class Engine:
             kl, top1 = [None], [None]
             if ref_tokens is not None:
                 kl, top1 = self._fidelity(forced, ref_tokens, reference, n, press)
-            record = PrefillRecord(None, {}, first, n, prefill_s)
-            outcomes[config] = _outcome(config, record, sizes, 0.0, tokens[0], ms, kl[0], top1[0])
+            own = PrefillRecord(None, {}, first, n, prefill_s)  # its own streamed prefill
+            outcomes[config] = _outcome(config, own, sizes, 0.0, tokens[0], ms, kl[0], top1[0])
         memo: dict = {}
         pending = [c for c in configs if c.method != "full" and not self.streamed(c)]
         sequential = [c for c in pending if batch <= 1 or self.presses[c].decode_budget is not None]
