@@ -18,7 +18,9 @@ SHAPES = {
         model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
         num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768, rope_theta=1000000.0,
     ),
-    # the Llama-3.1 layout at toy width: smoke runs of GPU scripts on a CPU
+}  # fmt: skip
+#: real layouts at toy width, for smoke runs of GPU scripts on a CPU
+SMOKE_SHAPES = {
     "llama-tiny": dict(
         model_type="llama", vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=131072, rope_theta=500000.0,
@@ -33,9 +35,10 @@ def random_model(
     from transformers import AutoModelForCausalLM
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    if shape not in SHAPES:
-        raise ValueError(f"unknown shape {shape!r}; available: {', '.join(SHAPES)}")
-    params = dict(SHAPES[shape])
+    known = {**SHAPES, **SMOKE_SHAPES}
+    if shape not in known:
+        raise ValueError(f"unknown shape {shape!r}; available: {', '.join(known)}")
+    params = dict(known[shape])
     model_type = params.pop("model_type")
     if layers is not None:
         if layers < 1:
