@@ -223,8 +223,9 @@ def stack_caches(caches: list, device) -> DynamicCache:
             )
     stacked.layers = [layers[i] for i in range(len(caches[0].layers))]
     # each row goes on from its own next position (re-indexed caches differ from the prompt length)
-    positions = [getattr(get_state(c), "next_pos", None) for c in caches]
-    next_pos = torch.cat([torch.zeros(1, dtype=torch.long, device=device) if p is None else p for p in positions])
+    row_states = [get_state(c) for c in caches]
+    zero = torch.zeros(1, dtype=torch.long, device=device)
+    next_pos = torch.cat([zero if st is None or st.next_pos is None else st.next_pos for st in row_states])
     set_state(stacked, SequenceState(layers=states, next_pos=next_pos, budgets={i: 0 for i in states}))
     return stacked
 
