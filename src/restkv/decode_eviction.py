@@ -142,9 +142,10 @@ def shrink(layer, idx: torch.Tensor, state, index: int, kept: int, keys: torch.T
     state.layers[index] = LayerState(prompt_tokens=prompt_tokens, kept=kept, valid=valid)
 
 
-def sliding_layers(cache) -> list:
-    """The cache's sliding-window layers (they keep their own window; a press never compresses them)."""
-    return [layer for layer in cache.layers if getattr(layer, "is_sliding", False)]
+def sliding_layers(cache) -> list[tuple[int, object]]:
+    """``(index, layer)`` of the cache's sliding-window layers (they keep their own window; a press
+    never compresses them)."""
+    return [(index, layer) for index, layer in enumerate(cache.layers) if getattr(layer, "is_sliding", False)]
 
 
 def settle(cache, state: SequenceState, frequencies: dict[int, torch.Tensor]) -> None:
@@ -154,8 +155,8 @@ def settle(cache, state: SequenceState, frequencies: dict[int, torch.Tensor]) ->
         return
     end = state.next_pos - state.probe  # the probe's positions are reused by what comes next
     shift = 0 if state.next_after is None else int(state.next_after[0] - end[0])
-    for index, layer in enumerate(cache.layers):
-        if not getattr(layer, "is_sliding", False) or layer.keys is None:
+    for index, layer in sliding_layers(cache):
+        if layer.keys is None:
             continue
         drop_probe(layer, state.probe)
         if shift:

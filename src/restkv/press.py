@@ -209,7 +209,7 @@ class _Session:
         if fresh and isinstance(mask, torch.Tensor) and mask.dim() == 2 and not bool(mask.all()):
             state.prompt_mask = mask[:, -q:].bool()
         if state.probe:  # sliding layers keep the probe's predecessors until it is cut out again
-            for layer in sliding_layers(cache):
+            for _, layer in sliding_layers(cache):
                 layer.record_past = True
         return args, kwargs
 
