@@ -109,6 +109,8 @@ def _keep_dense(job: _Job, cache, budget: int, stats: PressStats) -> None:
         job.queries, keys, values, idx, scaling=ctx.scaling, key_mask=job.state.prompt_mask, softcap=ctx.softcap
     )
     gather = idx[..., None].expand(-1, -1, -1, keys.shape[-1])
+    if job.state.origins is not None:
+        job.state.origins.update(index, n, idx)
     if job.press.rerotate:
         target = max(job.state.budgets.values())
         layer.keys, job.state.next_after = reindexed_keys(keys, idx, job.state, ctx, target)

@@ -98,6 +98,8 @@ def keep(
     next position, ``min(context end, target)``; every compressed layer computes the same one.
     """
     keys = None
+    if state.origins is not None:
+        state.origins.update(context.index, layer.keys.shape[-2], idx, probe, prompt=state.streaming)
     if rerotate:
         keys, state.next_after = reindexed_keys(layer.keys, idx, state, context, target, probe)
     shrink(layer, idx, state, context.index, idx.shape[-1], keys)

@@ -16,7 +16,7 @@ from transformers import DynamicCache
 from .cache import cache_entries
 from .checks import check_int
 from .press import KVPress
-from .state import SequenceState, ensure_state, get_state, set_state
+from .state import ensure_state, get_state
 from .window import question_window
 
 
@@ -127,18 +127,21 @@ def greedy_decode(
     eos_ids=(),
     window: int | None = None,
     progress: bool = False,
+    cache=None,
 ):
     """Prefill ``input_ids`` under ``press`` (in chunks if the press has ``chunk_size``), then
     decode greedily. Returns the new ids, the KV entries kept, prefill seconds and decode ms/token.
 
     ``window`` is the prompt's observation window for presses with ``window_size="auto"``
     (with ``chunk_size`` as well, those last tokens are the question that probes each chunk).
+    ``cache``: an empty cache to fill (default: a new ``DynamicCache``), for callers that read
+    it afterwards, e.g. with :func:`restkv.origins.track_origins` on.
     """
     press = press or KVPress(None)
     input_ids = input_ids.to(model.device)
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache(config=model.config) if cache is None else cache
     if window is not None:
-        set_state(cache, SequenceState(window=window))
+        ensure_state(cache).window = window
     n = input_ids.shape[1]
     generated: list[int] = []
     with press(model):

@@ -67,6 +67,8 @@ class SequenceState:
     prompt_length: int | None = None
     #: the next position once this forward ends, when re-indexing moved the kept entries
     next_after: torch.Tensor | None = None
+    #: the prompt tokens behind the kept entries, when :func:`restkv.origins.track_origins` is on
+    origins: object | None = None
 
     def layer_position(self, index: int) -> tuple[int, int]:
         """``(position, count)`` of layer ``index`` among the compressed layers (for depth-aware methods)."""
