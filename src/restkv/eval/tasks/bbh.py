@@ -2,7 +2,7 @@
 
 BBH's 27 tasks are BIG-bench tasks (some are subtasks, e.g. ``logical_deduction/three_objects``).
 Their data comes from the ``bigbench`` source distribution on PyPI (``benchmark_tasks/*/task.json``):
-the 358 MB archive is fetched once with ``pip download`` (never installed: installing pulls
+the 358 MB archive is fetched once from PyPI's index (never installed: installing pulls
 TensorFlow) and only the needed ``task.json`` files are kept under ``$RESTKV_HOME/bigbench``.
 A task whose ``task.json`` the archive does not hold (BIG-bench generates some programmatically,
 such as ``boolean_expressions``, ``multistep_arithmetic`` and ``web_of_lies``) is reported as
@@ -16,11 +16,17 @@ line (letter or option text for multiple choice).
 
 from __future__ import annotations
 
+import hashlib
+import html
 import json
-import subprocess
+import re
+import shutil
 import sys
 import tarfile
 import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from .base import Sample
@@ -28,6 +34,7 @@ from .registry import TaskGroup, TaskOptions, register_family
 
 SHOTS = 3
 BIGBENCH_VERSION = "1.0.0"
+SIMPLE_INDEX = "https://pypi.org/simple/bigbench/"
 #: BBH task -> BIG-bench task folder (with subtask)
 TASKS = {
     "boolean_expressions": "boolean_expressions",
@@ -74,15 +81,32 @@ def prepare(root: Path | None = None) -> Path:
         return root
     with tempfile.TemporaryDirectory() as tmp:
         print(f"restkv: fetching the bigbench {BIGBENCH_VERSION} sdist once (358 MB) for BBH's task data", flush=True)
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
-                   "-d", tmp, f"bigbench=={BIGBENCH_VERSION}"]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True)
-        archives = list(Path(tmp).glob("bigbench-*.tar.gz"))
-        if not archives:
-            last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise ValueError(f"could not download the bigbench sdist for BBH: {last[0]}")
-        extract(archives[0], root)
+        extract(download_sdist(Path(tmp)), root)
     return root
+
+
+def download_sdist(folder: Path, index: str = SIMPLE_INDEX) -> Path:
+    """The bigbench sdist from PyPI's simple index, checked against the index's sha256.
+
+    Read straight from the index because ``pip download`` fails on it: preparing the sdist's
+    metadata needs its ``bleurt @ file://...`` dependency.
+    """
+    name = f"bigbench-{BIGBENCH_VERSION}.tar.gz"
+    try:
+        with urllib.request.urlopen(index, timeout=60) as response:
+            page = response.read().decode()
+        link = next((h for h in re.findall(r'href="([^"]+)"', page) if h.split("#")[0].endswith("/" + name)), None)
+        if link is None:
+            raise ValueError(f"{index} lists no {name}")
+        url, _, digest = html.unescape(link).partition("#sha256=")
+        target = folder / name
+        with urllib.request.urlopen(urllib.parse.urljoin(index, url), timeout=60) as response, target.open("wb") as f:
+            shutil.copyfileobj(response, f)
+    except (OSError, urllib.error.URLError) as err:
+        raise ValueError(f"could not download the bigbench sdist for BBH from {index}: {err}") from err
+    if digest and hashlib.sha256(target.read_bytes()).hexdigest() != digest:
+        raise ValueError(f"the downloaded {name} does not match the sha256 PyPI lists for it")
+    return target
 
 
 def extract(archive: Path, root: Path) -> None:
