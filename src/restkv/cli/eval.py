@@ -11,7 +11,7 @@ from .common import UsageError, add_model_args, int_list, method_configs, name_l
 
 def add_parser(subparsers) -> None:
     ev = subparsers.add_parser("eval", help="evaluate methods x budgets on a task into a resumable results store")
-    ev.add_argument("task", help="ruler, niah, fidelity, passkey, longbench, infinitebench or bbh")
+    ev.add_argument("task", help="ruler, niah, fidelity, passkey, longbench, infinitebench, bbh or bbh-haystack")
     ev.add_argument("--tasks", type=name_list, default=(), help="sub-tasks (e.g. niah_single_1,vt for ruler)")
     ev.add_argument(
         "--methods",
