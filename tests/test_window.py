@@ -106,3 +106,15 @@ def test_auto_window_through_the_engine(tmp_path):
         rows = store.rows()
     assert len(rows) == 3 and rows[1]["params"]["window_size"] == "auto"
     assert torch.tensor([r["kept_entries"] for r in rows[1:]]).eq(40 * 2 * 3).all()
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_code_positions_are_the_needles_tokens(tokenizer, chat):
+    from restkv.eval.tasks.niah import code_positions, niah_sample
+    from restkv.generate import encode_prompt
+
+    sample = niah_sample("s", "4651087", 0.5, 0.3, 600, lambda t: len(tokenizer(t)["input_ids"]), "essays")
+    ids = encode_prompt(tokenizer, sample.prompt, chat=chat, answer_prefix=sample.answer_prefix)[0]
+    positions = code_positions(tokenizer, sample, chat=chat)
+    assert positions == list(range(positions[0], positions[-1] + 1))
+    assert tokenizer.decode(ids[positions]).strip() == "4651087"

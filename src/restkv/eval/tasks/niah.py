@@ -95,3 +95,20 @@ def task_groups(loaded, options: TaskOptions) -> list[TaskGroup]:
     count = token_counter(loaded)
     samples = niah_samples(lengths, options.depths, options.samples, count, options.seed, options.haystack)
     return [TaskGroup("niah", samples, score)]
+
+
+def code_positions(tokenizer, sample: Sample, chat: bool) -> list[int]:
+    """Token positions of the needle's code in ``sample``'s prompt as the evaluation encodes it
+    (with its answer prefix), found through the tokenizer's offsets."""
+    code = sample.answers[0]
+    if chat and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": sample.prompt}], add_generation_prompt=True, tokenize=False
+        )
+        encoded = tokenizer(text + sample.answer_prefix, add_special_tokens=False, return_offsets_mapping=True)
+    else:
+        text = sample.prompt
+        encoded = tokenizer(text + sample.answer_prefix, return_offsets_mapping=True)
+    start = text.index(code)
+    end = start + len(code)
+    return [i for i, (a, b) in enumerate(encoded["offset_mapping"]) if a < end and b > start]
