@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 
 from restkv.eval.engine import Engine
-from restkv.specs import MethodConfig
-from restkv.generate import eos_ids
 from restkv.eval.tasks import ruler
-from restkv.generate import encode_prompt
+from restkv.generate import encode_prompt, eos_ids
 from restkv.models import load_model
+from restkv.specs import MethodConfig
 
 METHODS = ["restkv", "snapkv", "pyramidkv", "h2o", "tova", "streamingllm"]
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from restkv.generate import eos_ids
 from restkv.eval.tasks import TaskOptions, build
-from restkv.generate import encode_prompt
+from restkv.generate import encode_prompt, eos_ids
 from restkv.models import load_model
 
 
