@@ -39,8 +39,8 @@ PAPER = "restkv[temporal=ema;pooling=adaptive]"
 
 # -- latency ----------------------------------------------------------------------------------
 def latency(args) -> None:
-    from restkv.specs import parse_method_spec
     from restkv.scorers import get_scorer
+    from restkv.specs import parse_method_spec
 
     torch.manual_seed(0)
     heads, kv_heads, dim, hidden, window = 9, 3, 64, 576, 32  # SmolLM2-135M's attention
@@ -89,89 +89,35 @@ def niah(args) -> None:
 
 
 def niah_one(args) -> None:
-    from restkv.specs import parse_method_spec
+    from transformers import DynamicCache
+
     from restkv.eval.tasks import niah as niah_task
     from restkv.generate import encode_prompt, greedy_decode
     from restkv.models import load_model
+    from restkv.origins import track_origins
     from restkv.press import get_press
-    from restkv.scorers.restkv import RestKVScorer
+    from restkv.specs import parse_method_spec
 
     loaded = load_model()
     tokenizer = loaded.tokenizer
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     sample = niah_task.niah_samples([args.length - 64], [args.depth], 1, count)[0]
     input_ids = encode_prompt(tokenizer, sample.prompt, chat=loaded.chat, answer_prefix=sample.answer_prefix)
-    needle = needle_positions(tokenizer, sample, loaded.chat, sample.answers[0])
-    tracker = KeptPositions()
+    needle = niah_task.code_positions(tokenizer, sample, loaded.chat)
+    cache = DynamicCache(config=loaded.model.config)
+    tracker = track_origins(cache)
     press = get_press(
         "restkv", budget=args.budget, chunk_size=args.chunk_size or None, **parse_method_spec(args.setting)[1]
     )
-    select = RestKVScorer.select
-    RestKVScorer.select = tracker.wrap(select)
-    try:
-        tokens, _, prefill_s, _ = greedy_decode(
-            loaded.model, input_ids, press, sample.max_new_tokens, {tokenizer.eos_token_id}
-        )
-    finally:
-        RestKVScorer.select = select
+    tokens, _, prefill_s, _ = greedy_decode(
+        loaded.model, input_ids, press, sample.max_new_tokens, {tokenizer.eos_token_id}, cache=cache
+    )
     text = tokenizer.decode(tokens, skip_special_tokens=True)
     print(json.dumps({
         "setting": args.setting, "length": int(input_ids.shape[1]), "budget": args.budget, "chunk_size": args.chunk_size,
-        "depth": args.depth, "prediction": text, "score": niah_task.score(text, sample), "needle_kept": tracker.kept_share(needle),
+        "depth": args.depth, "prediction": text, "score": niah_task.score(text, sample), "needle_kept": tracker.share(needle),
         "prefill_s": prefill_s, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }))  # fmt: skip
-
-
-def needle_positions(tokenizer, sample, chat: bool, code: str) -> list[int]:
-    """Token positions of the needle's code in the encoded prompt (found through offsets)."""
-    if chat and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": sample.prompt}], add_generation_prompt=True, tokenize=False
-        )
-        enc = tokenizer(text + sample.answer_prefix, add_special_tokens=False, return_offsets_mapping=True)
-    else:
-        text = sample.prompt
-        enc = tokenizer(text + sample.answer_prefix, return_offsets_mapping=True)
-    start = text.index(code)
-    end = start + len(code)
-    return [i for i, (a, b) in enumerate(enc["offset_mapping"]) if a < end and b > start]
-
-
-class KeptPositions:
-    """Follows which absolute token positions each layer's cache holds through chunked eviction."""
-
-    def __init__(self):
-        self.kept: dict[int, torch.Tensor] = {}  # layer rank -> [H_kv, kept] absolute positions
-        self.seen: dict[int, int] = {}
-
-    def wrap(self, select):
-        def tracked(scorer, queries, keys, values, **kw):
-            idx = select(scorer, queries, keys, values, **kw)
-            rank = kw["layer"][0]
-            held = self.kept.get(rank, torch.empty(keys.shape[1], 0, dtype=torch.long))
-            added = keys.shape[-2] - held.shape[-1]
-            seen = self.seen.get(rank, 0)
-            fresh = torch.arange(seen, seen + added).expand(keys.shape[1], -1)
-            self.kept[rank] = torch.cat([held, fresh], dim=-1).gather(-1, idx[0])
-            self.seen[rank] = seen + added
-            return idx
-
-        return tracked
-
-    def kept_share(self, positions: list[int]) -> float:
-        """Share of ``positions`` still cached, averaged over layers and KV heads.
-
-        Tokens appended after a layer's last compression (the prompt's tail) are all cached.
-        """
-        if not self.kept:
-            return 1.0
-        wanted = torch.tensor(positions)
-        shares = []
-        for rank, held in self.kept.items():
-            tail = wanted >= self.seen[rank]
-            for head in held:
-                shares.append(float((torch.isin(wanted, head) | tail).float().mean()))
-        return statistics.mean(shares)
 
 
 # -- report -----------------------------------------------------------------------------------
