@@ -23,7 +23,16 @@ def loaded():
 
 
 def test_families_are_registered_in_the_documented_order():
-    assert TASK_FAMILIES == ("ruler", "niah", "fidelity", "passkey", "longbench", "infinitebench", "bbh")
+    assert TASK_FAMILIES == (
+        "ruler",
+        "niah",
+        "fidelity",
+        "passkey",
+        "longbench",
+        "infinitebench",
+        "bbh",
+        "bbh-haystack",
+    )
     assert tuple(FAMILIES) == TASK_FAMILIES
 
 
@@ -39,7 +48,7 @@ def test_unknown_family_is_one_sentence_listing_the_others():
     with pytest.raises(ValueError) as err:
         build("nope", None, TaskOptions())
     assert str(err.value) == (
-        "unknown task 'nope'; available: ruler, niah, fidelity, passkey, longbench, infinitebench, bbh"
+        "unknown task 'nope'; available: ruler, niah, fidelity, passkey, longbench, infinitebench, bbh, bbh-haystack"
     )
 
 
