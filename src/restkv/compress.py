@@ -30,7 +30,9 @@ def effective_scorer(press, state: SequenceState):
 
 def plan_budgets(press, modules, cache, n: int) -> dict[int, int]:
     """Entries kept per KV head in each compressible (non-sliding) layer for an ``n``-token prompt."""
-    compressible = [m for m in modules if not is_sliding(m, cache.layers[m.layer_idx])]
+    # a cache built without a config creates its layers as the forward reaches them
+    layers = cache.layers
+    compressible = [m for m in modules if not is_sliding(m, layers[m.layer_idx] if m.layer_idx < len(layers) else None)]
     budgets = layer_budgets(
         press.allocator, n, len(compressible), press.budget, press.compression_ratio, press.scorer.window_size
     )
@@ -151,8 +153,11 @@ def _kept_valid(state: SequenceState, idx: torch.Tensor | None, kv_heads: int) -
     return None if bool(valid.all()) else valid
 
 
-def compressed_mask(state: LayerState, stored: int, new: int, groups: int, dtype: torch.dtype) -> torch.Tensor | None:
-    """Additive attention mask ``[b, 1 or H, new, stored + new]`` for a compressed layer.
+def compressed_mask(
+    state: LayerState, stored: int, new: int, groups: int, dtype: torch.dtype, device: torch.device | str
+) -> torch.Tensor | None:
+    """Additive attention mask ``[b, 1 or H, new, stored + new]`` for a compressed layer, on
+    ``device`` (the cache's).
 
     The ``state.kept`` prompt entries are visible (except kept padding), the entries appended
     since are visible, and the ``new`` tokens see each other causally. None when nothing needs
@@ -161,7 +166,6 @@ def compressed_mask(state: LayerState, stored: int, new: int, groups: int, dtype
     if state.valid is None and new == 1:
         return None
     total = stored + new
-    device = state.valid.device if state.valid is not None else None
     visible = torch.ones(new, total, dtype=torch.bool, device=device)
     visible[:, stored:] = torch.ones(new, new, dtype=torch.bool, device=device).tril()
     visible = visible[None, None]

@@ -25,6 +25,7 @@ from torch import nn
 
 from .adapters import (
     attention_modules,
+    check_cache,
     check_supported,
     decoder_model,
     is_sliding,
@@ -132,16 +133,26 @@ class KVPress:
 
     @contextlib.contextmanager
     def __call__(self, model: nn.Module):
-        """Apply the press to ``model`` for the duration of the ``with`` block."""
-        if self.scorer is None:
-            yield self
-            return
-        check_supported(model)
-        session = _Session(self, model)
+        """Apply the press to ``model`` for the duration of the ``with`` block (one press at a time)."""
+        if getattr(model, _ACTIVE, None) is not None:
+            raise ValueError(
+                f"{model.__class__.__name__} is already under a press; a nested press would be ignored, "
+                "so leave the first `with` block before entering another"
+            )
+        if self.scorer is not None:
+            check_supported(model)
+        session = _Session(self, model) if self.scorer is not None else None
+        setattr(model, _ACTIVE, self)
         try:
             yield self
         finally:
-            session.remove()
+            delattr(model, _ACTIVE)
+            if session is not None:
+                session.remove()
+
+
+#: the attribute that marks a model as being under a press
+_ACTIVE = "_restkv_active_press"
 
 
 #: the settings of a press itself (everything else given to :func:`get_press` is the method's)
@@ -192,6 +203,7 @@ class _Session:
             tokens = kwargs.get("inputs_embeds")
         if cache is None or tokens is None:
             return None
+        check_cache(cache)
         fresh = cache.get_seq_length() == 0
         state = ensure_state(cache)
         q = tokens.shape[1]
@@ -229,7 +241,7 @@ class _Session:
         hidden = _hidden_of(args, kwargs)
         stored = cache.layers[module.layer_idx].get_seq_length()
         kwargs["attention_mask"] = compressed_mask(
-            compressed, stored, hidden.shape[1], module.num_key_value_groups, hidden.dtype
+            compressed, stored, hidden.shape[1], module.num_key_value_groups, hidden.dtype, hidden.device
         )
         return args, kwargs
 
@@ -312,8 +324,8 @@ def get_press(name: str, **settings) -> KVPress:
     """
     press_settings = {k: settings.pop(k) for k in PRESS_SETTINGS if k in settings}
     if name == "full":
-        if settings:
-            raise ValueError(f"full takes no parameters, got {', '.join(sorted(settings))}")
+        if settings or press_settings:
+            raise ValueError(f"full takes no parameters, got {', '.join(sorted({**settings, **press_settings}))}")
         return KVPress(None)  # no hooks at all: exactly the model's own behaviour
     scorer, window_range = build_scorer(name, settings, press_settings.get("budget"))
     return KVPress(scorer, window_range=window_range, **press_settings)

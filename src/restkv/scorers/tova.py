@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..attention import window_attention
+from ..checks import check_int
 from .base import Scorer
 
 
@@ -20,6 +21,10 @@ class TOVAScorer(Scorer):
     """Last-query attention, mean over all heads of the layer."""
 
     name = "tova"
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_int("window_size", self.window_size, 1)  # the last query is the rule
 
     def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap, **context):
         n = keys.shape[-2]
