@@ -168,3 +168,32 @@ def test_niah_report_has_a_grid_per_method_and_a_heatmap(tmp_path):
     text = render_report(tmp_path).read_text()
     assert "## Needle-in-a-Haystack grid" in text and "**snapkv @ 8**" in text
     assert (tmp_path / "niah_heatmap.png").stat().st_size > 1000
+
+
+def test_fresh_discards_only_what_restkv_wrote(tmp_path):
+    from restkv.eval.report import discard_results
+
+    for name in ("results.sqlite", "results.sqlite-wal", "runs.jsonl", "passkey.png", "notes.txt", "mine.png"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "report.md").write_text("# r\n\n![passkey](passkey.png)\n\nsee ![elsewhere](../mine.png)\n")
+    removed = discard_results(tmp_path)
+    assert sorted(p.name for p in removed) == [
+        "passkey.png",
+        "report.md",
+        "results.sqlite",
+        "results.sqlite-wal",
+        "runs.jsonl",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "mine.png", "notes.txt"]
+    assert discard_results(tmp_path / "absent") == []
+
+
+def test_demo_fresh_keeps_the_folder_when_the_model_fails_to_load(tmp_path):
+    from restkv.demo import run_demo
+    from restkv.models import ModelLoadError
+
+    (tmp_path / "results.sqlite").write_text("earlier results")
+    with pytest.raises(ModelLoadError):
+        run_demo(model=str(tmp_path / "no-such-model"), out=tmp_path, fresh=True)
+    assert (tmp_path / "results.sqlite").read_text() == "earlier results"

@@ -6,11 +6,10 @@ two budgets cost little more than the full cache alone.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
-from .eval.report import aggregate, detail_table, render_report
+from .eval.report import aggregate, detail_table, discard_results, render_report
 from .eval.runner import run_sweep
 from .eval.store import ResultStore
 from .eval.tasks import passkey
@@ -50,10 +49,10 @@ def run_demo(
 ) -> dict:
     """Run the demo; returns the summary table (Markdown), counters and the report's path."""
     out = Path(out)
-    if fresh and out.exists():
-        shutil.rmtree(out)
     start = time.perf_counter()
     loaded = load_model(model, device=device, dtype=dtype)
+    if fresh:  # only once the model loaded, and only restkv's own files
+        discard_results(out)
     count = lambda text: encode_prompt(loaded.tokenizer, text, chat=loaded.chat).shape[1]  # noqa: E731
     data = passkey.passkey_samples(samples, length, count, seed=seed)
     with ResultStore(out / "results.sqlite") as store:

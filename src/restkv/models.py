@@ -120,10 +120,21 @@ def _convert(entry: EmbeddedModel, target: Path) -> None:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        _usual_permissions(staging)
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _usual_permissions(folder: Path) -> None:
+    """Give a converted model the permissions of any file its user creates (``mkdtemp`` made the
+    folder private), so a shared ``RESTKV_HOME`` is readable by the others who use it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _first_line(err: Exception) -> str:

@@ -284,6 +284,24 @@ def plot_niah_heatmaps(cells: dict, path: Path) -> Path:
     return path
 
 
+#: the files a run writes into its ``--out`` folder, besides the plots ``report.md`` links
+RUN_FILES = ("results.sqlite", "results.sqlite-wal", "results.sqlite-shm", "runs.jsonl", "report.md")
+
+
+def discard_results(run_dir: str | Path) -> list[Path]:
+    """Delete what restkv wrote into ``run_dir`` (the results database, the run log, the report
+    and the plots it links), and nothing else; returns the deleted paths."""
+    run_dir = Path(run_dir)
+    names = list(RUN_FILES)
+    report = run_dir / "report.md"
+    if report.is_file():
+        names += [n for n in re.findall(r"!\[[^\]]*\]\(([^)/\\]+\.png)\)", report.read_text()) if n not in names]
+    removed = [run_dir / n for n in names if (run_dir / n).is_file()]
+    for path in removed:
+        path.unlink()
+    return removed
+
+
 def render_report(run_dir: str | Path) -> Path:
     """Write ``report.md`` and one PNG per task into ``run_dir`` from its ``results.sqlite``."""
     run_dir = Path(run_dir)
