@@ -197,3 +197,48 @@ def test_demo_fresh_keeps_the_folder_when_the_model_fails_to_load(tmp_path):
     with pytest.raises(ModelLoadError):
         run_demo(model=str(tmp_path / "no-such-model"), out=tmp_path, fresh=True)
     assert (tmp_path / "results.sqlite").read_text() == "earlier results"
+
+
+def test_rows_of_another_setting_are_recomputed_not_reused(tmp_path):
+    """dtype, the prompt (task options such as a truncation length) and a profile's values are part of a row."""
+    import json
+
+    import torch
+
+    loaded = TinyLoaded()
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({"params": {"alpha": 0.3}}))
+    configs = [MethodConfig.make("full"), MethodConfig.make("restkv", 24, window_size=8, profile=str(profile))]
+    score = lambda p, s: 0.0  # noqa: E731
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        assert run_sweep(loaded, "toy", samples(2), configs, store, score, progress=False)["samples_run"] == 2
+        assert run_sweep(loaded, "toy", samples(2), configs, store, score, progress=False)["samples_skipped"] == 2
+        profile.write_text(json.dumps({"params": {"alpha": 0.9}}))  # same path, other values
+        again = run_sweep(loaded, "toy", samples(2), configs, store, score, progress=False)
+        assert again["samples_run"] == 2 and store.count() == 4  # the stale rows are replaced, not doubled
+        assert {r["params"]["alpha"] for r in store.rows(method=configs[1].label)} == {0.9}
+        longer = [Sample(s.id, s.prompt + " more", s.answers, 4) for s in samples(2)]  # e.g. another --length
+        assert run_sweep(loaded, "toy", longer, configs, store, score, progress=False)["samples_run"] == 2
+        loaded.model.to(torch.bfloat16)
+        assert run_sweep(loaded, "toy", longer, configs, store, score, progress=False)["samples_run"] == 2
+        assert store.count() == 4
+
+
+def test_a_database_from_before_settings_is_read_and_its_rows_recomputed(tmp_path):
+    path = tmp_path / "results.sqlite"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE results (task TEXT, sample_id TEXT, model TEXT, method TEXT, budget INTEGER, params TEXT, "
+        "prediction TEXT, score REAL, prompt_tokens INTEGER, kept_entries INTEGER, kv_bytes INTEGER, "
+        "prefill_s REAL, compress_s REAL, decode_ms_per_token REAL, kl REAL, top1 REAL, extra TEXT, "
+        "code_version TEXT, created TEXT, PRIMARY KEY (task, sample_id, model, method, budget))"
+    )
+    old.execute(
+        "INSERT INTO results (task, sample_id, model, method, budget, params) VALUES ('toy', 's0', 'tiny-llama', 'full', -1, '{}')"
+    )
+    old.commit()
+    old.close()
+    with ResultStore(path) as store:
+        assert store.count() == 1 and store.has("toy", "s0", "tiny-llama", "full", None)
+        counters = run_sweep(TinyLoaded(), "toy", samples(1), CONFIGS[:1], store, lambda p, s: 0.0, progress=False)
+        assert counters["samples_run"] == 1 and store.count() == 1 and store.rows()[0]["setting"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -19,6 +20,10 @@ from .tasks.base import Sample
 from .tasks.registry import MODES, TaskGroup
 
 
+def params_of(engine: Engine, config: MethodConfig) -> dict:
+    return {"method": config.method, **engine.presses[config].params()}
+
+
 def public_meta(sample: Sample) -> dict:
     """The sample's metadata worth keeping in every row (token id lists are not)."""
     return {k: v for k, v in sample.meta.items() if not k.endswith("_ids")}
@@ -27,6 +32,20 @@ def public_meta(sample: Sample) -> dict:
 def sample_mode(sample: Sample) -> str:
     """The mode a sample needs when no family says: token ids to feed mean teacher forcing."""
     return "teacher_forced" if "prompt_ids" in sample.meta else "generate"
+
+
+def setting_of(loaded, sample: Sample, params: dict) -> str:
+    """A short hash of everything besides the row's key that changes its numbers: the model's
+    dtype and device, the exact prompt (so task options such as a truncation length count),
+    the answer budget, and the method's resolved parameters (a profile's values, not its path)."""
+    model = loaded.model
+    described = {
+        "dtype": str(getattr(model, "dtype", "")), "device": str(getattr(model, "device", "")),
+        "prompt": sample.prompt, "answer_prefix": sample.answer_prefix, "max_new_tokens": sample.max_new_tokens,
+        "ids": [sample.meta.get("prompt_ids"), sample.meta.get("continuation_ids")], "params": params,
+    }  # fmt: skip
+    text = json.dumps(described, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def run_sweep(
@@ -56,7 +75,8 @@ def run_sweep(
     start = time.perf_counter()
     bar = tqdm(samples, desc=f"{task} ({len(configs)} configs)", unit="sample", disable=not progress)
     for sample in bar:
-        todo = [c for c in configs if not store.has(task, sample.id, loaded.name, c.label, c.budget)]
+        settings = {c: setting_of(loaded, sample, params_of(engine, c)) for c in configs}
+        todo = [c for c in configs if not store.has(task, sample.id, loaded.name, c.label, c.budget, settings[c])]
         if not todo:
             counters["samples_skipped"] += 1
             continue
@@ -80,7 +100,8 @@ def run_sweep(
                     "model": loaded.name,
                     "method": o.config.label,
                     "budget": o.config.budget,
-                    "params": {"method": o.config.method, **engine.presses[o.config].params()},
+                    "params": params_of(engine, o.config),
+                    "setting": settings[o.config],
                     "prediction": text,
                     "score": o.top1 if teacher_forced else score(text, sample),
                     "prompt_tokens": o.prompt_tokens,

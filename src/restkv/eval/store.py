@@ -21,6 +21,7 @@ COLUMNS = {
     "method": "TEXT NOT NULL",  # the method's label (name, allocator, non-default params)
     "budget": "INTEGER NOT NULL",  # -1 for the full cache
     "params": "TEXT NOT NULL",  # JSON: every method parameter
+    "setting": "TEXT",  # hash of everything else that changes the numbers (see restkv.eval.runner.setting_of)
     "prediction": "TEXT",
     "score": "REAL",
     "prompt_tokens": "INTEGER",
@@ -54,6 +55,9 @@ class ResultStore:
             self.db.execute("PRAGMA synchronous=NORMAL")
             columns = ", ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
             self.db.execute(f"CREATE TABLE IF NOT EXISTS results ({columns}, PRIMARY KEY ({', '.join(KEY)}))")
+            present = {row[1] for row in self.db.execute("PRAGMA table_info(results)")}
+            if "setting" not in present:  # a database from before settings were recorded: its rows match none
+                self.db.execute("ALTER TABLE results ADD COLUMN setting TEXT")
             self.db.commit()
         except sqlite3.DatabaseError as err:
             raise StoreError(
@@ -69,15 +73,19 @@ class ResultStore:
     def __exit__(self, *exc):
         self.close()
 
-    def has(self, task: str, sample_id: str, model: str, method: str, budget: int | None) -> bool:
-        row = self.db.execute(
-            "SELECT 1 FROM results WHERE task=? AND sample_id=? AND model=? AND method=? AND budget=?",
-            (task, sample_id, model, method, -1 if budget is None else budget),
-        ).fetchone()
-        return row is not None
+    def has(
+        self, task: str, sample_id: str, model: str, method: str, budget: int | None, setting: str | None = None
+    ) -> bool:
+        """Whether the row is there (with ``setting``, only when it was computed with that setting)."""
+        query = "SELECT 1 FROM results WHERE task=? AND sample_id=? AND model=? AND method=? AND budget=?"
+        values = (task, sample_id, model, method, -1 if budget is None else budget)
+        if setting is not None:
+            query, values = query + " AND setting IS ?", (*values, setting)
+        return self.db.execute(query, values).fetchone() is not None
 
     def add(self, rows: list[dict]) -> None:
-        """Insert ``rows`` in one transaction (all or nothing); an existing key is an error."""
+        """Insert ``rows`` in one transaction (all or nothing). A row of the same key computed
+        with another ``setting`` is stale and replaced; one with the same setting is an error."""
         names = list(COLUMNS)[:-1]
         values = []
         for row in rows:
@@ -90,7 +98,10 @@ class ResultStore:
                 record[key] = json.dumps(record.get(key) or {}, sort_keys=True, default=str)
             values.append(tuple(record.get(name) for name in names))
         marks = ", ".join("?" for _ in names)
+        stale = [(*(r[names.index(k)] for k in KEY), r[names.index("setting")]) for r in values]
         with self.db:  # one transaction
+            where = " AND ".join(f"{k}=?" for k in KEY)
+            self.db.executemany(f"DELETE FROM results WHERE {where} AND setting IS NOT ?", stale)
             self.db.executemany(f"INSERT INTO results ({', '.join(names)}) VALUES ({marks})", values)
 
     def rows(self, **where) -> list[dict]:
