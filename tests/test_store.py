@@ -242,3 +242,56 @@ def test_a_database_from_before_settings_is_read_and_its_rows_recomputed(tmp_pat
         assert store.count() == 1 and store.has("toy", "s0", "tiny-llama", "full", None)
         counters = run_sweep(TinyLoaded(), "toy", samples(1), CONFIGS[:1], store, lambda p, s: 0.0, progress=False)
         assert counters["samples_run"] == 1 and store.count() == 1 and store.rows()[0]["setting"]
+
+
+def test_two_runs_on_one_out_one_killed_then_both_resumed_equal_an_uninterrupted_run(tmp_path):
+    """Fault injection: the second writer is refused with one sentence, the first is SIGKILLed
+    mid-run, both are run again, and the rows are exactly an uninterrupted run's."""
+    script = tmp_path / "run.py"
+    db = tmp_path / "shared" / "results.sqlite"
+    text = SCRIPT.format(tests=str(Path(__file__).parent), db=str(db)).replace(
+        "ResultStore(", "ResultStore(writer=True, path="
+    )
+    script.write_text(text)
+    first = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (db.exists() and sqlite3.connect(db).execute(
+        "SELECT COUNT(*) FROM sqlite_master WHERE name='results'").fetchone()[0]):  # fmt: skip
+        time.sleep(0.2)
+    second = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert second.returncode != 0 and "finished" not in second.stdout
+    assert f"another restkv run (pid {first.pid}) is writing to {db.parent}" in second.stderr
+    while time.time() < deadline:
+        time.sleep(0.2)
+        with ResultStore(db) as reader:  # readers never wait for the writer
+            if reader.count() >= 6:
+                break
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    for _ in range(2):  # resume both
+        resumed = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+        assert "finished" in resumed.stdout, resumed.stderr[-2000:]
+    reference = tmp_path / "alone" / "results.sqlite"
+    alone = tmp_path / "alone.py"
+    alone.write_text(text.replace(repr(str(db)), repr(str(reference))))
+    subprocess.run([sys.executable, str(alone)], check=True, capture_output=True, timeout=300)
+
+    def rows(path):
+        query = "SELECT task, sample_id, method, budget, prediction, setting FROM results ORDER BY sample_id, method"
+        return sqlite3.connect(path).execute(query).fetchall()
+
+    assert len(rows(db)) == 36 and rows(db) == rows(reference)
+
+
+def test_a_second_writer_is_refused_and_readers_are_not(tmp_path):
+    path = tmp_path / "results.sqlite"
+    with ResultStore(path, writer=True):
+        with ResultStore(path) as reader:
+            assert reader.count() == 0
+        with pytest.raises(StoreError) as err:
+            ResultStore(path, writer=True)
+        assert str(err.value) == (
+            f"another restkv run (pid {os.getpid()}) is writing to {tmp_path}; wait for it to finish or pick another --out"
+        )
+    with ResultStore(path, writer=True):  # released on close
+        pass

@@ -51,11 +51,12 @@ def run_demo(
     out = Path(out)
     start = time.perf_counter()
     loaded = load_model(model, device=device, dtype=dtype)
-    if fresh:  # only once the model loaded, and only restkv's own files
+    if fresh:  # only once the model loaded, only restkv's own files, and never under another run
+        ResultStore(out / "results.sqlite", writer=True).close()
         discard_results(out)
     count = lambda text: encode_prompt(loaded.tokenizer, text, chat=loaded.chat).shape[1]  # noqa: E731
     data = passkey.passkey_samples(samples, length, count, seed=seed)
-    with ResultStore(out / "results.sqlite") as store:
+    with ResultStore(out / "results.sqlite", writer=True) as store:
         counters = run_sweep(
             loaded, TASK, data, demo_configs(methods, budgets), store, passkey.score, progress=progress
         )

@@ -48,7 +48,7 @@ def run(args) -> int:
         raise UsageError("--layers goes with --shape")
     name = f"{args.shape}-{args.layers or 'all'}L" if args.shape else args.model
     start = time.perf_counter()
-    with ResultStore(args.out / "results.sqlite") as store:
+    with ResultStore(args.out / "results.sqlite", writer=True) as store:
         if args.kind == "latency":
             runner.run_latency(
                 runner.bench_model(args.shape, args.layers, args.model, args.device, args.dtype),

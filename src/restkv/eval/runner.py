@@ -142,7 +142,7 @@ def run_eval(
     started = time.perf_counter() if started is None else started
     out_dir = Path(out_dir)
     totals = {"samples_run": 0, "samples_skipped": 0, "prefill_s": 0.0, "compress_s": 0.0}
-    with ResultStore(out_dir / "results.sqlite") as store:
+    with ResultStore(out_dir / "results.sqlite", writer=True) as store:
         for task, samples, score in groups:
             counters = run_sweep(loaded, task, samples, configs, store, score, batch=batch, mode=mode)
             for key in totals:

@@ -9,6 +9,7 @@ sees a half-written sample.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 
@@ -43,12 +44,39 @@ class StoreError(ValueError):
     """A results database that cannot be opened or read."""
 
 
+def _lock(path: Path):
+    """An exclusive lock on ``<database>.lock``, holding this process's id; one sentence if taken."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this platform: single-writer by convention
+        return None
+    handle = open(path.with_name(path.name + ".lock"), "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise StoreError(
+            f"another restkv run (pid {holder}) is writing to {path.parent}; wait for it to finish or pick another --out"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
 class ResultStore:
     """Append-only results of evaluations and benchmarks, keyed by task, sample, model, method and budget."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, writer: bool = False):
+        """Open (or create) the database at ``path``. A ``writer`` holds the folder's lock for
+        as long as the store is open, so a second run on the same ``--out`` stops with one
+        sentence instead of racing the first for the same rows (readers never wait)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock = _lock(self.path) if writer else None
         try:
             self.db = sqlite3.connect(self.path, timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -60,12 +88,19 @@ class ResultStore:
                 self.db.execute("ALTER TABLE results ADD COLUMN setting TEXT")
             self.db.commit()
         except sqlite3.DatabaseError as err:
+            self._unlock()
             raise StoreError(
                 f"{self.path} is not a readable restkv results database ({err}); move it aside or pick another --out"
             ) from err
 
     def close(self) -> None:
         self.db.close()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self.lock is not None:
+            self.lock.close()  # closing the file releases the lock (the kernel does it for a killed process too)
+            self.lock = None
 
     def __enter__(self):
         return self
