@@ -380,3 +380,70 @@ def test_a_converted_model_gets_the_usual_permissions(tmp_path, monkeypatch):
     assert target.stat().st_mode & 0o777 == 0o755
     assert sorted(p.name for p in target.iterdir()) == ["Model.json", "Saver.json"]
     assert all(p.stat().st_mode & 0o777 == 0o644 for p in target.iterdir())
+
+
+def test_beam_search_over_a_per_head_length_cache_is_one_sentence():
+    model, ids = tiny_model("llama"), prompt_ids(80)
+    with get_press("restkv", budget=30, window_size=8, allocator="adakv")(model):
+        with pytest.raises(ValueError, match="cannot be reordered or repeated \\(beam search"):
+            model.generate(ids, num_beams=2, max_new_tokens=3, do_sample=False)
+
+
+# -- the CLI: one sentence and exit code 2 -------------------------------------------------------
+
+
+def run_cli(*argv):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "restkv", *argv], capture_output=True)
+
+
+def test_an_argument_that_is_not_utf8_is_one_sentence():
+    done = run_cli("report", b"runs-\xff".decode("utf-8", "surrogateescape"))
+    assert done.returncode == 2
+    assert done.stderr.decode() == "restkv: error: argument 'runs-\\udcff' is not valid UTF-8\n"
+
+
+def test_an_out_that_is_a_file_or_unwritable_is_one_sentence(tmp_path):
+    from restkv.eval.store import ResultStore, StoreError
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match="^cannot write results to .*file .*; pick another --out$"):
+        ResultStore(tmp_path / "file" / "results.sqlite", writer=True)
+
+
+def test_a_database_of_another_schema_is_refused_and_left_alone(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "results.sqlite"
+    other = sqlite3.connect(path)
+    other.execute("CREATE TABLE results (a TEXT)")
+    other.commit()
+    other.close()
+    done = run_cli("report", str(tmp_path))
+    assert done.returncode == 2
+    message = done.stderr.decode()
+    assert message.startswith("restkv: error: ") and "not a readable restkv results database" in message
+    assert "its results table has no task, sample_id" in message and message.count("\n") == 1
+    columns = [row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(results)")]
+    assert columns == ["a"]
+
+
+def test_a_database_with_corrupted_pages_is_one_sentence_when_read_or_written(tmp_path):
+    from restkv.eval.store import ResultStore, StoreError
+
+    path = tmp_path / "results.sqlite"
+    row = {"task": "t", "model": "m", "method": "x", "budget": 1, "params": {}, "prediction": "p" * 500}
+    with ResultStore(path) as store:
+        store.add([{**row, "sample_id": f"s{i}"} for i in range(50)])
+    with open(path, "r+b") as f:  # overwrite three pages in the middle
+        f.seek(4096 * 2)
+        f.write(bytes(range(256)) * 48)
+    with ResultStore(path, writer=True) as store:
+        with pytest.raises(StoreError, match="^cannot read .*malformed$"):
+            store.rows()
+        with pytest.raises(StoreError, match="^cannot write to .*malformed; move it aside or pick another --out$"):
+            store.add([{**row, "sample_id": "new"}])
+    done = run_cli("report", str(tmp_path))
+    assert done.returncode == 2 and done.stderr.decode().count("\n") == 1

@@ -91,6 +91,14 @@ class VarlenLayer(CacheLayerMixin):
     def get_max_length(self) -> int:
         return -1
 
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        raise ValueError(
+            "the adakv allocator's per-head-length cache cannot be reordered or repeated (beam search, several "
+            "return sequences); decode one sequence per prompt, or use another allocator"
+        )
+
+    batch_repeat_interleave = batch_select_indices = reorder_cache
+
     def reset(self) -> None:
         raise NotImplementedError("a compressed cache cannot be reset; start a new DynamicCache")
 

@@ -32,6 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:  # Python kept the undecodable bytes as surrogates
+            print(f"restkv: error: argument {ascii(arg)} is not valid UTF-8", file=sys.stderr)
+            return EXIT_USAGE
     args = build_parser().parse_args(argv)  # argparse itself exits with 2 on malformed arguments
     start = time.perf_counter()
     try:

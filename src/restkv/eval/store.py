@@ -75,8 +75,13 @@ class ResultStore:
         as long as the store is open, so a second run on the same ``--out`` stops with one
         sentence instead of racing the first for the same rows (readers never wait)."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.lock = _lock(self.path) if writer else None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.lock = _lock(self.path) if writer else None
+        except OSError as err:
+            raise StoreError(
+                f"cannot write results to {self.path.parent} ({err.strerror or err}); pick another --out"
+            ) from err
         try:
             self.db = sqlite3.connect(self.path, timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -84,6 +89,9 @@ class ResultStore:
             columns = ", ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
             self.db.execute(f"CREATE TABLE IF NOT EXISTS results ({columns}, PRIMARY KEY ({', '.join(KEY)}))")
             present = {row[1] for row in self.db.execute("PRAGMA table_info(results)")}
+            missing = [c for c in COLUMNS if c not in present and c != "setting"]
+            if missing:  # another program's table of the same name: never alter it
+                raise sqlite3.DatabaseError(f"its results table has no {', '.join(missing)} column")
             if "setting" not in present:  # a database from before settings were recorded: its rows match none
                 self.db.execute("ALTER TABLE results ADD COLUMN setting TEXT")
             self.db.commit()
@@ -134,10 +142,15 @@ class ResultStore:
             values.append(tuple(record.get(name) for name in names))
         marks = ", ".join("?" for _ in names)
         stale = [(*(r[names.index(k)] for k in KEY), r[names.index("setting")]) for r in values]
-        with self.db:  # one transaction
-            where = " AND ".join(f"{k}=?" for k in KEY)
-            self.db.executemany(f"DELETE FROM results WHERE {where} AND setting IS NOT ?", stale)
-            self.db.executemany(f"INSERT INTO results ({', '.join(names)}) VALUES ({marks})", values)
+        try:
+            with self.db:  # one transaction
+                where = " AND ".join(f"{k}=?" for k in KEY)
+                self.db.executemany(f"DELETE FROM results WHERE {where} AND setting IS NOT ?", stale)
+                self.db.executemany(f"INSERT INTO results ({', '.join(names)}) VALUES ({marks})", values)
+        except sqlite3.IntegrityError:
+            raise  # the same row twice: a bug in the caller, not the database
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"cannot write to {self.path}: {err}; move it aside or pick another --out") from err
 
     def rows(self, **where) -> list[dict]:
         clause = " AND ".join(f"{k}=?" for k in where) or "1=1"
