@@ -447,3 +447,32 @@ def test_a_database_with_corrupted_pages_is_one_sentence_when_read_or_written(tm
             store.add([{**row, "sample_id": "new"}])
     done = run_cli("report", str(tmp_path))
     assert done.returncode == 2 and done.stderr.decode().count("\n") == 1
+
+
+def test_a_read_only_folder_is_named_as_such_not_as_a_bad_database(tmp_path, monkeypatch):
+    import os
+
+    from restkv.eval.store import ResultStore, StoreError
+
+    with ResultStore(tmp_path / "results.sqlite"):
+        pass
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == tmp_path else real(path, mode))
+    with pytest.raises(StoreError) as err:  # this suite may run as root, for whom chmod changes nothing
+        ResultStore(tmp_path / "results.sqlite")
+    assert str(err.value).startswith(f"{tmp_path} is not writable") and "move it aside" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["/nonexistent", "./nowhere/model", "~/nowhere-model", "runs/mymodel"])
+def test_a_missing_local_model_path_is_named_not_sent_to_the_hub(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ModelLoadError) as err:
+        load_model(name)
+    assert str(err.value) == f"there is no model folder at {name} (and it is not an embedded model or hub id)"
+
+
+def test_an_unavailable_device_is_named_and_no_model_is_blamed():
+    with pytest.raises(ModelLoadError) as err:
+        load_model(device="cuda:7" if torch.cuda.is_available() else "cuda")
+    assert str(err.value).startswith("device 'cuda") and "delete" not in str(err.value)

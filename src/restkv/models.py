@@ -142,6 +142,21 @@ def _first_line(err: Exception) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def check_device(device: str) -> None:
+    """One sentence for a device this torch cannot use (e.g. ``cuda`` on a CPU build)."""
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, ValueError) as err:
+        raise ModelLoadError(f"device {device!r} is not available to this torch build: {_first_line(err)}") from err
+
+
+def looks_local(name: str) -> bool:
+    """Whether ``name`` is meant as a local path: absolute, ``~`` or ``.``-relative, or under a
+    folder that exists here (``runs/mymodel`` when ``runs/`` exists), never a hub id."""
+    path = Path(name).expanduser()
+    return name.startswith(("/", "~", "./", "../")) or (len(path.parts) > 1 and Path(path.parts[0]).is_dir())
+
+
 def load_model(
     name_or_path: str = DEFAULT_MODEL,
     device: str = "cpu",
@@ -157,6 +172,7 @@ def load_model(
     if dtype not in DTYPES:
         raise ModelLoadError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     torch_dtype = DTYPES[dtype]
+    check_device(device)
     entry = EMBEDDED.get(name_or_path)
     if entry is not None:
         target = restkv_home() / "models" / entry.name
@@ -173,6 +189,8 @@ def load_model(
         source, chat = target, entry.chat
     elif Path(name_or_path).expanduser().is_dir():
         source, chat = Path(name_or_path).expanduser(), None
+    elif looks_local(name_or_path):
+        raise ModelLoadError(f"there is no model folder at {name_or_path} (and it is not an embedded model or hub id)")
     elif Path(name_or_path).exists() or name_or_path.count("/") != 1:
         raise ModelLoadError(
             f"model {name_or_path!r} is not an embedded model ({', '.join(EMBEDDED)}), "

@@ -285,7 +285,14 @@ def plot_niah_heatmaps(cells: dict, path: Path) -> Path:
 
 
 #: the files a run writes into its ``--out`` folder, besides the plots ``report.md`` links
-RUN_FILES = ("results.sqlite", "results.sqlite-wal", "results.sqlite-shm", "results.sqlite.lock", "runs.jsonl", "report.md")
+RUN_FILES = (
+    "results.sqlite",
+    "results.sqlite-wal",
+    "results.sqlite-shm",
+    "results.sqlite.lock",
+    "runs.jsonl",
+    "report.md",
+)
 
 
 def discard_results(run_dir: str | Path) -> list[Path]:

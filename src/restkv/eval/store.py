@@ -77,11 +77,16 @@ class ResultStore:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.lock = _lock(self.path) if writer else None
         except OSError as err:
             raise StoreError(
                 f"cannot write results to {self.path.parent} ({err.strerror or err}); pick another --out"
             ) from err
+        if not os.access(self.path.parent, os.W_OK):  # SQLite writes lock files beside the database, even to read
+            raise StoreError(
+                f"{self.path.parent} is not writable, and SQLite needs to write beside {self.path.name} even to "
+                "read it; copy the folder somewhere writable or pick another --out"
+            )
+        self.lock = _lock(self.path) if writer else None
         try:
             self.db = sqlite3.connect(self.path, timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")
