@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
         "--param", action="append", metavar="METHOD.NAME=VALUE", help="a method parameter, e.g. restkv.alpha=0.7"
     )
     ev.add_argument("--length", type=positive_int, default=1024, help="prompt length in the model's tokens")
-    ev.add_argument("--lengths", type=int_list, default=(), help="niah: several lengths for the grid")
+    ev.add_argument("--lengths", type=int_list, default=(), help="niah, bbh-haystack: several lengths")
     ev.add_argument("--depths", type=lambda t: [float(x) for x in t.split(",")], default=[0.0, 0.25, 0.5, 0.75, 1.0])
     ev.add_argument(
         "--continuation", type=positive_int, default=64, help="fidelity: tokens teacher-forced after the prompt"
