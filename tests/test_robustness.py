@@ -476,3 +476,36 @@ def test_an_unavailable_device_is_named_and_no_model_is_blamed():
     with pytest.raises(ModelLoadError) as err:
         load_model(device="cuda:7" if torch.cuda.is_available() else "cuda")
     assert str(err.value).startswith("device 'cuda") and "delete" not in str(err.value)
+
+
+@pytest.mark.parametrize("allocator", ["uniform", "pyramid"])
+@pytest.mark.parametrize("method", ["restkv", "snapkv", "h2o", "streamingllm"])
+def test_padded_batch_rows_with_a_compression_ratio_equal_each_row_alone(method, allocator):
+    """The ratio is of each row's own length, not of the padded length."""
+    from transformers import DynamicCache
+
+    model = tiny_model("llama")
+    long_prompt, short_prompt = prompt_ids(90, seed=1), prompt_ids(50, seed=2)
+    batch = torch.zeros(2, 90, dtype=torch.long)
+    batch[0], batch[1, 40:] = long_prompt[0], short_prompt[0]
+    mask = torch.ones(2, 90, dtype=torch.long)
+    mask[1, :40] = 0
+    press = get_press(method, compression_ratio=0.5, window_size=8, allocator=allocator)
+
+    def logits_and_kept(ids, attention_mask=None):
+        """The logits of the step after the prompt (the first that reads the compressed cache)."""
+        cache = DynamicCache(config=model.config)
+        with torch.no_grad(), press(model):
+            first = model(ids, attention_mask=attention_mask, cache=cache, use_cache=True).logits[:, -1]
+            kept = dict(press.last_stats.entries_per_layer)
+            if attention_mask is not None:
+                attention_mask = torch.cat([attention_mask, torch.ones(len(ids), 1, dtype=torch.long)], dim=1)
+            step = first.argmax(-1, keepdim=True)
+            return model(step, attention_mask=attention_mask, cache=cache, use_cache=True).logits[:, -1], kept
+
+    both, _ = logits_and_kept(batch, mask)
+    alone_long, _ = logits_and_kept(long_prompt)
+    alone_short, kept_short = logits_and_kept(short_prompt)
+    torch.testing.assert_close(both[0], alone_long[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(both[1], alone_short[0], atol=1e-4, rtol=1e-4)
+    assert sum(kept_short.values()) < sum(logits_and_kept(long_prompt)[1].values())  # the short row keeps fewer

@@ -102,7 +102,12 @@ def _keep_dense(job: _Job, cache, budget: int, stats: PressStats) -> None:
     layer = cache.layers[index]
     keys, values = layer.keys, layer.values
     kv_heads, n = keys.shape[1], keys.shape[-2]
-    if job.memo is not None and not scorer.budget_dependent:
+    row_budgets = None
+    if job.press.compression_ratio is not None and job.state.prompt_mask is not None:
+        row_budgets = _row_budgets(job, budget)
+    if row_budgets is not None and len(set(row_budgets)) > 1:
+        idx = _select_per_row(job, keys, values, budget, row_budgets)
+    elif job.memo is not None and not scorer.budget_dependent:
         idx = top_positions(job.scores(keys, values, budget), budget)
     else:
         idx = scorer.select(job.queries, keys, values, **job.observed(budget))
@@ -138,6 +143,28 @@ def _keep_per_head(job: _Job, cache, budget: int, stats: PressStats) -> None:
     valid = varlen.valid if valid is None else valid & varlen.valid
     stats.entries_per_layer[index] = int(lengths[0].sum())
     state.layers[index] = LayerState(prompt_tokens=n, kept=varlen.width, valid=None if bool(valid.all()) else valid)
+
+
+def _row_budgets(job: _Job, budget: int) -> list[int]:
+    """With a compression ratio, what each row of a padded batch keeps in this layer when run
+    alone: the ratio of its own length, not of the padded one."""
+    position, count = job.context.position
+    press, window = job.press, job.scorer.window_size
+    real = job.state.prompt_mask.sum(-1).tolist()
+    return [min(layer_budgets(press.allocator, n, count, None, press.compression_ratio, window)[position], budget)
+            for n in real]  # fmt: skip
+
+
+def _select_per_row(job: _Job, keys, values, budget: int, row_budgets: list[int]) -> torch.Tensor:
+    """Each row selects its own budget as if alone, then is topped up to the layer's ``budget``
+    with its (left) padding, which stays masked (``_kept_valid``)."""
+    rows = []
+    for r, own in enumerate(row_budgets):
+        observed = {**job.observed(own), "key_mask": job.state.prompt_mask[r : r + 1]}
+        idx = job.scorer.select(job.queries[r : r + 1], keys[r : r + 1], values[r : r + 1], **observed)
+        padding = torch.arange(budget - own, device=idx.device).expand(1, idx.shape[1], -1)
+        rows.append(torch.cat([padding, idx], dim=-1))
+    return torch.cat(rows)
 
 
 #: how a layer keeps its entries, by allocator (the allocator decides how many per layer and head)
