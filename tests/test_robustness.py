@@ -509,3 +509,10 @@ def test_padded_batch_rows_with_a_compression_ratio_equal_each_row_alone(method,
     torch.testing.assert_close(both[0], alone_long[0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(both[1], alone_short[0], atol=1e-4, rtol=1e-4)
     assert sum(kept_short.values()) < sum(logits_and_kept(long_prompt)[1].values())  # the short row keeps fewer
+
+
+def test_generate_with_a_static_cache_is_refused_by_name():
+    model, ids = tiny_model("llama"), prompt_ids(40)
+    with get_press("snapkv", budget=20, window_size=8)(model):
+        with pytest.raises(ValueError, match="a press needs a DynamicCache, got StaticCache"):
+            model.generate(ids, max_new_tokens=3, do_sample=False, cache_implementation="static")
