@@ -301,8 +301,10 @@ def report(args) -> None:
 
 
 def pareto(table: dict, path: Path) -> None:
-    """Quality (:func:`quality`) against prefill seconds per 1K tokens, one panel per length,
-    bfloat16 rows only; the Pareto front (no other point is both faster and better) is joined."""
+    """Quality (:func:`quality`) against the share of prefill spent compressing, one panel per
+    length, bfloat16 rows only; the Pareto front (no other point both cheaper and better) is
+    joined. The share is a ratio within each run, so it survives a shared machine's noise, which
+    the absolute prefill time (in the table) does not."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -311,21 +313,23 @@ def pareto(table: dict, path: Path) -> None:
     lengths = sorted({length for dtype, _, length in table if dtype == "bfloat16"})
     if not lengths:
         return
-    fig, axes = plt.subplots(1, len(lengths), figsize=(5.5 * len(lengths), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(lengths), figsize=(6 * len(lengths), 5), squeeze=False)
     for ax, length in zip(axes[0], lengths):
         points = [
-            (c["prefill"], quality(c), label(m)) for (d, m, n), c in table.items() if d == "bfloat16" and n == length
+            (100 * (c["share"] or 0.0), quality(c), label(m))
+            for (d, m, n), c in table.items()
+            if d == "bfloat16" and n == length
         ]
-        for x, y, name in points:
+        for i, (x, y, name) in enumerate(sorted(points)):
             ax.scatter(x, y, color="tab:red" if name.startswith("restkv") else "tab:gray")
-            ax.annotate(name, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+            ax.annotate(name, (x, y), fontsize=6, xytext=(4, 4 + 7 * (i % 4)), textcoords="offset points")
         front, best = [], -1.0
         for x, y, _ in sorted(points):
             if y > best:
                 front.append((x, y))
                 best = y
         ax.plot(*zip(*front), color="tab:blue", lw=1)
-        ax.set(title=f"{length // 1024}K tokens", xlabel="prefill s per 1K tokens (1 thread)", ylabel="quality")
+        ax.set(title=f"{length // 1024}K tokens", xlabel="% of prefill spent compressing", ylabel="quality")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
