@@ -324,8 +324,9 @@ def get_press(name: str, **settings) -> KVPress:
     """
     press_settings = {k: settings.pop(k) for k in PRESS_SETTINGS if k in settings}
     if name == "full":
-        if settings or press_settings:
-            raise ValueError(f"full takes no parameters, got {', '.join(sorted({**settings, **press_settings}))}")
+        given = sorted(k for k, v in {**settings, **press_settings}.items() if v is not None)  # None: not given
+        if given:
+            raise ValueError(f"full takes no parameters, got {', '.join(given)}")
         return KVPress(None)  # no hooks at all: exactly the model's own behaviour
     scorer, window_range = build_scorer(name, settings, press_settings.get("budget"))
     return KVPress(scorer, window_range=window_range, **press_settings)
