@@ -36,3 +36,51 @@ def test_cli_generate_prints_answer_and_costs(capsys):
     )
     captured = capsys.readouterr()
     assert captured.out.strip() and "KV entries kept" in captured.err and "decode" in captured.err
+
+
+def test_cli_generate_with_the_full_cache_keeps_every_entry(capsys):
+    # the CLI passes budget=None for full; it means "not given", not a budget to refuse
+    assert main(["generate", "--method", "full", "--max-new-tokens", "4", "What is 2 + 2?"]) == 0
+    err = capsys.readouterr().err
+    assert "[full]" in err and "(100%)" in err
+
+
+def test_a_chat_context_and_its_question_render_the_template_of_the_whole_message(loaded):
+    from restkv.context import SEPARATOR, split_prompt
+
+    tok = loaded.tokenizer
+    ids, suffix = split_prompt(tok, "A long document.", chat=True)
+    whole = tok.apply_chat_template(
+        [{"role": "user", "content": "A long document." + SEPARATOR + "Who wrote it?"}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    assert tok.decode(ids[0], skip_special_tokens=False) + "Who wrote it?" + suffix == whole
+    assert suffix.startswith("<|im_end|>") and suffix.endswith("assistant\n")
+
+
+def test_cli_chat_answers_each_question_and_a_saved_context_answers_the_same(tmp_path, capsys, monkeypatch):
+    import io
+
+    doc = tmp_path / "doc.txt"
+    filler = "The grass is green and the sky is blue. " * 8
+    doc.write_text(filler + "The secret pass key is 52913. Remember it. " + filler)
+    questions = tmp_path / "q.txt"
+    questions.write_text("What is the secret pass key?\n\nWhat colour is the sky?\n")
+    saved = tmp_path / "doc.restkv"
+    common = ["--questions", str(questions), "--max-new-tokens", "12"]
+    assert main(["chat", "--context-file", str(doc), "--method", "full", *common]) == 0
+    assert "52913" in capsys.readouterr().out.split("Q: ")[1]  # the question reads the context
+    assert main(["chat", "--context-file", str(doc), "--budget", "96", "--save", str(saved), *common]) == 0
+    first = capsys.readouterr()
+    assert first.out.count("Q: ") == 2 and first.out.count("\nA: ") == 2
+    assert "KV entries kept" in first.err and saved.is_file()
+    assert main(["chat", "--load", str(saved), *common]) == 0
+    assert capsys.readouterr().out == first.out
+    monkeypatch.setattr("sys.stdin", io.StringIO("What is the secret pass key?\n"))
+    assert main(["chat", "--load", str(saved), "--max-new-tokens", "12"]) == 0
+    assert capsys.readouterr().out.strip() == first.out.split("A: ")[1].split("\n")[0].strip()
+    assert main(["chat", "--load", str(saved), "--method", "snapkv"]) == 2
+    assert "--load brings the method" in capsys.readouterr().err
+    assert main(["chat", "--context-file", str(tmp_path / "missing.txt")]) == 2
+    assert "does not exist" in capsys.readouterr().err

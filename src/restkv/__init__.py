@@ -16,6 +16,9 @@ from .version import __version__
 
 #: public name -> the module that defines it
 _EXPORTS = {
+    "CompressedContext": "context",
+    "compress_context": "context",
+    "load_context": "context",
     "GenerationResult": "generate",
     "generate": "generate",
     "generate_with_stats": "generate",

@@ -143,23 +143,30 @@ def greedy_decode(
     if window is not None:
         ensure_state(cache).window = window
     n = input_ids.shape[1]
-    generated: list[int] = []
     with press(model):
         start = time.perf_counter()
         question = window if press.question_aware and window is not None else 0
         logits = prefill(model, input_ids, cache, press.chunk_size, progress, question)
         prefill_s = time.perf_counter() - start
         kept = cache_entries(cache)
-        start = time.perf_counter()
-        for step in range(max_new_tokens):
-            token = int(logits.argmax(-1)[0])
-            generated.append(token)
-            if token in eos_ids or step == max_new_tokens - 1:
-                break
-            logits = _forward(model, cache, torch.tensor([[token]], device=model.device), n + step)[:, -1]
-        decode_steps = max(len(generated) - 1, 1)
-        decode_ms = (time.perf_counter() - start) * 1000 / decode_steps
+        generated, decode_ms = decode(model, cache, logits, n, max_new_tokens, eos_ids)
     return generated, kept, prefill_s, decode_ms
+
+
+@torch.inference_mode()
+def decode(model, cache, logits: torch.Tensor, start: int, max_new_tokens: int, eos_ids=()) -> tuple[list[int], float]:
+    """Greedy tokens from the next-token ``logits`` ``[1, vocab]`` of a filled ``cache`` (inside the
+    press block that filled it); returns the tokens and decode ms per token. ``start``: tokens
+    seen so far (used only when no press keeps positions)."""
+    generated: list[int] = []
+    began = time.perf_counter()
+    for step in range(max_new_tokens):
+        token = int(logits.argmax(-1)[0])
+        generated.append(token)
+        if token in eos_ids or step == max_new_tokens - 1:
+            break
+        logits = _forward(model, cache, torch.tensor([[token]], device=model.device), start + step)[:, -1]
+    return generated, (time.perf_counter() - began) * 1000 / max(len(generated) - 1, 1)
 
 
 def full_cache_entries(model, n: int) -> int:
