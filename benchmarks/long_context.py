@@ -67,7 +67,7 @@ def one(args) -> None:
     from restkv.eval.tasks import bbh
     from restkv.eval.tasks.base import token_counter
     from restkv.eval.tasks.niah import code_positions, niah_sample, score
-    from restkv.generate import encode_prompt
+    from restkv.generation import encode_prompt
     from restkv.models import load_model
     from restkv.press import get_press
     from restkv.specs import parse_method_spec
@@ -138,7 +138,7 @@ def answer(loaded, ids, press, max_new_tokens: int, window, chunk_size) -> dict:
 
     import restkv.press
     from restkv.cache import cache_entries
-    from restkv.generate import eos_ids, next_positions, prefill
+    from restkv.generation import eos_ids, next_positions, prefill
     from restkv.origins import track_origins
     from restkv.press import KVPress
     from restkv.state import ensure_state

@@ -92,7 +92,7 @@ def niah_one(args) -> None:
     from transformers import DynamicCache
 
     from restkv.eval.tasks import niah as niah_task
-    from restkv.generate import encode_prompt, greedy_decode
+    from restkv.generation import encode_prompt, greedy_decode
     from restkv.models import load_model
     from restkv.origins import track_origins
     from restkv.press import get_press

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from restkv.eval.engine import Engine
 from restkv.eval.tasks import ruler
-from restkv.generate import encode_prompt, eos_ids
+from restkv.generation import encode_prompt, eos_ids
 from restkv.models import load_model
 from restkv.specs import MethodConfig
 

@@ -5,7 +5,7 @@ import torch
 from transformers import DynamicCache
 
 from restkv import get_press
-from restkv.generate import greedy_decode, prefill
+from restkv.generation import greedy_decode, prefill
 from tiny_models import plain_copy, prompt_ids, tiny_model
 
 

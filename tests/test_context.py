@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from restkv import compress_context, get_press, load_context
-from restkv.generate import greedy_decode
+from restkv.generation import greedy_decode
 from tiny_models import CharTokenizer, tiny_model
 
 CONTEXT = "The vault code is 4729. " * 6 + "Nothing else matters here, only the weather and the sea. " * 4

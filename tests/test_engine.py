@@ -6,7 +6,7 @@ from transformers import DynamicCache
 
 from restkv.cache import fork_cache
 from restkv.eval.engine import Engine, kl_and_top1
-from restkv.generate import greedy_decode
+from restkv.generation import greedy_decode
 from restkv.press import get_press
 from restkv.specs import MethodConfig
 from tiny_models import prompt_ids, tiny_model

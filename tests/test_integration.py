@@ -5,7 +5,7 @@ import pytest
 from restkv import RestKVPress, generate_with_stats
 from restkv.cli import main
 from restkv.eval.tasks.passkey import passkey_samples
-from restkv.generate import encode_prompt
+from restkv.generation import encode_prompt
 from restkv.models import DEFAULT_MODEL, load_model, restkv_home
 
 

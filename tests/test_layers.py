@@ -98,7 +98,7 @@ def test_the_library_imports_no_tool():
         assert not tools, f"{name} imports {tools}"
 
 
-@pytest.mark.parametrize("module", ["restkv.press", "restkv.generate", "restkv.eval.store", "restkv.scorers"])
+@pytest.mark.parametrize("module", ["restkv.press", "restkv.generation", "restkv.eval.store", "restkv.scorers"])
 def test_core_modules_import_without_engine_or_tuner(module):
     code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.startswith('restkv')))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -110,4 +110,13 @@ def test_core_modules_import_without_engine_or_tuner(module):
 def test_the_store_loads_neither_press_nor_generate():
     code = "import sys, restkv.eval.store; print(sorted(m for m in sys.modules if m.startswith('restkv')))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "'restkv.press'" not in loaded and "'restkv.generate'" not in loaded
+    assert "'restkv.press'" not in loaded and "'restkv.generation'" not in loaded
+
+
+def test_the_package_exports_stay_functions_after_their_modules_are_imported():
+    # a submodule named like an export would replace it on the package once imported
+    import restkv
+    import restkv.context  # noqa: F401  (imports the generation module)
+
+    for name in ("generate", "generate_with_stats", "compress_context", "load_context", "get_press"):
+        assert callable(getattr(restkv, name)) and not isinstance(getattr(restkv, name), type(restkv)), name

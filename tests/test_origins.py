@@ -5,7 +5,7 @@ import torch
 from transformers import DynamicCache
 
 from restkv import get_press
-from restkv.generate import greedy_decode, prefill
+from restkv.generation import greedy_decode, prefill
 from restkv.origins import KeptOrigins, track_origins
 from test_streaming import Q, full_layer0_keys, prompt
 from tiny_models import tiny_model

@@ -7,7 +7,7 @@ import torch
 from transformers import DynamicCache
 
 from restkv import KVPress, RestKVPress, get_press
-from restkv.generate import greedy_decode
+from restkv.generation import greedy_decode
 from tiny_models import FAMILIES, prompt_ids, tiny_model
 
 W = 8  # observation window used in these tests

@@ -203,7 +203,7 @@ def test_mismatched_tensors_get_clear_errors():
 
 
 def test_empty_prompt_is_an_error_and_short_prompt_evicts_nothing():
-    from restkv.generate import encode_prompt
+    from restkv.generation import encode_prompt
     from tiny_models import CharTokenizer
 
     with pytest.raises(ValueError, match="the prompt is empty"):

@@ -6,7 +6,7 @@ from transformers import DynamicCache
 
 from restkv import get_press
 from restkv.adapters import attention_modules, decoder_model, rotate_half
-from restkv.generate import greedy_decode, prefill
+from restkv.generation import greedy_decode, prefill
 from restkv.state import get_state
 from tiny_models import prompt_ids, tiny_model
 

@@ -115,6 +115,6 @@ def test_run_eval_sweeps_every_group_and_logs_the_run(tmp_path, loaded):
 
 
 def test_eos_ids_is_still_importable_from_the_runner():
-    from restkv.generate import eos_ids
+    from restkv.generation import eos_ids
 
     assert runner.eos_ids is eos_ids

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from restkv import get_press
-from restkv.generate import encode_prompt, greedy_decode
+from restkv.generation import encode_prompt, greedy_decode
 from restkv.window import question_start, question_window
 from tiny_models import prompt_ids, tiny_model
 
@@ -111,7 +111,7 @@ def test_auto_window_through_the_engine(tmp_path):
 @pytest.mark.parametrize("chat", [True, False])
 def test_code_positions_are_the_needles_tokens(tokenizer, chat):
     from restkv.eval.tasks.niah import code_positions, niah_sample
-    from restkv.generate import encode_prompt
+    from restkv.generation import encode_prompt
 
     sample = niah_sample("s", "4651087", 0.5, 0.3, 600, lambda t: len(tokenizer(t)["input_ids"]), "essays")
     ids = encode_prompt(tokenizer, sample.prompt, chat=chat, answer_prefix=sample.answer_prefix)[0]

@@ -9,7 +9,7 @@ import argparse
 import json
 
 from restkv.eval.tasks import TaskOptions, build
-from restkv.generate import encode_prompt, eos_ids
+from restkv.generation import encode_prompt, eos_ids
 from restkv.models import load_model
 
 

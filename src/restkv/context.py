@@ -27,7 +27,7 @@ from transformers import DynamicCache
 
 from .cache import VarlenLayer, cache_entries, fork_cache
 from .checks import check_int
-from .generate import decode, eos_ids, next_positions, prefill
+from .generation import decode, eos_ids, next_positions, prefill
 from .press import KVPress, get_press
 from .state import LayerState, SequenceState, get_state, set_state
 from .version import __version__

@@ -13,7 +13,7 @@ from .eval.report import aggregate, detail_table, discard_results, render_report
 from .eval.runner import run_sweep
 from .eval.store import ResultStore
 from .eval.tasks import passkey
-from .generate import encode_prompt
+from .generation import encode_prompt
 from .models import DEFAULT_MODEL, load_model
 from .specs import MethodConfig, parse_method_spec
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .eval.engine import Engine
 from .eval.tasks.base import Sample
-from .generate import encode_prompt, eos_ids
+from .generation import encode_prompt, eos_ids
 from .profiles import paper_setting
 from .specs import MethodConfig
 from .window import question_window

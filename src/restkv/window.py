@@ -31,7 +31,7 @@ def question_start(text: str, count_tokens=None, high: int = 64) -> int:
 
 
 def question_window(tokenizer, prompt: str, chat: bool, answer_prefix: str = "", low: int = 8, high: int = 64) -> int:
-    """Observation window in tokens for ``prompt`` as :func:`restkv.generate.encode_prompt` encodes it."""
+    """Observation window in tokens for ``prompt`` as :func:`restkv.generation.encode_prompt` encodes it."""
     if chat and getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False

@@ -17,7 +17,7 @@ import torch
 from transformers import DynamicCache
 
 from ..adapters import attention_modules, is_sliding
-from ..generate import prefill
+from ..generation import prefill
 from ..press import KVPress, hooks_only_press
 from ..state import LayerState, SequenceState, set_state
 

@@ -61,7 +61,7 @@ def probe(spec: dict) -> dict:
     import torch
     from transformers import DynamicCache
 
-    from ..generate import prefill
+    from ..generation import prefill
     from ..press import get_press
 
     device = spec.get("device", "cpu")

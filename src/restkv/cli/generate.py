@@ -51,7 +51,7 @@ def peak_rss_mib() -> float:
 
 
 def run(args) -> int:
-    from ..generate import generate_with_stats
+    from ..generation import generate_with_stats
     from ..models import load_model
     from ..press import get_press
 

@@ -9,7 +9,7 @@ decode per method.
 
 Configurations with ``chunk_size`` are streamed instead: their prompt goes through the press
 chunk by chunk (question-aware when the press has an auto window), in bounded memory, exactly
-as :func:`restkv.generate.prefill` does for users; no full prefill is needed for them, so a
+as :func:`restkv.generation.prefill` does for users; no full prefill is needed for them, so a
 sweep of streamed configurations alone skips the full-cache reference (its KL is then None).
 
 Fidelity is measured by teacher forcing: the full cache's greedy answer is fed to each
@@ -29,7 +29,7 @@ from ..adapters import attention_modules, check_supported, is_sliding, last_quer
 from ..cache import cache_bytes, cache_entries, fork_cache, reserve, stack_caches
 from ..compress import compress_layer, effective_scorer, plan_budgets
 from ..decode_eviction import settle
-from ..generate import next_positions, prefill
+from ..generation import next_positions, prefill
 from ..press import KVPress, hooks_only_press
 from ..specs import MethodConfig
 from ..state import PressStats, SequenceState, get_state, set_state

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..generate import encode_prompt, eos_ids
+from ..generation import encode_prompt, eos_ids
 from ..specs import MethodConfig
 from ..window import question_window
 from .engine import Engine
