@@ -28,7 +28,7 @@ class Sample:
 
 def token_counter(loaded):
     """A prompt's length in ``loaded``'s tokens, encoded as the evaluation encodes it."""
-    from ...generate import encode_prompt  # torch: imported only when a model is in use
+    from ...generation import encode_prompt  # torch: imported only when a model is in use
 
     def count(text: str) -> int:
         return encode_prompt(loaded.tokenizer, text, chat=loaded.chat).shape[1]
