@@ -27,7 +27,7 @@ from transformers import DynamicCache
 
 from .cache import VarlenLayer, cache_entries, fork_cache
 from .checks import check_int
-from .generation import decode, eos_ids, next_positions, prefill
+from .generation import decode, eos_ids, forward_step, prefill
 from .press import KVPress, get_press
 from .state import LayerState, SequenceState, get_state, set_state
 from .version import __version__
@@ -73,9 +73,8 @@ class CompressedContext:
         ids = self.question_ids(question).to(self.model.device)
         cache = fork_cache(self.cache)
         with self.press(self.model):
-            positions = next_positions(cache, self.context_tokens, ids.shape[1], 1, ids.device)
-            out = self.model(input_ids=ids, cache=cache, position_ids=positions, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1], cache, self.context_tokens + ids.shape[1]
+            logits = forward_step(self.model, cache, ids, self.context_tokens, logits_to_keep=1)
+        return logits[:, -1], cache, self.context_tokens + ids.shape[1]
 
     @torch.inference_mode()
     def ask(self, question: str, max_new_tokens: int = 64) -> str:

@@ -96,10 +96,10 @@ def prefill(
             chunk = context[:, start : start + step]
             if question:
                 chunk, state.probe = torch.cat([chunk, probe], dim=1), question
-            logits = _forward(model, cache, chunk, start, logits_to_keep=1)
+            logits = forward_step(model, cache, chunk, start, logits_to_keep=1)
         state.streaming = False
         if question:
-            logits = _forward(model, cache, probe, context.shape[1], logits_to_keep=1)
+            logits = forward_step(model, cache, probe, context.shape[1], logits_to_keep=1)
     finally:
         state.streaming, state.probe = False, 0
     return logits[:, -1]
@@ -113,7 +113,8 @@ def next_positions(cache, start: int, length: int, rows: int, device) -> torch.T
     return (first + torch.arange(length, device=device)).expand(rows, -1)
 
 
-def _forward(model, cache, ids: torch.Tensor, start: int, **kwargs):
+def forward_step(model, cache, ids: torch.Tensor, start: int, **kwargs):
+    """One forward of ``ids`` into ``cache`` at the next positions (see :func:`next_positions`); its logits."""
     positions = next_positions(cache, start, ids.shape[1], ids.shape[0], ids.device)
     return model(input_ids=ids, cache=cache, position_ids=positions, use_cache=True, **kwargs).logits
 
@@ -165,7 +166,7 @@ def decode(model, cache, logits: torch.Tensor, start: int, max_new_tokens: int, 
         generated.append(token)
         if token in eos_ids or step == max_new_tokens - 1:
             break
-        logits = _forward(model, cache, torch.tensor([[token]], device=model.device), start + step)[:, -1]
+        logits = forward_step(model, cache, torch.tensor([[token]], device=model.device), start + step)[:, -1]
     return generated, (time.perf_counter() - began) * 1000 / max(len(generated) - 1, 1)
 
 
