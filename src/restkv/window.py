@@ -30,8 +30,16 @@ def question_start(text: str, count_tokens=None, high: int = 64) -> int:
     return line_start
 
 
-def question_window(tokenizer, prompt: str, chat: bool, answer_prefix: str = "", low: int = 8, high: int = 64) -> int:
-    """Observation window in tokens for ``prompt`` as :func:`restkv.generation.encode_prompt` encodes it."""
+def question_tokens(
+    tokenizer, prompt: str, chat: bool, answer_prefix: str = "", high: int = 64, question_at: int | None = None
+) -> int:
+    """How many of the last tokens of ``prompt``, as :func:`restkv.generation.encode_prompt`
+    encodes it, are its question and what follows it (template, answer prefix); unclipped.
+
+    ``question_at``: the character in ``prompt`` where the question starts, when the caller
+    knows it; otherwise :func:`question_start` finds it (``high`` only decides when an overlong
+    last line is cut to its last sentence).
+    """
     if chat and getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
@@ -42,10 +50,15 @@ def question_window(tokenizer, prompt: str, chat: bool, answer_prefix: str = "",
         text, specials = prompt + answer_prefix, True
         user_at = 0
     user = prompt if user_at >= 0 else text
-    start_char = max(user_at, 0) + question_start(
-        user, lambda s: len(tokenizer(s, add_special_tokens=False)["input_ids"]), high
-    )
+    if question_at is None:
+        question_at = question_start(user, lambda s: len(tokenizer(s, add_special_tokens=False)["input_ids"]), high)
+    start_char = max(user_at, 0) + question_at
     encoded = tokenizer(text, add_special_tokens=specials, return_offsets_mapping=True)
     offsets = encoded["offset_mapping"]
     first = next((i for i, (a, b) in enumerate(offsets) if b > start_char and b > a), len(offsets) - 1)
-    return max(low, min(high, len(offsets) - first))
+    return len(offsets) - first
+
+
+def question_window(tokenizer, prompt: str, chat: bool, answer_prefix: str = "", low: int = 8, high: int = 64) -> int:
+    """Observation window in tokens for ``prompt`` as :func:`restkv.generation.encode_prompt` encodes it."""
+    return max(low, min(high, question_tokens(tokenizer, prompt, chat, answer_prefix, high)))

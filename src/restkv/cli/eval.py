@@ -41,6 +41,11 @@ def add_parser(subparsers) -> None:
     ev.add_argument(
         "--batch", type=positive_int, default=8, help="compressed caches decoded together (1: one at a time, timed)"
     )
+    ev.add_argument(
+        "--query-agnostic",
+        action="store_true",
+        help="compress each context without its question, then ask it (kvpress's default); needs its own --out",
+    )
     ev.add_argument("--out", type=Path, required=True)
     add_model_args(ev)
     ev.set_defaults(run=run)
@@ -62,7 +67,10 @@ def run(args) -> int:
     start = time.perf_counter()
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     groups = family.groups(loaded, options)
-    totals = run_eval(loaded, groups, configs, args.out, args.batch, " ".join(sys.argv), family.mode, start)
+    command = " ".join(sys.argv)
+    totals = run_eval(
+        loaded, groups, configs, args.out, args.batch, command, family.mode, start, query_agnostic=args.query_agnostic
+    )
     print(
         f"{totals['samples_run']} samples run, {totals['samples_skipped']} already done; "
         f"wall time {totals['wall_s']:.0f} s; results in {args.out}"

@@ -199,8 +199,9 @@ class Engine:
         batch: int = 1,
         window: int | dict | None = None,
     ) -> list[Outcome]:
-        """Every config (default: all) on one prompt ``[1, n]``; the full cache is the reference
-        whenever it is among the configs or a config reads the shared prefill.
+        """Every config (default: all) on one prompt ``[1, n]``, query-aware: the whole prompt,
+        question included, is prefilled and compressed. The full cache is the reference whenever
+        it is among the configs or a config reads the shared prefill.
 
         ``window``: the prompt's question length in tokens for presses with an auto window, or a
         dict from each press's ``window_range`` to the question length clipped to that range.
@@ -210,54 +211,106 @@ class Engine:
         a single decode on hardware that is not saturated by one row. Per-config decode timings
         are then not measured (None).
         """
+        no_question = input_ids[:, :0]
+        return self._answer(input_ids, [(no_question, max_new_tokens)], eos_ids, configs, batch, window)[0]
+
+    def run_agnostic(
+        self, context_ids: torch.Tensor, questions: list[tuple[torch.Tensor, int]], eos_ids=(), configs=None,
+        batch: int = 1,
+    ) -> list[list[Outcome]]:  # fmt: skip
+        """Query-agnostic: the context ``[1, n]`` is prefilled and compressed once per config
+        without seeing any question (its observation window is the context's end); then each
+        ``(question_ids [1, q], max_new_tokens)`` is fed to a private copy of each compressed
+        cache and answered. One list of outcomes per question, in ``configs`` order."""
         configs = self.configs if configs is None else configs
-        n = input_ids.shape[1]
-        streamed = [c for c in configs if self.streamed(c)]
-        outcomes, ref_tokens, reference = {}, None, None
-        if len(streamed) < len(configs):
-            record = self.prefill(input_ids)
-            ref, ref_logits, ref_ms = self.decode(
-                fork_cache(record.cache), record.last_logits, n, max_new_tokens, eos_ids
+        self.check_agnostic(configs)
+        return self._answer(context_ids, questions, eos_ids, configs, batch, None)
+
+    def check_agnostic(self, configs=None) -> None:
+        """One sentence when a config needs the question to compress (an auto window)."""
+        auto = [c.label for c in (self.configs if configs is None else configs) if self.presses[c].window_range]
+        if auto:
+            raise ValueError(
+                f"{', '.join(auto)}: window_size=auto takes the question as the observation window, which "
+                "query-agnostic evaluation does not show the compression; use a fixed window_size"
             )
-            ref_tokens = ref[0]
-            reference = ref_logits[: len(ref_tokens), 0]  # [k, vocab]
+
+    def _answer(self, context_ids, questions, eos_ids, configs, batch, window) -> list[list[Outcome]]:
+        """Each config's cache of ``context_ids`` is built once (from the shared prefill, or
+        streamed), then every question is fed to a fork of it and answered."""
+        configs = self.configs if configs is None else configs
+        n = context_ids.shape[1]
+        streamed = [c for c in configs if self.streamed(c)]
+        outcomes = [{} for _ in questions]
+        refs = [(None, None)] * len(questions)  # per question: the full cache's answer and its logits
+        if len(streamed) < len(configs):
+            record = self.prefill(context_ids)
             full = _sizes(record.cache)
-            outcomes = {c: _outcome(c, record, full, 0.0, ref_tokens, ref_ms) for c in configs if c.method == "full"}
+            for i, (question, max_new) in enumerate(questions):
+                cache, first, asked_s = self._ask(fork_cache(record.cache), record.last_logits, question, n, None)
+                ref, ref_logits, ref_ms = self.decode(cache, first, n + question.shape[1], max_new, eos_ids)
+                refs[i] = (ref[0], ref_logits[: len(ref[0]), 0])  # [k, vocab]
+                for c in configs:
+                    if c.method == "full":
+                        outcomes[i][c] = _outcome(
+                            c, record, full, 0.0, ref[0], ref_ms, asked_s=asked_s, asked=question.shape[1]
+                        )
         for config in streamed:
             press = self.presses[config]
-            cache, first, prefill_s = self.stream(input_ids, config, _window_for(press, window))
-            sizes, forced = _sizes(cache), fork_cache(cache)
-            tokens, _, ms = self.decode(cache, first, n, max_new_tokens, eos_ids, press)
-            kl, top1 = [None], [None]
-            if ref_tokens is not None:
-                kl, top1 = self._fidelity(forced, ref_tokens, reference, n, press)
+            cache, first, prefill_s = self.stream(context_ids, config, _window_for(press, window))
             own = PrefillRecord(None, {}, first, n, prefill_s)  # its own streamed prefill
-            outcomes[config] = _outcome(config, own, sizes, 0.0, tokens[0], ms, kl[0], top1[0])
+            self._answer_each(own, [config], cache, questions, refs, outcomes, eos_ids, press, 0.0)
         memo: dict = {}
         pending = [c for c in configs if c.method != "full" and not self.streamed(c)]
         sequential = [c for c in pending if batch <= 1 or self.presses[c].decode_budget is not None]
         batched = [c for c in pending if c not in sequential]
         for config in sequential:
-            cache, _, compress_s = self.compressed_cache(
-                record, config, memo, _window_for(self.presses[config], window)
-            )
             press = self.presses[config]
-            sizes, forced = _sizes(cache), fork_cache(cache)
-            tokens, _, ms = self.decode(cache, record.last_logits, n, max_new_tokens, eos_ids, press)
-            kl, top1 = self._fidelity(forced, ref_tokens, reference, n, press)
-            outcomes[config] = _outcome(config, record, sizes, compress_s, tokens[0], ms, kl[0], top1[0])
+            cache, _, compress_s = self.compressed_cache(record, config, memo, _window_for(press, window))
+            self._answer_each(record, [config], cache, questions, refs, outcomes, eos_ids, press, compress_s)
         for start in range(0, len(batched), batch):
             group = batched[start : start + batch]
             built = [self.compressed_cache(record, c, memo, _window_for(self.presses[c], window)) for c in group]
-            sizes = [_sizes(b[0]) for b in built]
             stacked = stack_caches([b[0] for b in built], self.model.device)
-            forced = fork_cache(stacked)
-            first = record.last_logits.expand(len(group), -1)
-            tokens, _, _ = self.decode(stacked, first, n, max_new_tokens, eos_ids, hooks_only_press())
-            kl, top1 = self._fidelity(forced, ref_tokens, reference, n, hooks_only_press())
-            for r, (config, (_, _, compress_s)) in enumerate(zip(group, built)):
-                outcomes[config] = _outcome(config, record, sizes[r], compress_s, tokens[r], None, kl[r], top1[r])
-        return [outcomes[c] for c in configs]
+            sizes = [_sizes(b[0]) for b in built]
+            compress_s = [b[2] for b in built]
+            self._answer_each(
+                record, group, stacked, questions, refs, outcomes, eos_ids, hooks_only_press(), compress_s, sizes
+            )
+        return [[found[c] for c in configs] for found in outcomes]
+
+    def _answer_each(self, record, group, cache, questions, refs, outcomes, eos_ids, press, compress_s, sizes=None):
+        """Answer every question on a fork of ``cache`` (one batch row per config of ``group``);
+        decoding is timed only for a cache decoded alone (``sizes`` None)."""
+        rows, timed = len(group), sizes is None
+        sizes = sizes or [_sizes(cache)]
+        compress_s = compress_s if isinstance(compress_s, list) else [compress_s]
+        n = record.prompt_tokens
+        first = record.last_logits.expand(rows, -1)
+        for i, (question, max_new) in enumerate(questions):
+            asked, logits, asked_s = self._ask(fork_cache(cache), first, question, n, press)
+            forced, seen = fork_cache(asked), n + question.shape[1]
+            tokens, _, ms = self.decode(asked, logits, seen, max_new, eos_ids, press)
+            ref_tokens, reference = refs[i]
+            kl, top1 = [None] * rows, [None] * rows
+            if ref_tokens is not None:
+                kl, top1 = self._fidelity(forced, ref_tokens, reference, seen, press)
+            for r, config in enumerate(group):
+                outcomes[i][config] = _outcome(
+                    config, record, sizes[r], compress_s[r], tokens[r], ms if timed else None, kl[r], top1[r],
+                    asked_s=asked_s, asked=question.shape[1],
+                )  # fmt: skip
+
+    @torch.inference_mode()
+    def _ask(self, cache, first_logits, question: torch.Tensor, n: int, press: KVPress | None):
+        """Feed ``question`` ``[1, q]`` to every row of ``cache`` (a no-op when q = 0); the cache,
+        the next-token logits ``[rows, vocab]`` and the seconds it took."""
+        if question.shape[1] == 0:
+            return cache, first_logits, 0.0
+        start = time.perf_counter()
+        with self._hooks(press):
+            logits = self._step(cache, question.expand(first_logits.shape[0], -1), n)[:, -1]
+        return cache, logits, time.perf_counter() - start
 
     @torch.inference_mode()
     def fidelity(
@@ -325,12 +378,17 @@ def _sizes(cache) -> tuple[int, int]:
     return cache_entries(cache), cache_bytes(cache)
 
 
-def _outcome(config, record, sizes, compress_s, tokens=(), ms=None, kl=0.0, top1=1.0, extra=None) -> Outcome:
-    """What ``config`` did on the recorded prompt: its prefill is the shared one plus its compression."""
+def _outcome(
+    config, record, sizes, compress_s, tokens=(), ms=None, kl=0.0, top1=1.0, extra=None, asked_s=0.0, asked=0
+) -> Outcome:
+    """What ``config`` did on the recorded prompt: its prefill is the shared one plus its
+    compression (plus, query-agnostic, the ``asked`` question tokens fed afterwards in ``asked_s``)."""
+    if asked_s:
+        extra = {**(extra or {}), "question_s": asked_s}
     return Outcome(
         config=config,
         token_ids=list(tokens),
-        prompt_tokens=record.prompt_tokens,
+        prompt_tokens=record.prompt_tokens + asked,
         kept_entries=sizes[0],
         kv_bytes=sizes[1],
         prefill_s=record.prefill_s + compress_s,

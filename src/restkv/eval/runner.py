@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from ..generation import encode_prompt, eos_ids
 from ..specs import MethodConfig
-from ..window import question_window
+from ..window import question_tokens, question_window
 from .engine import Engine
 from .store import ResultStore
 from .tasks.base import Sample
@@ -34,16 +34,19 @@ def sample_mode(sample: Sample) -> str:
     return "teacher_forced" if "prompt_ids" in sample.meta else "generate"
 
 
-def setting_of(loaded, sample: Sample, params: dict) -> str:
+def setting_of(loaded, sample: Sample, params: dict, agnostic: bool = False) -> str:
     """A short hash of everything besides the row's key that changes its numbers: the model's
     dtype and device, the exact prompt (so task options such as a truncation length count),
-    the answer budget, and the method's resolved parameters (a profile's values, not its path)."""
+    the answer budget, the method's resolved parameters (a profile's values, not its path),
+    and, only when set, query-agnostic evaluation (so query-aware hashes stay as they were)."""
     model = loaded.model
     described = {
         "dtype": str(getattr(model, "dtype", "")), "device": str(getattr(model, "device", "")),
         "prompt": sample.prompt, "answer_prefix": sample.answer_prefix, "max_new_tokens": sample.max_new_tokens,
         "ids": [sample.meta.get("prompt_ids"), sample.meta.get("continuation_ids")], "params": params,
     }  # fmt: skip
+    if agnostic:
+        described.update(query_agnostic=True, question_at=sample.question_at)
     text = json.dumps(described, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -58,41 +61,37 @@ def run_sweep(
     progress: bool = True,
     batch: int = 1,
     mode: str | None = None,
+    query_agnostic: bool = False,
 ) -> dict:
     """Evaluate every config on every sample; rows already in ``store`` are skipped.
 
     ``mode`` is the task family's (``"generate"`` or ``"teacher_forced"``); None infers it per
     sample from the metadata, as callers from before families had modes expect.
+    ``query_agnostic``: compress each sample's context without its question (the part of the
+    prompt from ``Sample.question_at`` on), then feed the question; consecutive samples with the
+    same context share one compression per config.
     Returns counters: samples run and skipped, wall seconds, and the prefill seconds spent.
     """
     if mode is not None and mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     model, tokenizer = loaded.model, loaded.tokenizer
     engine = Engine(model, configs)
+    if query_agnostic:
+        check_agnostic(task, samples, mode)
+        engine.check_agnostic()
+    check_store_mode(store, task, query_agnostic)
     ranges = {p.window_range for p in engine.presses.values() if p.window_range is not None}
     stop = eos_ids(tokenizer, model)
     counters = {"samples_run": 0, "samples_skipped": 0, "wall_s": 0.0, "prefill_s": 0.0, "compress_s": 0.0}
     start = time.perf_counter()
-    bar = tqdm(samples, desc=f"{task} ({len(configs)} configs)", unit="sample", disable=not progress)
-    for sample in bar:
-        settings = {c: setting_of(loaded, sample, params_of(engine, c)) for c in configs}
-        todo = [c for c in configs if not store.has(task, sample.id, loaded.name, c.label, c.budget, settings[c])]
-        if not todo:
-            counters["samples_skipped"] += 1
-            continue
-        teacher_forced = (mode or sample_mode(sample)) == "teacher_forced"
-        if teacher_forced:  # fidelity: nothing generated, the continuation is fed
-            input_ids = torch.tensor([sample.meta["prompt_ids"]])
-            outcomes = engine.fidelity(input_ids, sample.meta["continuation_ids"], configs=todo, batch=batch)
-        else:
-            chat = loaded.chat and sample.meta.get("chat", True)
-            input_ids = encode_prompt(tokenizer, sample.prompt, chat=chat, answer_prefix=sample.answer_prefix)
-            # the question's length in tokens, clipped to each auto-window press's own range
-            window = {r: question_window(tokenizer, sample.prompt, chat, sample.answer_prefix, *r) for r in ranges}
-            outcomes = engine.run(input_ids, sample.max_new_tokens, stop, configs=todo, batch=batch, window=window)
+
+    def save(sample, settings, outcomes, teacher_forced):
         rows = []
         for o in outcomes:
             text = tokenizer.decode([t for t in o.token_ids if t not in stop], skip_special_tokens=True)
+            extra = {**public_meta(sample), **o.extra, "answers": sample.answers}
+            if query_agnostic:
+                extra["mode"] = "query-agnostic"
             rows.append(
                 {
                     "task": task,
@@ -112,15 +111,82 @@ def run_sweep(
                     "decode_ms_per_token": o.decode_ms_per_token,
                     "kl": o.kl,
                     "top1": o.top1,
-                    "extra": {**public_meta(sample), **o.extra, "answers": sample.answers},
+                    "extra": extra,
                 }
             )
         store.add(rows)
         counters["samples_run"] += 1
-        counters["prefill_s"] += outcomes[0].prefill_s - outcomes[0].compress_s
         counters["compress_s"] += sum(o.compress_s for o in outcomes)
+
+    shared: list = []  # query-agnostic samples waiting for the next context: (sample, settings, todo, ids)
+
+    def answer_shared():
+        """Compress the waiting samples' common context once per config, then ask each question."""
+        if not shared:
+            return
+        context = shared[0][3][0]
+        questions = [(ids[1], sample.max_new_tokens) for sample, _, _, ids in shared]
+        per_question = engine.run_agnostic(context, questions, stop, configs=shared[0][2], batch=batch)
+        counters["prefill_s"] += per_question[0][0].prefill_s - per_question[0][0].compress_s
+        for (sample, settings, _, _), outcomes in zip(shared, per_question):
+            save(sample, settings, outcomes, False)
+        shared.clear()
+
+    bar = tqdm(samples, desc=f"{task} ({len(configs)} configs)", unit="sample", disable=not progress)
+    for sample in bar:
+        settings = {c: setting_of(loaded, sample, params_of(engine, c), query_agnostic) for c in configs}
+        todo = [c for c in configs if not store.has(task, sample.id, loaded.name, c.label, c.budget, settings[c])]
+        if not todo:
+            counters["samples_skipped"] += 1
+            continue
+        teacher_forced = (mode or sample_mode(sample)) == "teacher_forced"
+        if teacher_forced:  # fidelity: nothing generated, the continuation is fed
+            input_ids = torch.tensor([sample.meta["prompt_ids"]])
+            outcomes = engine.fidelity(input_ids, sample.meta["continuation_ids"], configs=todo, batch=batch)
+            counters["prefill_s"] += outcomes[0].prefill_s - outcomes[0].compress_s
+            save(sample, settings, outcomes, True)
+            continue
+        chat = loaded.chat and sample.meta.get("chat", True)
+        input_ids = encode_prompt(tokenizer, sample.prompt, chat=chat, answer_prefix=sample.answer_prefix)
+        if query_agnostic:
+            ids = split_question(tokenizer, sample, chat, input_ids)
+            if shared and (todo != shared[0][2] or not torch.equal(ids[0], shared[0][3][0])):
+                answer_shared()
+            shared.append((sample, settings, todo, ids))
+            continue
+        # the question's length in tokens, clipped to each auto-window press's own range
+        window = {r: question_window(tokenizer, sample.prompt, chat, sample.answer_prefix, *r) for r in ranges}
+        outcomes = engine.run(input_ids, sample.max_new_tokens, stop, configs=todo, batch=batch, window=window)
+        counters["prefill_s"] += outcomes[0].prefill_s - outcomes[0].compress_s
+        save(sample, settings, outcomes, False)
+    answer_shared()
     counters["wall_s"] = time.perf_counter() - start
     return counters
+
+
+def check_agnostic(task: str, samples: list[Sample], mode: str | None) -> None:
+    """One sentence when ``task`` cannot be evaluated query-agnostic."""
+    if mode == "teacher_forced" or any(sample_mode(s) == "teacher_forced" for s in samples):
+        raise ValueError(f"{task} has no question (it feeds a continuation), so it has no query-agnostic mode")
+    if any(s.question_at is None for s in samples):
+        raise ValueError(f"{task} does not mark where its questions start, so it cannot be run query-agnostic")
+
+
+def check_store_mode(store: ResultStore, task: str, agnostic: bool) -> None:
+    """Rows of both modes share their keys, so one store holds one mode per task: a run in the
+    other mode would replace finished rows."""
+    ours, other = ("query-agnostic", "query-aware") if agnostic else ("query-aware", "query-agnostic")
+    if other in store.modes(task):
+        raise ValueError(f"the results store already holds {other} rows of {task}; give {ours} runs their own --out")
+
+
+def split_question(tokenizer, sample: Sample, chat: bool, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` ``[1, n]`` cut where ``sample``'s question starts: (context, question and
+    what follows it). The same tokens as the query-aware prompt, only split."""
+    q = question_tokens(tokenizer, sample.prompt, chat, sample.answer_prefix, question_at=sample.question_at)
+    if not 0 < q < input_ids.shape[1]:
+        raise ValueError(f"sample {sample.id}: its question does not leave a context to compress")
+    return input_ids[:, :-q], input_ids[:, -q:]
 
 
 def run_eval(
@@ -132,8 +198,10 @@ def run_eval(
     command: str = "",
     mode: str | None = None,
     started: float | None = None,
+    query_agnostic: bool = False,
 ) -> dict:
-    """Sweep every group into ``out_dir/results.sqlite`` and log the run to ``out_dir/runs.jsonl``.
+    """Sweep every group into ``out_dir/results.sqlite`` and log the run to ``out_dir/runs.jsonl``
+    (see :func:`run_sweep` for ``mode`` and ``query_agnostic``).
 
     ``started`` is the ``time.perf_counter()`` at which the command began, so the logged wall
     time includes loading the model and building the samples. Returns the summed counters
@@ -144,7 +212,9 @@ def run_eval(
     totals = {"samples_run": 0, "samples_skipped": 0, "prefill_s": 0.0, "compress_s": 0.0}
     with ResultStore(out_dir / "results.sqlite", writer=True) as store:
         for task, samples, score in groups:
-            counters = run_sweep(loaded, task, samples, configs, store, score, batch=batch, mode=mode)
+            counters = run_sweep(
+                loaded, task, samples, configs, store, score, batch=batch, mode=mode, query_agnostic=query_agnostic
+            )
             for key in totals:
                 totals[key] += counters[key]
     wall = time.perf_counter() - started

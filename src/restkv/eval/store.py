@@ -131,6 +131,12 @@ class ResultStore:
             query, values = query + " AND setting IS ?", (*values, setting)
         return self.db.execute(query, values).fetchone() is not None
 
+    def modes(self, task: str) -> set[str]:
+        """The evaluation modes of ``task``'s rows: ``query-aware`` (rows that name none) and/or
+        ``query-agnostic``."""
+        found = self.db.execute("SELECT DISTINCT json_extract(extra, '$.mode') FROM results WHERE task=?", (task,))
+        return {mode or "query-aware" for (mode,) in found}
+
     def add(self, rows: list[dict]) -> None:
         """Insert ``rows`` in one transaction (all or nothing). A row of the same key computed
         with another ``setting`` is stale and replaced; one with the same setting is an error."""

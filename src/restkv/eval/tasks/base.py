@@ -24,6 +24,9 @@ class Sample:
     #: text the answer starts with (RULER's answer prefix), placed after the chat template's
     #: generation prompt so the model continues it
     answer_prefix: str = ""
+    #: where in ``prompt`` the question starts (character index), for query-agnostic evaluation:
+    #: the context before it is compressed without it; None when the task does not say
+    question_at: int | None = None
 
 
 def token_counter(loaded):

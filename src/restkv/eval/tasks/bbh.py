@@ -158,7 +158,8 @@ def load(task: str, root: Path, limit: int | None = None) -> list[Sample]:
     for i, (question, _, accepted) in enumerate(formatted[SHOTS:]):
         if limit is not None and i >= limit:
             break
-        samples.append(Sample(f"bbh-{task}-{i}", f"{shots}Q: {question}\nA:", accepted, 32, {"chat": False}))
+        prompt = f"{shots}Q: {question}\nA:"
+        samples.append(Sample(f"bbh-{task}-{i}", prompt, accepted, 32, {"chat": False}, question_at=len(shots)))
     return samples
 
 

@@ -45,7 +45,8 @@ def haystack_pair(base: Sample, length: int, count_tokens, seed: int) -> Sample:
 
     prompt = fit_to_length(build, length, count_tokens)
     meta = {**base.meta, "length": length, "reference_prompt": reference}
-    return Sample(f"{base.id}-{length}", prompt, base.answers, base.max_new_tokens, meta, ANSWER_PREFIX)
+    question_at = prompt.rindex("Q: ")
+    return Sample(f"{base.id}-{length}", prompt, base.answers, base.max_new_tokens, meta, ANSWER_PREFIX, question_at)
 
 
 def samples(task: str, lengths, count: int, count_tokens, root, seed: int = 0) -> list[Sample]:

@@ -31,7 +31,14 @@ def passkey_samples(count: int, length: int, count_tokens, seed: int = 0) -> lis
         key, depth = rng.randint(10000, 99999), rng.random()
         prompt = fit_to_length(lambda k, key=key, depth=depth: passkey_prompt(key, k, depth), length, count_tokens)
         samples.append(
-            Sample(f"passkey-{length}-{seed}-{i}", prompt, [str(key)], max_new_tokens=12, meta={"depth": depth})
+            Sample(
+                f"passkey-{length}-{seed}-{i}",
+                prompt,
+                [str(key)],
+                max_new_tokens=12,
+                meta={"depth": depth},
+                question_at=prompt.rindex(QUESTION),
+            )  # fmt: skip
         )
     return samples
 

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from ...window import question_start
 from .base import Sample, fit_to_length, string_match_all, string_match_part, token_counter, words
 from .registry import TaskGroup, TaskOptions, register_family
 
@@ -238,6 +239,7 @@ def ruler_samples(
         else:
             sample = _qa(rng, length, count_tokens, pool)
         sample.id = f"{task}-{length}-{seed}-{i}"
+        sample.question_at = question_start(sample.prompt)  # every generator ends on its question's line
         sample.meta["length"] = length
         out.append(sample)
     return out
