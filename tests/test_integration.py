@@ -84,3 +84,25 @@ def test_cli_chat_answers_each_question_and_a_saved_context_answers_the_same(tmp
     assert "--load brings the method" in capsys.readouterr().err
     assert main(["chat", "--context-file", str(tmp_path / "missing.txt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_gemma2_loads_from_the_cli_with_its_eager_attention_and_sdpa_is_one_sentence(loaded, tmp_path, capsys):
+    """transformers has no sdpa for Gemma 2; the default (auto) must pick eager for it."""
+    import re
+    import sys
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, Gemma2Config
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_models import COMMON, FAMILY_CONFIGS
+
+    config = Gemma2Config(**{**COMMON, **FAMILY_CONFIGS["gemma2"], "vocab_size": len(loaded.tokenizer)})
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "gemma2")
+    loaded.tokenizer.save_pretrained(tmp_path / "gemma2")
+    args = ["generate", "--model", str(tmp_path / "gemma2"), "--method", "snapkv", "--budget", "40"]
+    assert main([*args, "--max-new-tokens", "3", "--no-chat", "What is the pass key? " * 8]) == 0
+    kept, total = map(int, re.search(r"KV entries kept (\d+) of (\d+)", capsys.readouterr().err).groups())
+    assert kept < total  # the press compressed Gemma 2's global layers
+    assert main([*args, "--attn", "sdpa", "hello"]) == 2
+    assert "scaled_dot_product_attention" in capsys.readouterr().err

@@ -46,11 +46,12 @@ def run_demo(
     device: str = "cpu",
     dtype: str = "auto",
     progress: bool = True,
+    attn: str = "auto",
 ) -> dict:
     """Run the demo; returns the summary table (Markdown), counters and the report's path."""
     out = Path(out)
     start = time.perf_counter()
-    loaded = load_model(model, device=device, dtype=dtype)
+    loaded = load_model(model, device=device, dtype=dtype, attn=attn)
     if fresh:  # only once the model loaded, only restkv's own files, and never under another run
         ResultStore(out / "results.sqlite", writer=True).close()
         discard_results(out)

@@ -96,13 +96,21 @@ class LoadedModel:
     chat: bool
 
 
-def _from_folder(path, gguf_file=None, dtype=None, device="cpu", attn="sdpa", trust_remote_code=False):
+#: attention implementations a model can be loaded with (``auto``: transformers' choice)
+ATTENTION = ("auto", "sdpa", "eager", "flex_attention", "flash_attention_2")
+
+
+def _from_folder(path, gguf_file=None, dtype=None, device="cpu", attn="auto", trust_remote_code=False):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **extra)
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype or "auto", attn_implementation=attn, trust_remote_code=trust_remote_code, **extra
+        path,
+        dtype=dtype or "auto",
+        attn_implementation=None if attn == "auto" else attn,  # None: transformers picks (sdpa, else eager)
+        trust_remote_code=trust_remote_code,
+        **extra,
     )
     return model.to(device).eval(), tokenizer
 
@@ -161,16 +169,22 @@ def load_model(
     name_or_path: str = DEFAULT_MODEL,
     device: str = "cpu",
     dtype: str = "auto",
-    attn: str = "sdpa",
+    attn: str = "auto",
     trust_remote_code: bool = False,
 ) -> LoadedModel:
     """Load an embedded model by name, a local model folder, or a hub id the user names.
+
+    ``attn``: one of :data:`ATTENTION`; ``auto`` is transformers' choice for the architecture
+    (sdpa where it is supported, eager otherwise, as for Gemma 2). Presses need ``sdpa`` or
+    ``eager`` (see :func:`restkv.adapters.check_supported`).
 
     Raises:
         ModelLoadError: with one sentence saying what to install or where to put the files.
     """
     if dtype not in DTYPES:
         raise ModelLoadError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if attn not in ATTENTION:
+        raise ModelLoadError(f"attn must be one of {', '.join(ATTENTION)}, got {attn!r}")
     torch_dtype = DTYPES[dtype]
     check_device(device)
     entry = EMBEDDED.get(name_or_path)

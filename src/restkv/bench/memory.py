@@ -76,7 +76,9 @@ def probe(spec: dict) -> dict:
     else:
         from ..models import load_model
 
-        model = load_model(spec["model"], device=device, dtype=spec.get("dtype", "auto")).model
+        model = load_model(
+            spec["model"], device=device, dtype=spec.get("dtype", "auto"), attn=spec.get("attn", "auto")
+        ).model
     method = spec["method"]
     press = (
         get_press(method)

@@ -24,7 +24,7 @@ def _row(task, length, model_name, config, **fields):
     }
 
 
-def bench_model(shape: str | None, layers: int | None, model: str, device: str, dtype: str):
+def bench_model(shape: str | None, layers: int | None, model: str, device: str, dtype: str, attn: str = "auto"):
     """The model timed in-process: random weights of ``shape`` (few ``layers``), else ``model`` loaded."""
     if shape:
         from .shapes import random_model
@@ -33,7 +33,7 @@ def bench_model(shape: str | None, layers: int | None, model: str, device: str, 
         return random_model(shape, layers, "bfloat16" if dtype == "auto" else dtype, device=device)
     from ..models import load_model
 
-    return load_model(model, device=device, dtype=dtype).model
+    return load_model(model, device=device, dtype=dtype, attn=attn).model
 
 
 def run_latency(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .common import UsageError, add_model_args, int_list, method_configs, name_list, positive_int
+from .common import UsageError, add_model_args, check_attention, int_list, method_configs, name_list, positive_int
 
 
 def add_parser(subparsers) -> None:
@@ -44,6 +44,7 @@ def run(args) -> int:
 
     configs = method_configs(args.methods, args.budgets, None)
     check_chunk_size(args.chunk_size, configs)
+    check_attention(args.attn)
     if args.layers is not None and args.shape is None:
         raise UsageError("--layers goes with --shape")
     name = f"{args.shape}-{args.layers or 'all'}L" if args.shape else args.model
@@ -51,7 +52,7 @@ def run(args) -> int:
     with ResultStore(args.out / "results.sqlite", writer=True) as store:
         if args.kind == "latency":
             runner.run_latency(
-                runner.bench_model(args.shape, args.layers, args.model, args.device, args.dtype),
+                runner.bench_model(args.shape, args.layers, args.model, args.device, args.dtype, args.attn),
                 name,
                 args.lengths,
                 configs,
@@ -62,7 +63,7 @@ def run(args) -> int:
                 not args.no_prefill,
             )
         else:  # each measurement runs in a fresh process, which loads the model from this spec
-            spec = {"device": args.device, "dtype": args.dtype, "decode_tokens": args.decode_tokens}
+            spec = {"device": args.device, "dtype": args.dtype, "attn": args.attn, "decode_tokens": args.decode_tokens}
             spec.update({"shape": args.shape, "layers": args.layers} if args.shape else {"model": args.model})
             runner.run_memory(spec, name, args.lengths, configs, store, args.chunk_size)
     print(f"bench {args.kind}: {time.perf_counter() - start:.0f} s; results in {args.out}")

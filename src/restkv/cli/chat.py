@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import UsageError, add_model_args, method_params, positive_int
+from .common import UsageError, add_model_args, load_from_args, method_params, positive_int
 
 
 def add_parser(subparsers) -> None:
@@ -71,11 +71,10 @@ def questions(args):
 
 def run(args) -> int:
     from ..context import compress_context, load_context
-    from ..models import load_model
 
     press = build_press(args)  # before the model loads, so a bad method fails fast
     context = read_text(args.context_file, "context file") if args.context_file is not None else None
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    loaded = load_from_args(args)
     if context is not None:
         progress = press.chunk_size is not None
         ctx = compress_context(

@@ -28,13 +28,38 @@ def name_list(text: str) -> list[str]:
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    from ..models import DEFAULT_MODEL, DTYPES
+    from ..models import ATTENTION, DEFAULT_MODEL, DTYPES
 
     parser.add_argument(
         "--model", default=DEFAULT_MODEL, help=f"embedded model name, local folder or hub id (default {DEFAULT_MODEL})"
     )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--dtype", default="auto", choices=list(DTYPES), help="model dtype (default: as saved)")
+    parser.add_argument(
+        "--attn",
+        default="auto",
+        choices=list(ATTENTION),
+        help="attention implementation (default auto: sdpa, or eager where the architecture needs it, e.g. Gemma 2)",
+    )
+
+
+def check_attention(attn: str) -> None:
+    """One sentence, before any model is loaded, for an implementation no press can run on."""
+    from ..adapters import SUPPORTED_ATTENTION
+
+    if attn != "auto" and attn not in SUPPORTED_ATTENTION:
+        raise UsageError(
+            f"--attn {attn} cannot run under a press: compressed caches need additive attention masks, which "
+            f"{attn} does not take; use {' or '.join(SUPPORTED_ATTENTION)}"
+        )
+
+
+def load_from_args(args):
+    """The model named by ``--model/--device/--dtype/--attn``."""
+    from ..models import load_model
+
+    check_attention(args.attn)
+    return load_model(args.model, device=args.device, dtype=args.dtype, attn=args.attn)
 
 
 def method_params(pairs: list[str] | None) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_model_args, int_list, method_configs, name_list, positive_int
+from .common import add_model_args, check_attention, int_list, method_configs, name_list, positive_int
 
 
 def add_parser(subparsers) -> None:
@@ -27,6 +27,7 @@ def run(args) -> int:
 
     methods = args.methods or list(DEMO_METHODS)
     method_configs(methods, args.budgets, None)  # validates every method and budget
+    check_attention(args.attn)
     result = run_demo(
         args.model,
         args.samples,
@@ -38,6 +39,7 @@ def run(args) -> int:
         args.fresh,
         args.device,
         args.dtype,
+        attn=args.attn,
     )
     c = result["counters"]
     print(result["table"])

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import UsageError, add_model_args, int_list, method_configs, name_list, positive_int
+from .common import UsageError, add_model_args, int_list, load_from_args, method_configs, name_list, positive_int
 
 
 def add_parser(subparsers) -> None:
@@ -54,7 +54,6 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from ..eval.runner import run_eval
     from ..eval.tasks import TaskOptions, get_family
-    from ..models import load_model
 
     family = get_family(args.task)  # an unknown name fails before the model is loaded
     if args.data_dir is not None and not args.data_dir.is_dir():
@@ -65,7 +64,7 @@ def run(args) -> int:
         str(args.data_dir) if args.data_dir else None, tuple(args.tasks), args.haystack,
     )  # fmt: skip
     start = time.perf_counter()
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    loaded = load_from_args(args)
     groups = family.groups(loaded, options)
     command = " ".join(sys.argv)
     totals = run_eval(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import UsageError, add_model_args, method_params, positive_int
+from .common import UsageError, add_model_args, load_from_args, method_params, positive_int
 
 
 def add_parser(subparsers) -> None:
@@ -52,7 +52,6 @@ def peak_rss_mib() -> float:
 
 def run(args) -> int:
     from ..generation import generate_with_stats
-    from ..models import load_model
     from ..press import get_press
 
     prompt = read_prompt(args)
@@ -61,7 +60,7 @@ def run(args) -> int:
         params["profile"] = str(args.profile)
     # built before the model is loaded, so a bad method or parameter fails fast
     press = get_press(args.method, budget=None if args.method == "full" else args.budget, **params)
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    loaded = load_from_args(args)
     result = generate_with_stats(
         loaded.model,
         loaded.tokenizer,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import UsageError, add_model_args, positive_int
+from .common import UsageError, add_model_args, load_from_args, positive_int
 
 
 def add_parser(subparsers) -> None:
@@ -24,7 +24,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..models import load_model
     from ..profiles import save_profile
     from ..tune import builtin_calibration, calibration_samples, tune
 
@@ -32,7 +31,7 @@ def run(args) -> int:
         raise UsageError(f"calibration file {args.calibration} does not exist")
     if args.budget <= 8:
         raise UsageError(f"--budget ({args.budget}) must be larger than the smallest window tried (8)")
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    loaded = load_from_args(args)
     if args.calibration is not None:
         samples = calibration_samples(args.calibration)
     else:
