@@ -38,6 +38,13 @@ def cells(folder: str) -> dict:
     return {key: statistics.mean(means) for key, means in grouped.items()}
 
 
+def lead(table: dict, cell: tuple) -> float | None:
+    """ReST-KV's score minus the best other compressed method's, in ``cell`` (family, length, budget)."""
+    ours = table.get((*cell, "restkv"))
+    others = [v for key, v in table.items() if key[:3] == cell and key[3] != "restkv"]
+    return None if ours is None or not others else ours - max(others)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("aware")
@@ -56,16 +63,10 @@ def main() -> None:
     print()
     print("| task | length | budget | lead, query-aware | lead, query-agnostic |")
     print("|---|---|---|---|---|")
-    for fam, length, budget in sorted({k[:3] for k in shared if k[2] != -1}):
-
-        def lead(table):
-            ours = table.get((fam, length, budget, "restkv"))
-            others = [v for (f, n, b, m), v in table.items() if (f, n, b) == (fam, length, budget) and m != "restkv"]
-            return None if ours is None or not others else ours - max(others)
-
-        a, g = lead(aware), lead(agnostic)
+    for cell in sorted({k[:3] for k in shared if k[2] != -1}):
+        a, g = lead(aware, cell), lead(agnostic, cell)
         if a is not None and g is not None:
-            print(f"| {fam} | {length} | {budget} | {a:+.3f} | {g:+.3f} |")
+            print(f"| {' | '.join(map(str, cell))} | {a:+.3f} | {g:+.3f} |")
 
 
 if __name__ == "__main__":
