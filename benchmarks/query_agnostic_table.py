@@ -30,7 +30,8 @@ def cells(folder: str) -> dict:
     by_task = defaultdict(list)
     with ResultStore(f"{folder}/results.sqlite") as store:
         for row in store.rows():
-            key = (family(row["task"]), length_of(row["sample_id"]), row["budget"], row["method"], row["task"])
+            budget = -1 if row["budget"] is None else row["budget"]
+            key = (family(row["task"]), length_of(row["sample_id"]), budget, row["method"], row["task"])
             by_task[key].append(row["score"])
     grouped = defaultdict(list)
     for (fam, length, budget, method, _), scores in by_task.items():
