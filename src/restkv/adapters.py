@@ -38,12 +38,12 @@ def check_supported(model: nn.Module) -> None:
 
 def check_cache(cache) -> None:
     """Raise a one-sentence error for a cache a press cannot shrink in place."""
-    from transformers import DynamicCache
+    from transformers import DynamicCache, QuantizedCache
 
-    if not isinstance(cache, DynamicCache):
+    if not isinstance(cache, (DynamicCache, QuantizedCache)):
         raise ValueError(
-            f"a press needs a DynamicCache, got {type(cache).__name__} (static and quantized caches have a fixed "
-            "layout that eviction cannot shrink)"
+            f"a press needs a DynamicCache or QuantizedCache, got {type(cache).__name__} (a static cache has a "
+            "fixed layout that eviction cannot shrink)"
         )
 
 

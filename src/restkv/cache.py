@@ -20,8 +20,9 @@ import copy
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import CacheLayerMixin, DynamicLayer
+from transformers.cache_utils import BaseQuantizedLayer, CacheLayerMixin, DynamicLayer
 
+from .quantized import stored_bytes, stored_entries
 from .state import LayerState, SequenceState, get_state, set_state
 
 
@@ -113,17 +114,21 @@ def cache_entries(cache) -> int:
     for layer in cache.layers:
         if isinstance(layer, VarlenLayer):
             total += layer.entries()
+        elif isinstance(layer, BaseQuantizedLayer):
+            total += stored_entries(layer)
         elif _dense(layer):
             total += layer.keys.shape[1] * layer.keys.shape[2]
     return total
 
 
 def cache_bytes(cache) -> int:
-    """Bytes of keys and values really stored, all batch rows."""
+    """Bytes of keys and values really stored, all batch rows (quantized: codes, scales, zero points)."""
     total = 0
     for layer in cache.layers:
         if isinstance(layer, VarlenLayer):
             total += 2 * layer.stored_elements() * layer.flat_keys.element_size()
+        elif isinstance(layer, BaseQuantizedLayer):
+            total += stored_bytes(layer)
         elif _dense(layer):
             total += layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
     return total

@@ -37,6 +37,7 @@ from .checks import check_choice, check_int, check_optional_int, is_int, is_numb
 from .compress import compress_layer, compressed_mask, effective_scorer, plan_budgets
 from .decode_eviction import evict_step, recompress_chunk, settle, sliding_layers
 from .profiles import load_profile
+from .quantized import check_press_on_quantized, full_precision_layers, is_quantized, requantize
 from .scorers import Scorer, get_scorer
 from .state import PressStats, SequenceState, ensure_state, get_state, layer_state
 from .window import AUTO, DEFAULT_RANGE
@@ -179,6 +180,7 @@ class _Session:
 
     def __init__(self, press: KVPress, model: nn.Module):
         self.press = press
+        self.quantized = None  # a quantized cache's own layers while its prompt runs at full precision
         self.modules = attention_modules(model)
         self.frequencies = rope_frequencies(model) if press.rerotate else {}
         decoder = decoder_model(model)
@@ -205,6 +207,9 @@ class _Session:
             return None
         check_cache(cache)
         fresh = cache.get_seq_length() == 0
+        if fresh and is_quantized(cache):  # compress at full precision, quantize what is kept (_after_model)
+            check_press_on_quantized(self.press)
+            self.quantized = full_precision_layers(cache)
         state = ensure_state(cache)
         q = tokens.shape[1]
         position_ids = kwargs.get("position_ids")
@@ -231,6 +236,9 @@ class _Session:
         state = get_state(cache)
         if state is not None:
             settle(cache, state, self.frequencies)
+        if self.quantized is not None:
+            requantize(cache, self.quantized)
+            self.quantized = None
         return None
 
     def _before_attention(self, module, args, kwargs):

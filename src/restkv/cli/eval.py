@@ -46,6 +46,12 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help="compress each context without its question, then ask it (kvpress's default); needs its own --out",
     )
+    ev.add_argument(
+        "--kv-quant",
+        metavar="BACKEND:BITS",
+        help="quantize each cache after compression: quanto:2, quanto:4, hqq:2, hqq:4, hqq:8 "
+        "(pip install 'restkv[quantization]'); rows are labelled e.g. snapkv+hqq4",
+    )
     ev.add_argument("--out", type=Path, required=True)
     add_model_args(ev)
     ev.set_defaults(run=run)
@@ -54,11 +60,13 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from ..eval.runner import run_eval
     from ..eval.tasks import TaskOptions, get_family
+    from ..quantized import parse_kv_quant
 
     family = get_family(args.task)  # an unknown name fails before the model is loaded
     if args.data_dir is not None and not args.data_dir.is_dir():
         raise UsageError(f"--data-dir {args.data_dir} is not a folder")
     configs = method_configs(args.methods, args.budgets, args.param)
+    kv_quant = parse_kv_quant(args.kv_quant) if args.kv_quant else None
     options = TaskOptions(
         args.samples, args.length, tuple(args.lengths), tuple(args.depths), args.continuation, args.seed,
         str(args.data_dir) if args.data_dir else None, tuple(args.tasks), args.haystack,
@@ -68,7 +76,7 @@ def run(args) -> int:
     groups = family.groups(loaded, options)
     command = " ".join(sys.argv)
     totals = run_eval(
-        loaded, groups, configs, args.out, args.batch, command, family.mode, start, query_agnostic=args.query_agnostic
+        loaded, groups, configs, args.out, args.batch, command, family.mode, start, args.query_agnostic, kv_quant
     )
     print(
         f"{totals['samples_run']} samples run, {totals['samples_skipped']} already done; "

@@ -31,8 +31,9 @@ from ..compress import compress_layer, effective_scorer, plan_budgets
 from ..decode_eviction import settle
 from ..generation import next_positions, prefill
 from ..press import KVPress, hooks_only_press
+from ..quantized import check_press_on_quantized, quantize_cache
 from ..specs import MethodConfig
-from ..state import PressStats, SequenceState, get_state, set_state
+from ..state import PressStats, SequenceState, set_state
 
 
 @dataclass
@@ -66,11 +67,18 @@ class Outcome:
 class Engine:
     """Runs sweeps of methods and budgets over prompts on one model."""
 
-    def __init__(self, model, configs: list[MethodConfig]):
+    def __init__(self, model, configs: list[MethodConfig], kv_quant: tuple[str, int] | None = None):
+        """``kv_quant``: ``(backend, bits)`` to quantize every config's cache after its
+        compression (see :mod:`restkv.quantized`); the full-precision full cache stays the
+        reference, and caches are then decoded one at a time."""
         check_supported(model)
         self.model = model
         self.configs = list(configs)
         self.presses = {c: c.press() for c in self.configs}
+        self.kv_quant = kv_quant
+        if kv_quant is not None:
+            for press in self.presses.values():
+                check_press_on_quantized(press)
         self.modules = attention_modules(model)
         scorers = [p.scorer for p in self.presses.values() if p.scorer is not None]
         self.needs_all_queries = any(s.query_span == "all" for s in scorers)
@@ -240,6 +248,7 @@ class Engine:
         streamed), then every question is fed to a fork of it and answered."""
         configs = self.configs if configs is None else configs
         n = context_ids.shape[1]
+        batch = 1 if self.kv_quant else batch
         streamed = [c for c in configs if self.streamed(c)]
         outcomes = [{} for _ in questions]
         refs = [(None, None)] * len(questions)  # per question: the full cache's answer and its logits
@@ -251,10 +260,14 @@ class Engine:
                 ref, ref_logits, ref_ms = self.decode(cache, first, n + question.shape[1], max_new, eos_ids)
                 refs[i] = (ref[0], ref_logits[: len(ref[0]), 0])  # [k, vocab]
                 for c in configs:
-                    if c.method == "full":
+                    if c.method == "full" and not self.kv_quant:
                         outcomes[i][c] = _outcome(
                             c, record, full, 0.0, ref[0], ref_ms, asked_s=asked_s, asked=question.shape[1]
                         )
+            for c in configs:  # quantization alone
+                if c.method == "full" and self.kv_quant:
+                    cache = self._quantized(record.cache)
+                    self._answer_each(record, [c], cache, questions, refs, outcomes, eos_ids, None, 0.0)
         for config in streamed:
             press = self.presses[config]
             cache, first, prefill_s = self.stream(context_ids, config, _window_for(press, window))
@@ -267,6 +280,7 @@ class Engine:
         for config in sequential:
             press = self.presses[config]
             cache, _, compress_s = self.compressed_cache(record, config, memo, _window_for(press, window))
+            cache = self._quantized(cache)
             self._answer_each(record, [config], cache, questions, refs, outcomes, eos_ids, press, compress_s)
         for start in range(0, len(batched), batch):
             group = batched[start : start + batch]
@@ -278,6 +292,10 @@ class Engine:
                 record, group, stacked, questions, refs, outcomes, eos_ids, hooks_only_press(), compress_s, sizes
             )
         return [[found[c] for c in configs] for found in outcomes]
+
+    def _quantized(self, cache):
+        """``cache`` quantized when the engine quantizes (a copy; the shared prefill is not touched)."""
+        return quantize_cache(cache, *self.kv_quant) if self.kv_quant else cache
 
     def _answer_each(self, record, group, cache, questions, refs, outcomes, eos_ids, press, compress_s, sizes=None):
         """Answer every question on a fork of ``cache`` (one batch row per config of ``group``);
@@ -294,7 +312,7 @@ class Engine:
             ref_tokens, reference = refs[i]
             kl, top1 = [None] * rows, [None] * rows
             if ref_tokens is not None:
-                kl, top1 = self._fidelity(forced, ref_tokens, reference, seen, press)
+                kl, top1 = self._fidelity(forced, ref_tokens, reference, seen, press, rows)
             for r, config in enumerate(group):
                 outcomes[i][config] = _outcome(
                     config, record, sizes[r], compress_s[r], tokens[r], ms if timed else None, kl[r], top1[r],
@@ -353,11 +371,9 @@ class Engine:
                 outcomes[config] = _outcome(config, record, _sizes(cache), compress_s, kl=kl, top1=top1, extra=extra)
         return [outcomes[c] for c in configs]
 
-    def _fidelity(self, cache, ref_tokens, reference, n, press):
-        """Per row: KL and top-1 agreement over the answer steps after the first (the first
-        step's distribution comes from the shared prefill)."""
-        state = get_state(cache)
-        rows = state.next_pos.shape[0] if state is not None else 1
+    def _fidelity(self, cache, ref_tokens, reference, n, press, rows: int):
+        """Per row of ``cache``: KL and top-1 agreement over the answer steps after the first
+        (the first step's distribution comes from the shared prefill)."""
         if len(ref_tokens) < 2:
             return [0.0] * rows, [1.0] * rows
         forced = torch.tensor([ref_tokens[:-1]]).expand(rows, -1)

@@ -21,7 +21,16 @@ from .tasks.registry import MODES, TaskGroup
 
 
 def params_of(engine: Engine, config: MethodConfig) -> dict:
-    return {"method": config.method, **engine.presses[config].params()}
+    params = {"method": config.method, **engine.presses[config].params()}
+    if engine.kv_quant:
+        params["kv_quant"] = "{}:{}".format(*engine.kv_quant)
+    return params
+
+
+def row_label(engine: Engine, config: MethodConfig) -> str:
+    """The method's label in the store; a quantized cache is another method (``snapkv+hqq4``),
+    so one store holds a method with and without quantization side by side."""
+    return config.label if not engine.kv_quant else "{}+{}{}".format(config.label, *engine.kv_quant)
 
 
 def public_meta(sample: Sample) -> dict:
@@ -62,6 +71,7 @@ def run_sweep(
     batch: int = 1,
     mode: str | None = None,
     query_agnostic: bool = False,
+    kv_quant: tuple[str, int] | None = None,
 ) -> dict:
     """Evaluate every config on every sample; rows already in ``store`` are skipped.
 
@@ -70,12 +80,14 @@ def run_sweep(
     ``query_agnostic``: compress each sample's context without its question (the part of the
     prompt from ``Sample.question_at`` on), then feed the question; consecutive samples with the
     same context share one compression per config.
+    ``kv_quant``: ``(backend, bits)``: each cache is quantized after compression (rows are
+    labelled ``<method>+<backend><bits>``).
     Returns counters: samples run and skipped, wall seconds, and the prefill seconds spent.
     """
     if mode is not None and mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     model, tokenizer = loaded.model, loaded.tokenizer
-    engine = Engine(model, configs)
+    engine = Engine(model, configs, kv_quant)
     if query_agnostic:
         check_agnostic(task, samples, mode)
         engine.check_agnostic()
@@ -97,7 +109,7 @@ def run_sweep(
                     "task": task,
                     "sample_id": sample.id,
                     "model": loaded.name,
-                    "method": o.config.label,
+                    "method": row_label(engine, o.config),
                     "budget": o.config.budget,
                     "params": params_of(engine, o.config),
                     "setting": settings[o.config],
@@ -135,7 +147,8 @@ def run_sweep(
     bar = tqdm(samples, desc=f"{task} ({len(configs)} configs)", unit="sample", disable=not progress)
     for sample in bar:
         settings = {c: setting_of(loaded, sample, params_of(engine, c), query_agnostic) for c in configs}
-        todo = [c for c in configs if not store.has(task, sample.id, loaded.name, c.label, c.budget, settings[c])]
+        labels = {c: row_label(engine, c) for c in configs}
+        todo = [c for c in configs if not store.has(task, sample.id, loaded.name, labels[c], c.budget, settings[c])]
         if not todo:
             counters["samples_skipped"] += 1
             continue
@@ -199,9 +212,10 @@ def run_eval(
     mode: str | None = None,
     started: float | None = None,
     query_agnostic: bool = False,
+    kv_quant: tuple[str, int] | None = None,
 ) -> dict:
     """Sweep every group into ``out_dir/results.sqlite`` and log the run to ``out_dir/runs.jsonl``
-    (see :func:`run_sweep` for ``mode`` and ``query_agnostic``).
+    (see :func:`run_sweep` for ``mode``, ``query_agnostic`` and ``kv_quant``).
 
     ``started`` is the ``time.perf_counter()`` at which the command began, so the logged wall
     time includes loading the model and building the samples. Returns the summed counters
@@ -213,8 +227,9 @@ def run_eval(
     with ResultStore(out_dir / "results.sqlite", writer=True) as store:
         for task, samples, score in groups:
             counters = run_sweep(
-                loaded, task, samples, configs, store, score, batch=batch, mode=mode, query_agnostic=query_agnostic
-            )
+                loaded, task, samples, configs, store, score, batch=batch, mode=mode, query_agnostic=query_agnostic,
+                kv_quant=kv_quant,
+            )  # fmt: skip
             for key in totals:
                 totals[key] += counters[key]
     wall = time.perf_counter() - started
