@@ -57,6 +57,19 @@ def test_memory_probe_runs_in_a_fresh_process(tmp_path):
     assert "## bench-memory" in text
 
 
+def test_memory_rows_of_quantized_caches_count_their_bytes(tmp_path):
+    tiny_model("llama").save_pretrained(tmp_path / "tiny")
+    base = {"model": str(tmp_path / "tiny"), "weights_only": True, "decode_tokens": 2}
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        run_memory(base, "tiny", [256], CONFIGS[:2], store)
+        run_memory({**base, "kv_quant": "hqq:4"}, "tiny", [256], CONFIGS[:2], store)
+        rows = {r["method"]: r for r in store.rows(task="bench-memory")}
+    plain, quant = CONFIGS[1].label, f"{CONFIGS[1].label}+hqq4"
+    assert set(rows) == {"full", "full+hqq4", plain, quant}
+    assert rows["full+hqq4"]["kv_bytes"] < rows["full"]["kv_bytes"] / 3
+    assert rows[quant]["kv_bytes"] < rows[plain]["kv_bytes"] / 3
+
+
 def test_random_model_shapes():
     model = random_model("qwen2.5-7b", layers=1, dtype="bfloat16", device="meta")
     assert model.config.num_hidden_layers == 1 and model.config.num_key_value_heads == 4

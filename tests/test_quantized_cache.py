@@ -109,3 +109,11 @@ def test_the_engine_quantizes_after_compressing_and_keeps_the_full_precision_ref
     engine = Engine(model, configs[1:])
     compressed, _, _ = engine.compressed_cache(engine.prefill(ids), configs[1])
     assert cache_bytes(quantize_cache(compressed, "hqq", 8)) == quant[1].kv_bytes
+
+
+@pytest.mark.parametrize("command", [["eval", "passkey"], ["bench", "memory"]])
+def test_the_cli_refuses_a_bad_kv_quant_before_loading_a_model(command, tmp_path, capsys):
+    from restkv.cli import main
+
+    code = main([*command, "--kv-quant", "quanto:8", "--model", "/nonexistent", "--out", str(tmp_path / "o")])
+    assert code == 2 and "kv quantization must be BACKEND:BITS" in capsys.readouterr().err

@@ -61,6 +61,7 @@ def probe(spec: dict) -> dict:
     import torch
     from transformers import DynamicCache
 
+    from ..cache import cache_bytes
     from ..generation import prefill
     from ..press import get_press
 
@@ -91,12 +92,18 @@ def probe(spec: dict) -> dict:
         model(input_ids=ids[:, :8])
     _reset(device)
     baseline = _rss_kib("VmRSS") / 1024 if not device.startswith("cuda") else torch.cuda.memory_allocated() / 2**20
-    cache = DynamicCache(config=model.config)
+    if spec.get("kv_quant"):
+        from ..quantized import parse_kv_quant, quantized_cache
+
+        cache = quantized_cache(model, *parse_kv_quant(spec["kv_quant"]))
+    else:
+        cache = DynamicCache(config=model.config)
     start = time.perf_counter()
     with torch.inference_mode(), press(model):
         logits = prefill(model, ids, cache, spec.get("chunk_size"))
         prefill_s = time.perf_counter() - start
         prefill_peak = _peak_mib(device)
+        kv_bytes = cache_bytes(cache)
         _reset(device)
         token = logits.argmax(-1, keepdim=True)
         for step in range(spec.get("decode_tokens", 8)):
@@ -108,6 +115,7 @@ def probe(spec: dict) -> dict:
         "prefill_peak_mib": prefill_peak,
         "decode_peak_mib": decode_peak,
         "prefill_s": prefill_s,
+        "kv_bytes": kv_bytes,  # what the cache stores after prefill (quantized: codes, scales, zero points)
     }
 
 

@@ -11,12 +11,12 @@ from ..specs import MethodConfig
 from . import latency, memory
 
 
-def _row(task, length, model_name, config, **fields):
+def _row(task, length, model_name, config, kv_quant=None, **fields):
     return {
         "task": task,
         "sample_id": f"len-{length}",
         "model": model_name,
-        "method": config.label,
+        "method": config.label if kv_quant is None else f"{config.label}+{kv_quant.replace(':', '')}",
         "budget": config.budget,
         "params": {"method": config.method, **config.press().params()},
         "prompt_tokens": length,
@@ -76,11 +76,14 @@ def run_latency(
 
 
 def run_memory(spec_base: dict, model_name, lengths, configs: list[MethodConfig], store: ResultStore, chunk_size=None):
-    """Peak memory per length and config, each in a fresh process."""
+    """Peak memory per length and config, each in a fresh process; with ``spec_base["kv_quant"]``
+    (e.g. ``"hqq:4"``) the caches are quantized and rows are labelled ``<method>+hqq4``."""
     task = "bench-memory"
+    kv_quant = spec_base.get("kv_quant")
     for length in lengths:
         for config in tqdm(configs, desc=f"memory {length}", unit="config"):
-            if store.has(task, f"len-{length}", model_name, config.label, config.budget):
+            label = _row(task, length, model_name, config, kv_quant)["method"]
+            if store.has(task, f"len-{length}", model_name, label, config.budget):
                 continue
             spec = {
                 **spec_base,
@@ -93,7 +96,7 @@ def run_memory(spec_base: dict, model_name, lengths, configs: list[MethodConfig]
             start = time.perf_counter()
             result = memory.measure(spec)
             store.add(
-                [_row(task, length, model_name, config, prefill_s=result["prefill_s"],
+                [_row(task, length, model_name, config, kv_quant, prefill_s=result["prefill_s"], kv_bytes=result["kv_bytes"],
                       extra={**result, "prefill_delta_mib": result["prefill_peak_mib"] - result["baseline_mib"],
                              "decode_delta_mib": result["decode_peak_mib"] - result["baseline_mib"],
                              "wall_s": time.perf_counter() - start, "length": length, "chunk_size": spec["chunk_size"]})]

@@ -22,6 +22,9 @@ def add_parser(subparsers) -> None:
     bench.add_argument("--decode-tokens", type=positive_int, default=16)
     bench.add_argument("--chunk-size", type=positive_int, help="chunked prefill for the compressing methods")
     bench.add_argument("--no-prefill", action="store_true", help="latency: measure decoding only (long contexts)")
+    bench.add_argument(
+        "--kv-quant", metavar="BACKEND:BITS", help="memory: quantize the caches (quanto:2/4, hqq:1/2/3/4/8)"
+    )
     bench.add_argument("--out", type=Path, required=True)
     add_model_args(bench)
     bench.set_defaults(run=run)
@@ -45,6 +48,12 @@ def run(args) -> int:
     configs = method_configs(args.methods, args.budgets, None)
     check_chunk_size(args.chunk_size, configs)
     check_attention(args.attn)
+    if args.kv_quant:
+        from ..quantized import parse_kv_quant
+
+        parse_kv_quant(args.kv_quant)  # one sentence before any work
+        if args.kind != "memory":
+            raise UsageError("--kv-quant goes with bench memory")
     if args.layers is not None and args.shape is None:
         raise UsageError("--layers goes with --shape")
     name = f"{args.shape}-{args.layers or 'all'}L" if args.shape else args.model
@@ -64,6 +73,7 @@ def run(args) -> int:
             )
         else:  # each measurement runs in a fresh process, which loads the model from this spec
             spec = {"device": args.device, "dtype": args.dtype, "attn": args.attn, "decode_tokens": args.decode_tokens}
+            spec["kv_quant"] = args.kv_quant
             spec.update({"shape": args.shape, "layers": args.layers} if args.shape else {"model": args.model})
             runner.run_memory(spec, name, args.lengths, configs, store, args.chunk_size)
     print(f"bench {args.kind}: {time.perf_counter() - start:.0f} s; results in {args.out}")
