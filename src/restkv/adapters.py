@@ -120,7 +120,22 @@ class LayerContext:
 def layer_context(module: nn.Module, position: tuple[int, int], inv_freq: torch.Tensor | None = None) -> LayerContext:
     """The one place that reads a family's output projection, logit scale and soft-cap."""
     scaling, softcap = getattr(module, "scaling", None), logit_softcap(module)
-    return LayerContext(module.layer_idx, module.o_proj.weight, scaling, softcap, position, inv_freq)
+    return LayerContext(module.layer_idx, resident_weight(module.o_proj), scaling, softcap, position, inv_freq)
+
+
+def resident_weight(linear: nn.Module) -> torch.Tensor:
+    """``linear.weight`` where it can be computed with, also when accelerate offloads it.
+
+    With a ``device_map`` that offloads layers (to CPU RAM or disk), accelerate keeps the weight
+    on the meta device and loads it only while the module itself runs; a scorer that reads the
+    weight outside that call (ReST-KV's output projection) gets it from the hook's weight map,
+    on the device the layer computes on.
+    """
+    weight = linear.weight
+    hook = getattr(linear, "_hf_hook", None)
+    if weight.device.type != "meta" or hook is None or getattr(hook, "weights_map", None) is None:
+        return weight
+    return hook.weights_map["weight"].to(hook.execution_device)
 
 
 def rope_frequencies(model: nn.Module) -> dict[int, torch.Tensor]:

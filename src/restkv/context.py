@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
+from .adapters import resident_weight
 from .cache import VarlenLayer, cache_entries, fork_cache
 from .checks import check_int
 from .generation import decode, eos_ids, forward_step, prefill
@@ -198,7 +199,7 @@ def model_fingerprint(model) -> dict:
     """What must match for a saved cache to mean the same thing: the architecture, the dtype,
     and a hash of the first rows of the input embeddings (which tells checkpoints apart)."""
     config = getattr(model.config, "text_config", None) or model.config
-    weights = model.get_input_embeddings().weight[:8].detach().float().cpu().numpy().tobytes()
+    weights = resident_weight(model.get_input_embeddings())[:8].detach().float().cpu().numpy().tobytes()
     return {
         "name": getattr(model.config, "_name_or_path", "") or config.model_type,
         "type": config.model_type,

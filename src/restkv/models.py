@@ -100,10 +100,13 @@ class LoadedModel:
 ATTENTION = ("auto", "sdpa", "eager", "flex_attention", "flash_attention_2")
 
 
-def _from_folder(path, gguf_file=None, dtype=None, device="cpu", attn="auto", trust_remote_code=False):
+def _from_folder(path, gguf_file=None, dtype=None, device="cpu", attn="auto", trust_remote_code=False, placement=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     extra = {"gguf_file": gguf_file} if gguf_file else {}
+    placed = placement is not None and placement.get("device_map") is not None
+    if placed:  # accelerate places (and offloads) the layers; the model is not moved afterwards
+        extra.update({k: v for k, v in placement.items() if v is not None})
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **extra)
     model = AutoModelForCausalLM.from_pretrained(
         path,
@@ -112,7 +115,7 @@ def _from_folder(path, gguf_file=None, dtype=None, device="cpu", attn="auto", tr
         trust_remote_code=trust_remote_code,
         **extra,
     )
-    return model.to(device).eval(), tokenizer
+    return (model if placed else model.to(device)).eval(), tokenizer
 
 
 def _convert(entry: EmbeddedModel, target: Path) -> None:
@@ -171,12 +174,21 @@ def load_model(
     dtype: str = "auto",
     attn: str = "auto",
     trust_remote_code: bool = False,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    offload_folder: str | None = None,
 ) -> LoadedModel:
     """Load an embedded model by name, a local model folder, or a hub id the user names.
 
     ``attn``: one of :data:`ATTENTION`; ``auto`` is transformers' choice for the architecture
     (sdpa where it is supported, eager otherwise, as for Gemma 2). Presses need ``sdpa`` or
     ``eager`` (see :func:`restkv.adapters.check_supported`).
+
+    ``device_map`` (``"auto"``, ``"balanced"``, ``"sequential"`` or a dict from module names to
+    devices, ``"cpu"`` or ``"disk"``), ``max_memory`` (e.g. ``{0: "20GiB", "cpu": "60GiB"}``) and
+    ``offload_folder`` place the model through accelerate, across GPUs and offloaded to CPU RAM or
+    disk, instead of moving it to ``device``. Presses work on such models: each layer's cache
+    lives on its layer's device.
 
     Raises:
         ModelLoadError: with one sentence saying what to install or where to put the files.
@@ -186,7 +198,8 @@ def load_model(
     if attn not in ATTENTION:
         raise ModelLoadError(f"attn must be one of {', '.join(ATTENTION)}, got {attn!r}")
     torch_dtype = DTYPES[dtype]
-    check_device(device)
+    if device_map is None:
+        check_device(device)
     entry = EMBEDDED.get(name_or_path)
     if entry is not None:
         target = restkv_home() / "models" / entry.name
@@ -213,9 +226,11 @@ def load_model(
     else:
         source, chat = name_or_path, None
     try:
+        placement = {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
         model, tokenizer = _from_folder(
-            str(source), dtype=torch_dtype, device=device, attn=attn, trust_remote_code=trust_remote_code
-        )
+            str(source), dtype=torch_dtype, device=device, attn=attn, trust_remote_code=trust_remote_code,
+            placement=placement,
+        )  # fmt: skip
     except Exception as err:  # transformers raises many types; the user needs one sentence
         hint = f"; delete {source} to convert it again" if entry is not None else ""
         raise ModelLoadError(f"could not load model {name_or_path!r} from {source}: {_first_line(err)}{hint}") from err

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import UsageError, add_model_args, load_from_args, method_params, positive_int
+from .common import UsageError, add_model_args, add_placement_args, load_from_args, method_params, positive_int
 
 
 def add_parser(subparsers) -> None:
@@ -26,6 +26,7 @@ def add_parser(subparsers) -> None:
     chat.add_argument("--max-new-tokens", type=positive_int, default=64)
     chat.add_argument("--no-chat", action="store_true", help="do not wrap the text in the chat template")
     add_model_args(chat)
+    add_placement_args(chat)
     chat.set_defaults(run=run)
 
 

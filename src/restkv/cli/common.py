@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 
 class UsageError(ValueError):
@@ -43,6 +45,46 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_placement_args(parser: argparse.ArgumentParser) -> None:
+    """``--device-map``, ``--max-memory`` and ``--offload-folder``: a model placed by accelerate."""
+    parser.add_argument(
+        "--device-map",
+        help="place the model with accelerate: auto, balanced, sequential, or a JSON file mapping module names "
+        "to devices (0, 1, cpu, disk)",
+    )
+    parser.add_argument("--max-memory", help="with --device-map: per-device limits, e.g. 0=20GiB,1=20GiB,cpu=60GiB")
+    parser.add_argument("--offload-folder", type=Path, help="with --device-map: where layers offloaded to disk go")
+
+
+def device_map_of(text: str | None):
+    """``--device-map`` as accelerate takes it: a strategy name, or the dict in a JSON file."""
+    if text is None or text in ("auto", "balanced", "balanced_low_0", "sequential"):
+        return text
+    path = Path(text)
+    if not path.is_file():
+        raise UsageError(f"--device-map takes auto, balanced, sequential or a JSON file; {text} is none of them")
+    try:
+        mapping = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UsageError(f"--device-map file {path} is not valid JSON ({err.msg})") from None
+    if not isinstance(mapping, dict):
+        raise UsageError(f"--device-map file {path} must hold an object from module names to devices")
+    return mapping
+
+
+def max_memory_of(text: str | None) -> dict | None:
+    """``0=20GiB,cpu=60GiB`` as ``{0: "20GiB", "cpu": "60GiB"}``."""
+    if text is None:
+        return None
+    limits = {}
+    for pair in name_list(text):
+        device, sep, size = pair.partition("=")
+        if not sep or not size:
+            raise UsageError(f"--max-memory takes DEVICE=SIZE pairs such as 0=20GiB,cpu=60GiB; got {pair!r}")
+        limits[int(device) if device.isdigit() else device] = size
+    return limits
+
+
 def check_attention(attn: str) -> None:
     """One sentence, before any model is loaded, for an implementation no press can run on."""
     from ..adapters import SUPPORTED_ATTENTION
@@ -59,7 +101,14 @@ def load_from_args(args):
     from ..models import load_model
 
     check_attention(args.attn)
-    return load_model(args.model, device=args.device, dtype=args.dtype, attn=args.attn)
+    placement = getattr(args, "device_map", None)
+    if placement is None and (getattr(args, "max_memory", None) or getattr(args, "offload_folder", None)):
+        raise UsageError("--max-memory and --offload-folder go with --device-map")
+    return load_model(
+        args.model, device=args.device, dtype=args.dtype, attn=args.attn, device_map=device_map_of(placement),
+        max_memory=max_memory_of(getattr(args, "max_memory", None)),
+        offload_folder=str(args.offload_folder) if getattr(args, "offload_folder", None) else None,
+    )  # fmt: skip
 
 
 def method_params(pairs: list[str] | None) -> dict:

@@ -6,7 +6,16 @@ import sys
 import time
 from pathlib import Path
 
-from .common import UsageError, add_model_args, int_list, load_from_args, method_configs, name_list, positive_int
+from .common import (
+    UsageError,
+    add_model_args,
+    add_placement_args,
+    int_list,
+    load_from_args,
+    method_configs,
+    name_list,
+    positive_int,
+)
 
 
 def add_parser(subparsers) -> None:
@@ -54,6 +63,7 @@ def add_parser(subparsers) -> None:
     )
     ev.add_argument("--out", type=Path, required=True)
     add_model_args(ev)
+    add_placement_args(ev)
     ev.set_defaults(run=run)
 
 

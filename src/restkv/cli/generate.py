@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import UsageError, add_model_args, load_from_args, method_params, positive_int
+from .common import UsageError, add_model_args, add_placement_args, load_from_args, method_params, positive_int
 
 
 def add_parser(subparsers) -> None:
@@ -25,6 +25,7 @@ def add_parser(subparsers) -> None:
     gen.add_argument("--max-new-tokens", type=positive_int, default=64)
     gen.add_argument("--no-chat", action="store_true", help="do not wrap the prompt in the chat template")
     add_model_args(gen)
+    add_placement_args(gen)
     gen.set_defaults(run=run)
 
 
