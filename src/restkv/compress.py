@@ -50,8 +50,14 @@ class _Job:
     state: SequenceState
     memo: dict | None
 
+    @property
+    def key_mask(self) -> torch.Tensor | None:
+        """The prompt's padding mask on this layer's device (layers may sit on several GPUs)."""
+        mask = self.state.prompt_mask
+        return None if mask is None else mask.to(self.queries.device)
+
     def observed(self, budget: int) -> dict:
-        return {"budget": budget, "key_mask": self.state.prompt_mask, **self.context.scorer_kwargs()}
+        return {"budget": budget, "key_mask": self.key_mask, **self.context.scorer_kwargs()}
 
     def scores(self, keys, values, budget: int) -> torch.Tensor:
         """``scorer.score``, computed once per layer for scorers whose scores ignore the budget."""
@@ -113,7 +119,7 @@ def _keep_dense(job: _Job, cache, budget: int, stats: PressStats) -> None:
         idx = scorer.select(job.queries, keys, values, **job.observed(budget))
     ctx = job.context
     values = scorer.kept_values(
-        job.queries, keys, values, idx, scaling=ctx.scaling, key_mask=job.state.prompt_mask, softcap=ctx.softcap
+        job.queries, keys, values, idx, scaling=ctx.scaling, key_mask=job.key_mask, softcap=ctx.softcap
     )
     gather = idx[..., None].expand(-1, -1, -1, keys.shape[-1])
     if job.state.origins is not None:
@@ -160,7 +166,7 @@ def _select_per_row(job: _Job, keys, values, budget: int, row_budgets: list[int]
     with its (left) padding, which stays masked (``_kept_valid``)."""
     rows = []
     for r, own in enumerate(row_budgets):
-        observed = {**job.observed(own), "key_mask": job.state.prompt_mask[r : r + 1]}
+        observed = {**job.observed(own), "key_mask": job.key_mask[r : r + 1]}
         idx = job.scorer.select(job.queries[r : r + 1], keys[r : r + 1], values[r : r + 1], **observed)
         padding = torch.arange(budget - own, device=idx.device).expand(1, idx.shape[1], -1)
         rows.append(torch.cat([padding, idx], dim=-1))
@@ -175,7 +181,8 @@ def _kept_valid(state: SequenceState, idx: torch.Tensor | None, kv_heads: int) -
     """``[b, H_kv, kept]`` False where a kept entry is padding; None when all are real tokens."""
     if state.prompt_mask is None:
         return None
-    valid = state.prompt_mask[:, None, :].expand(-1, kv_heads, -1)
+    mask = state.prompt_mask if idx is None else state.prompt_mask.to(idx.device)
+    valid = mask[:, None, :].expand(-1, kv_heads, -1)
     valid = valid.gather(2, idx) if idx is not None else valid
     return None if bool(valid.all()) else valid
 
