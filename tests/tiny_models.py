@@ -94,3 +94,27 @@ def plain_copy(model, cache):
     for i, layer in enumerate(cache.layers):
         plain.update(layer.keys.clone(), layer.values.clone(), i)
     return plain
+
+
+def load_tiny(family="llama"):
+    """A picklable loader for Ray workers (they import this module by name)."""
+    return TinyLoaded(family)
+
+
+def load_tiny_dying_once(marker: str, family="llama"):
+    """Like :func:`load_tiny`, but the first forward anywhere kills its process (once: ``marker``
+    records it), as a worker lost mid-task would."""
+    import os
+    from pathlib import Path
+
+    loaded = TinyLoaded(family)
+    forward = loaded.model.forward
+
+    def dying(*args, **kwargs):
+        if not Path(marker).exists():
+            Path(marker).touch()
+            os._exit(1)
+        return forward(*args, **kwargs)
+
+    loaded.model.forward = dying
+    return loaded

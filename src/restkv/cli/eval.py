@@ -61,6 +61,14 @@ def add_parser(subparsers) -> None:
         help="quantize each cache after compression: quanto:2, quanto:4, hqq:2, hqq:4, hqq:8 "
         "(pip install 'restkv[quantization]'); rows are labelled e.g. snapkv+hqq4",
     )
+    ev.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="ray: spread prompts over Ray actors, each loading the model once (pip install 'restkv[ray]')",
+    )
+    ev.add_argument("--address", help="with --executor ray: the cluster's address (auto: the running one)")
+    ev.add_argument("--workers", type=positive_int, default=2, help="with --executor ray: actors (one model each)")
     ev.add_argument("--out", type=Path, required=True)
     add_model_args(ev)
     add_placement_args(ev)
@@ -83,11 +91,21 @@ def run(args) -> int:
     )  # fmt: skip
     start = time.perf_counter()
     loaded = load_from_args(args)
+    executor = None
+    if args.executor == "ray":
+        from functools import partial
+
+        from ..eval.jobs import RayExecutor
+        from ..models import load_model
+
+        load = partial(load_model, args.model, device=args.device, dtype=args.dtype, attn=args.attn)
+        executor = RayExecutor(load, args.workers, args.address)
     groups = family.groups(loaded, options)
     command = " ".join(sys.argv)
     totals = run_eval(
-        loaded, groups, configs, args.out, args.batch, command, family.mode, start, args.query_agnostic, kv_quant
-    )
+        loaded, groups, configs, args.out, args.batch, command, family.mode, start, args.query_agnostic, kv_quant,
+        executor,
+    )  # fmt: skip
     print(
         f"{totals['samples_run']} samples run, {totals['samples_skipped']} already done; "
         f"wall time {totals['wall_s']:.0f} s; results in {args.out}"

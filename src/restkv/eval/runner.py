@@ -15,6 +15,7 @@ from ..generation import encode_prompt, eos_ids
 from ..specs import MethodConfig
 from ..window import question_tokens, question_window
 from .engine import Engine
+from .jobs import Job, run_local
 from .store import ResultStore
 from .tasks.base import Sample
 from .tasks.registry import MODES, TaskGroup
@@ -72,6 +73,7 @@ def run_sweep(
     mode: str | None = None,
     query_agnostic: bool = False,
     kv_quant: tuple[str, int] | None = None,
+    executor=None,
 ) -> dict:
     """Evaluate every config on every sample; rows already in ``store`` are skipped.
 
@@ -82,6 +84,8 @@ def run_sweep(
     same context share one compression per config.
     ``kv_quant``: ``(backend, bits)``: each cache is quantized after compression (rows are
     labelled ``<method>+<backend><bits>``).
+    ``executor``: where jobs run (None: here; a :class:`~restkv.eval.jobs.RayExecutor`: on Ray
+    actors); rows are written here either way.
     Returns counters: samples run and skipped, wall seconds, and the prefill seconds spent.
     """
     if mode is not None and mode not in MODES:
@@ -96,83 +100,87 @@ def run_sweep(
     stop = eos_ids(tokenizer, model)
     counters = {"samples_run": 0, "samples_skipped": 0, "wall_s": 0.0, "prefill_s": 0.0, "compress_s": 0.0}
     start = time.perf_counter()
+    bar = tqdm(total=len(samples), desc=f"{task} ({len(configs)} configs)", unit="sample", disable=not progress)
 
-    def save(sample, settings, outcomes, teacher_forced):
-        rows = []
-        for o in outcomes:
-            text = tokenizer.decode([t for t in o.token_ids if t not in stop], skip_special_tokens=True)
-            extra = {**public_meta(sample), **o.extra, "answers": sample.answers}
+    def save(job: Job, per_sample: list) -> None:
+        """Write a finished job's rows, one transaction per sample (the driver is the only writer)."""
+        teacher_forced = job.kind == "teacher_forced"
+        counters["prefill_s"] += per_sample[0][0].prefill_s - per_sample[0][0].compress_s
+        for (sample, settings), outcomes in zip(job.samples, per_sample, strict=True):
+            rows = []
+            for o in outcomes:
+                text = tokenizer.decode([t for t in o.token_ids if t not in stop], skip_special_tokens=True)
+                extra = {**public_meta(sample), **o.extra, "answers": sample.answers}
+                if query_agnostic:
+                    extra["mode"] = "query-agnostic"
+                rows.append(
+                    {
+                        "task": task,
+                        "sample_id": sample.id,
+                        "model": loaded.name,
+                        "method": row_label(engine, o.config),
+                        "budget": o.config.budget,
+                        "params": params_of(engine, o.config),
+                        "setting": settings[o.config],
+                        "prediction": text,
+                        "score": o.top1 if teacher_forced else score(text, sample),
+                        "prompt_tokens": o.prompt_tokens,
+                        "kept_entries": o.kept_entries,
+                        "kv_bytes": o.kv_bytes,
+                        "prefill_s": o.prefill_s,
+                        "compress_s": o.compress_s,
+                        "decode_ms_per_token": o.decode_ms_per_token,
+                        "kl": o.kl,
+                        "top1": o.top1,
+                        "extra": extra,
+                    }
+                )
+            store.add(rows)
+            counters["samples_run"] += 1
+            counters["compress_s"] += sum(o.compress_s for o in outcomes)
+            bar.update(1)
+
+    def jobs():
+        """The work left, in sample order: one job per prompt, or per shared context (query-agnostic)."""
+        shared: Job | None = None  # query-agnostic samples waiting for the next context
+        for sample in samples:
+            settings = {c: setting_of(loaded, sample, params_of(engine, c), query_agnostic) for c in configs}
+            labels = {c: row_label(engine, c) for c in configs}
+            todo = [c for c in configs if not store.has(task, sample.id, loaded.name, labels[c], c.budget, settings[c])]
+            if not todo:
+                counters["samples_skipped"] += 1
+                bar.update(1)
+                continue
+            if (mode or sample_mode(sample)) == "teacher_forced":  # fidelity: the continuation is fed
+                ids = torch.tensor([sample.meta["prompt_ids"]])
+                yield Job(
+                    "teacher_forced", todo, ids, [(sample, settings)], continuation=sample.meta["continuation_ids"]
+                )
+                continue
+            chat = loaded.chat and sample.meta.get("chat", True)
+            input_ids = encode_prompt(tokenizer, sample.prompt, chat=chat, answer_prefix=sample.answer_prefix)
             if query_agnostic:
-                extra["mode"] = "query-agnostic"
-            rows.append(
-                {
-                    "task": task,
-                    "sample_id": sample.id,
-                    "model": loaded.name,
-                    "method": row_label(engine, o.config),
-                    "budget": o.config.budget,
-                    "params": params_of(engine, o.config),
-                    "setting": settings[o.config],
-                    "prediction": text,
-                    "score": o.top1 if teacher_forced else score(text, sample),
-                    "prompt_tokens": o.prompt_tokens,
-                    "kept_entries": o.kept_entries,
-                    "kv_bytes": o.kv_bytes,
-                    "prefill_s": o.prefill_s,
-                    "compress_s": o.compress_s,
-                    "decode_ms_per_token": o.decode_ms_per_token,
-                    "kl": o.kl,
-                    "top1": o.top1,
-                    "extra": extra,
-                }
-            )
-        store.add(rows)
-        counters["samples_run"] += 1
-        counters["compress_s"] += sum(o.compress_s for o in outcomes)
+                context, question = split_question(tokenizer, sample, chat, input_ids)
+                if shared is not None and (todo != shared.todo or not torch.equal(context, shared.ids)):
+                    yield shared
+                    shared = None
+                shared = shared or Job("agnostic", todo, context)
+                shared.samples.append((sample, settings))
+                shared.questions.append((question, sample.max_new_tokens))
+                continue
+            # the question's length in tokens, clipped to each auto-window press's own range
+            window = {r: question_window(tokenizer, sample.prompt, chat, sample.answer_prefix, *r) for r in ranges}
+            yield Job("generate", todo, input_ids, [(sample, settings)], sample.max_new_tokens, window)
+        if shared is not None:
+            yield shared
 
-    shared: list = []  # query-agnostic samples waiting for the next context: (sample, settings, todo, ids)
-
-    def answer_shared():
-        """Compress the waiting samples' common context once per config, then ask each question."""
-        if not shared:
-            return
-        context = shared[0][3][0]
-        questions = [(ids[1], sample.max_new_tokens) for sample, _, _, ids in shared]
-        per_question = engine.run_agnostic(context, questions, stop, configs=shared[0][2], batch=batch)
-        counters["prefill_s"] += per_question[0][0].prefill_s - per_question[0][0].compress_s
-        for (sample, settings, _, _), outcomes in zip(shared, per_question):
-            save(sample, settings, outcomes, False)
-        shared.clear()
-
-    bar = tqdm(samples, desc=f"{task} ({len(configs)} configs)", unit="sample", disable=not progress)
-    for sample in bar:
-        settings = {c: setting_of(loaded, sample, params_of(engine, c), query_agnostic) for c in configs}
-        labels = {c: row_label(engine, c) for c in configs}
-        todo = [c for c in configs if not store.has(task, sample.id, loaded.name, labels[c], c.budget, settings[c])]
-        if not todo:
-            counters["samples_skipped"] += 1
-            continue
-        teacher_forced = (mode or sample_mode(sample)) == "teacher_forced"
-        if teacher_forced:  # fidelity: nothing generated, the continuation is fed
-            input_ids = torch.tensor([sample.meta["prompt_ids"]])
-            outcomes = engine.fidelity(input_ids, sample.meta["continuation_ids"], configs=todo, batch=batch)
-            counters["prefill_s"] += outcomes[0].prefill_s - outcomes[0].compress_s
-            save(sample, settings, outcomes, True)
-            continue
-        chat = loaded.chat and sample.meta.get("chat", True)
-        input_ids = encode_prompt(tokenizer, sample.prompt, chat=chat, answer_prefix=sample.answer_prefix)
-        if query_agnostic:
-            ids = split_question(tokenizer, sample, chat, input_ids)
-            if shared and (todo != shared[0][2] or not torch.equal(ids[0], shared[0][3][0])):
-                answer_shared()
-            shared.append((sample, settings, todo, ids))
-            continue
-        # the question's length in tokens, clipped to each auto-window press's own range
-        window = {r: question_window(tokenizer, sample.prompt, chat, sample.answer_prefix, *r) for r in ranges}
-        outcomes = engine.run(input_ids, sample.max_new_tokens, stop, configs=todo, batch=batch, window=window)
-        counters["prefill_s"] += outcomes[0].prefill_s - outcomes[0].compress_s
-        save(sample, settings, outcomes, False)
-    answer_shared()
+    try:
+        if executor is None:
+            run_local(engine, jobs(), stop, batch, save)
+        else:
+            executor.run(configs, kv_quant, jobs(), stop, batch, save)
+    finally:
+        bar.close()
     counters["wall_s"] = time.perf_counter() - start
     return counters
 
@@ -213,9 +221,10 @@ def run_eval(
     started: float | None = None,
     query_agnostic: bool = False,
     kv_quant: tuple[str, int] | None = None,
+    executor=None,
 ) -> dict:
     """Sweep every group into ``out_dir/results.sqlite`` and log the run to ``out_dir/runs.jsonl``
-    (see :func:`run_sweep` for ``mode``, ``query_agnostic`` and ``kv_quant``).
+    (see :func:`run_sweep` for ``mode``, ``query_agnostic``, ``kv_quant`` and ``executor``).
 
     ``started`` is the ``time.perf_counter()`` at which the command began, so the logged wall
     time includes loading the model and building the samples. Returns the summed counters
@@ -228,7 +237,7 @@ def run_eval(
         for task, samples, score in groups:
             counters = run_sweep(
                 loaded, task, samples, configs, store, score, batch=batch, mode=mode, query_agnostic=query_agnostic,
-                kv_quant=kv_quant,
+                kv_quant=kv_quant, executor=executor,
             )  # fmt: skip
             for key in totals:
                 totals[key] += counters[key]
