@@ -10,7 +10,12 @@ import restkv.cli as cli
 from restkv.cli import COMMANDS, EXIT_USAGE, UsageError, build_parser, main
 from restkv.cli.common import method_configs, method_params
 
-SUBCOMMANDS = ["methods", "models", "generate", "chat", "demo", "eval", "tune", "bench", "report"]
+SUBCOMMANDS = ["methods", "models", "generate", "chat", "demo", "eval", "lm-eval", "tune", "bench", "report"]
+
+
+def command_name(module) -> str:
+    """A command module's subcommand: its name, with - for _ (restkv.cli.lm_eval is lm-eval)."""
+    return module.__name__.rsplit(".", 1)[1].replace("_", "-")
 
 
 def subparsers(parser):
@@ -19,7 +24,7 @@ def subparsers(parser):
 
 
 def test_every_command_module_exposes_add_parser_and_run():
-    assert [m.__name__.rsplit(".", 1)[1] for m in COMMANDS] == SUBCOMMANDS
+    assert [command_name(m) for m in COMMANDS] == SUBCOMMANDS
     for module in COMMANDS:
         assert callable(module.add_parser) and callable(module.run), module.__name__
 
@@ -28,8 +33,7 @@ def test_parser_has_the_same_subcommands_each_running_its_module():
     choices = subparsers(build_parser())
     assert list(choices) == SUBCOMMANDS
     for module in COMMANDS:
-        name = module.__name__.rsplit(".", 1)[1]
-        assert choices[name].get_default("run") is module.run
+        assert choices[command_name(module)].get_default("run") is module.run
 
 
 def test_exit_code_and_error_type_are_re_exported():
