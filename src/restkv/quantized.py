@@ -39,6 +39,12 @@ def parse_kv_quant(text: str) -> tuple[str, int]:
     return backend, int(bits)
 
 
+def quantized_label(label: str, kv_quant: tuple[str, int] | None) -> str:
+    """A method's label in results: ``snapkv`` at full precision, ``snapkv+hqq4`` quantized, so one
+    store holds both side by side."""
+    return label if kv_quant is None else "{}+{}{}".format(label, *kv_quant)
+
+
 def quantized_cache(model, backend: str, nbits: int, group_size: int = 64, residual_length: int = 128):
     """An empty :class:`~transformers.QuantizedCache` for ``model``; a press may compress it."""
     parse_kv_quant(f"{backend}:{nbits}")

@@ -7,6 +7,7 @@ import time
 from tqdm.auto import tqdm
 
 from ..eval.store import ResultStore
+from ..quantized import parse_kv_quant, quantized_label
 from ..specs import MethodConfig
 from . import latency, memory
 
@@ -16,7 +17,7 @@ def _row(task, length, model_name, config, kv_quant=None, **fields):
         "task": task,
         "sample_id": f"len-{length}",
         "model": model_name,
-        "method": config.label if kv_quant is None else f"{config.label}+{kv_quant.replace(':', '')}",
+        "method": quantized_label(config.label, parse_kv_quant(kv_quant) if kv_quant else None),
         "budget": config.budget,
         "params": {"method": config.method, **config.press().params()},
         "prompt_tokens": length,

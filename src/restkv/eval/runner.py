@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..generation import encode_prompt, eos_ids
+from ..quantized import quantized_label
 from ..specs import MethodConfig
 from ..window import question_tokens, question_window
 from .engine import Engine
@@ -29,9 +30,8 @@ def params_of(engine: Engine, config: MethodConfig) -> dict:
 
 
 def row_label(engine: Engine, config: MethodConfig) -> str:
-    """The method's label in the store; a quantized cache is another method (``snapkv+hqq4``),
-    so one store holds a method with and without quantization side by side."""
-    return config.label if not engine.kv_quant else "{}+{}{}".format(config.label, *engine.kv_quant)
+    """The method's label in the store (see :func:`restkv.quantized.quantized_label`)."""
+    return quantized_label(config.label, engine.kv_quant)
 
 
 def public_meta(sample: Sample) -> dict:
