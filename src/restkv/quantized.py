@@ -9,7 +9,8 @@ Decoding then goes through transformers' own quantized layers: tokens accumulate
 precision in the residual buffer and are quantized every ``residual_length`` tokens.
 
 Eviction and quantization multiply: a budget of 1/8 of the prompt at 4 bits stores about 1/32
-of the bytes (plus the quantizer's scales and zero points, which :func:`stored_bytes` counts).
+of a 16-bit cache's bytes, 1/64 of a 32-bit one's, plus the quantizer's scales and zero points
+(:func:`stored_bytes` counts them; measured: 2.0% of fp32 at 1/8 and 4 bits, group size 64).
 
 Backends: ``quanto`` (``optimum-quanto``; 2 or 4 bits) and ``hqq`` (1, 2, 3, 4 or 8 bits).
 """
