@@ -138,7 +138,7 @@ def answer(loaded, ids, press, max_new_tokens: int, window, chunk_size) -> dict:
 
     import restkv.press
     from restkv.cache import cache_entries
-    from restkv.generation import eos_ids, next_positions, prefill
+    from restkv.generation import decode, eos_ids, prefill
     from restkv.origins import track_origins
     from restkv.press import KVPress
     from restkv.state import ensure_state
@@ -163,17 +163,8 @@ def answer(loaded, ids, press, max_new_tokens: int, window, chunk_size) -> dict:
             question = window if press.question_aware and window is not None else 0
             logits = prefill(model, ids, cache, press.chunk_size or chunk_size, False, question)
             prefill_s = time.perf_counter() - t
-            kept, first, tokens = cache_entries(cache), torch.log_softmax(logits[0].float(), -1), []
-            t = time.perf_counter()
-            for step in range(max_new_tokens):
-                token = int(logits.argmax(-1)[0])
-                tokens.append(token)
-                if token in stop or step == max_new_tokens - 1:
-                    break
-                step_ids = torch.tensor([[token]])
-                positions = next_positions(cache, ids.shape[1] + step, 1, 1, step_ids.device)
-                logits = model(input_ids=step_ids, cache=cache, position_ids=positions, use_cache=True).logits[:, -1]
-            decode_ms = (time.perf_counter() - t) * 1000 / max(len(tokens) - 1, 1)
+            kept, first = cache_entries(cache), torch.log_softmax(logits[0].float(), -1)
+            tokens, decode_ms = decode(model, cache, logits, ids.shape[1], max_new_tokens, stop)
     finally:
         restkv.press.recompress_chunk = compress
     text = loaded.tokenizer.decode([t for t in tokens if t not in stop], skip_special_tokens=True)
