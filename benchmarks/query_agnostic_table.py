@@ -17,7 +17,7 @@ from restkv.eval.store import ResultStore
 
 
 def family(task: str) -> str:
-    return "ruler (mean of tasks)" if task.startswith("ruler/") else task
+    return "ruler (mean of tasks)" if task.startswith(("ruler/", "ruler-handwritten/")) else task
 
 
 def length_of(sample_id: str) -> int:

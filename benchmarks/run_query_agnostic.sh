@@ -20,7 +20,7 @@ lane() {  # $1: aware or agnostic; the rest: extra flags
   local mode=$1; shift
   for length in 1024 4096; do
     run env OMP_NUM_THREADS=1 $RESTKV eval passkey "${ARGS[@]}" --length $length --samples $((SAMPLES * 2)) --out "$OUT/$mode" "$@"
-    run env OMP_NUM_THREADS=1 $RESTKV eval ruler "${ARGS[@]}" --length $length --samples "$SAMPLES" --out "$OUT/$mode" "$@"
+    run env OMP_NUM_THREADS=1 $RESTKV eval ruler-handwritten "${ARGS[@]}" --length $length --samples "$SAMPLES" --out "$OUT/$mode" "$@"
   done
 }
 lane aware & lane agnostic --query-agnostic & wait

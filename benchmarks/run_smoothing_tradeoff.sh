@@ -11,7 +11,7 @@ SETTINGS=$($PY -c "import sys; sys.path.insert(0, 'benchmarks'); import smoothin
 mkdir -p "$OUT"
 $PY benchmarks/smoothing_tradeoff.py latency --lengths 4096,8192,32768 --budget 512 --out "$OUT/latency.json"
 $RESTKV eval fidelity --methods "full,$SETTINGS" --budgets 256 --length 4096 --samples 2 --out "$OUT/fidelity"
-$RESTKV eval ruler --methods "full,$SETTINGS" --budgets 128 --length 1024 --samples 2 --out "$OUT/ruler"
+$RESTKV eval ruler-handwritten --methods "full,$SETTINGS" --budgets 128 --length 1024 --samples 2 --out "$OUT/ruler"
 # about 4, 12 and 25 minutes per setting at 32K, 128K and 256K on this machine
 $PY benchmarks/smoothing_tradeoff.py niah --lengths 32768,131072,262144 --budget 512 \
   --settings "restkv[temporal=ema;pooling=adaptive],restkv[temporal=ema;pooling=none]" --out "$OUT/niah.jsonl"

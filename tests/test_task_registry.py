@@ -25,6 +25,7 @@ def loaded():
 def test_families_are_registered_in_the_documented_order():
     assert TASK_FAMILIES == (
         "ruler",
+        "ruler-handwritten",
         "niah",
         "fidelity",
         "passkey",
@@ -48,7 +49,8 @@ def test_unknown_family_is_one_sentence_listing_the_others():
     with pytest.raises(ValueError) as err:
         build("nope", None, TaskOptions())
     assert str(err.value) == (
-        "unknown task 'nope'; available: ruler, niah, fidelity, passkey, longbench, infinitebench, bbh, bbh-haystack"
+        "unknown task 'nope'; available: ruler, ruler-handwritten, niah, fidelity, passkey, longbench, infinitebench, "
+        "bbh, bbh-haystack"
     )
 
 
@@ -68,8 +70,8 @@ def test_build_goes_through_the_registry(loaded):
     (fidelity,) = build("fidelity", loaded, TaskOptions(samples=1, length=64, continuation=8))
     assert fidelity.name == "fidelity/64" and fidelity.score is None
     assert len(fidelity.samples[0].meta["prompt_ids"]) == 64
-    ruler = build("ruler", loaded, TaskOptions(samples=1, length=2000, subtasks=("niah_single_1", "vt")))
-    assert [g.name for g in ruler] == ["ruler/niah_single_1", "ruler/vt"]
+    ruler = build("ruler-handwritten", loaded, TaskOptions(samples=1, length=2000, subtasks=("niah_single_1", "vt")))
+    assert [g.name for g in ruler] == ["ruler-handwritten/niah_single_1", "ruler-handwritten/vt"]
 
 
 def generate_sample_with_token_metadata():

@@ -27,7 +27,7 @@ for what in "${@:-passkey ruler}"; do
   for w in $what; do
     case $w in
       passkey) peer_run passkey 470 20 128,256 runs/peers-passkey ;;
-      ruler) peer_run ruler 512 5 128,256 runs/peers-ruler-512 ;;
+      ruler) peer_run ruler-handwritten 512 5 128,256 runs/peers-ruler-512 ;;
       *) echo "unknown run $w (passkey or ruler)" >&2; exit 2 ;;
     esac
   done

@@ -12,7 +12,17 @@ from .base import token_counter
 from .registry import FAMILIES, TaskFamily, TaskGroup, TaskOptions, get_family, register_family
 
 # importing a module registers its family; this order is the order families are listed in
-for _module in ("ruler", "niah", "fidelity", "passkey", "longbench", "infinitebench", "bbh", "bbh_haystack"):
+for _module in (
+    "ruler_official",
+    "ruler",
+    "niah",
+    "fidelity",
+    "passkey",
+    "longbench",
+    "infinitebench",
+    "bbh",
+    "bbh_haystack",
+):
     import_module(f".{_module}", __name__)
 
 TASK_FAMILIES = tuple(FAMILIES)

@@ -1,4 +1,10 @@
-"""RULER's synthetic tasks, generated locally at a requested length in the model's own tokens.
+"""RULER's synthetic tasks, hand-written: ``restkv eval ruler-handwritten``.
+
+``restkv eval ruler`` runs RULER's own generators (:mod:`.ruler_official`). This module is kept
+for what they cannot do: it needs no extra package and no sentence model, it fills any length
+(RULER's scripts stop at the length of their essay file and start from a fixed minimum), and it
+reproduces the results recorded before the switch (``benchmarks/results/ruler-1k*``); the two
+are compared side by side in ``benchmarks/results/ruler-official-vs-handwritten``.
 
 Follows Hsieh et al., "RULER: What's the Real Context Size of Your Long-Context Language
 Models?" (2024, arXiv 2404.06654; ``NVIDIA/RULER``): the task families, their needle, key and
@@ -251,7 +257,7 @@ def score(task: str) -> Callable[[str, Sample], float]:
     return lambda prediction, sample: metric(prediction, sample.answers)
 
 
-@register_family("ruler")
+@register_family("ruler-handwritten")
 def task_groups(loaded, options: TaskOptions) -> list[TaskGroup]:
     """One group per RULER task (``--tasks``, or every synthetic one)."""
     count = token_counter(loaded)
@@ -259,4 +265,4 @@ def task_groups(loaded, options: TaskOptions) -> list[TaskGroup]:
     def samples(task: str) -> list[Sample]:
         return ruler_samples(task, options.samples, options.length, count, options.seed, options.data_dir)
 
-    return [TaskGroup(f"ruler/{t}", samples(t), score(t)) for t in options.subtasks or SYNTHETIC]
+    return [TaskGroup(f"ruler-handwritten/{t}", samples(t), score(t)) for t in options.subtasks or SYNTHETIC]
