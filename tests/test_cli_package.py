@@ -43,7 +43,7 @@ def test_exit_code_and_error_type_are_re_exported():
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["eval", "nope", "--out", "x"], "unknown task 'nope'; available: ruler, niah, fidelity, passkey, longbench"),
+        (["eval", "nope", "--out", "x"], "unknown task 'nope'; available: ruler, ruler-handwritten, niah, fidelity"),
         (["eval", "passkey", "--out", "x", "--data-dir", "/no/such/dir"], "--data-dir /no/such/dir is not a folder"),
         (["eval", "passkey", "--out", "x", "--param", "restkv.alpha"], "--param takes METHOD.NAME=VALUE"),
         (["eval", "passkey", "--out", "x", "--param", "alpha=0.5"], "--param takes METHOD.NAME=VALUE"),
@@ -89,6 +89,18 @@ def test_method_configs_expand_budgets_merge_params_and_drop_duplicates():
     assert method_params(["window_size=16", "chunked=true", "name=x=y"]) == {
         "window_size": 16, "chunked": True, "name": "x=y",
     }  # fmt: skip
+
+
+def test_ratios_add_one_config_per_compression_ratio_and_bad_ratios_exit_2(capsys):
+    configs = method_configs(["full", "snapkv"], [], None, ratios=[0.5, 0.75])
+    assert [(c.method, c.budget, dict(c.params)) for c in configs] == [
+        ("full", None, {}), ("snapkv", None, {"compression_ratio": 0.5}), ("snapkv", None, {"compression_ratio": 0.75}),
+    ]  # fmt: skip
+    assert configs[1].label == "snapkv(compression_ratio=0.5)" and configs[1].press().compression_ratio == 0.5
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "passkey", "--out", "x", "--ratios", "0.5,1.5"])
+    assert exit_.value.code == 2
+    assert "a compression ratio is a number between 0 and 1, got '1.5'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("module", ["restkv", "restkv.cli"])

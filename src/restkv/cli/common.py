@@ -25,6 +25,20 @@ def int_list(text: str) -> list[int]:
     return [positive_int(part) for part in text.split(",") if part.strip()]
 
 
+def ratio_list(text: str) -> list[float]:
+    """``0.5,0.75``: compression ratios, each in (0, 1)."""
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            value = float(part)
+        except ValueError:
+            value = None
+        if value is None or not 0 < value < 1:
+            raise argparse.ArgumentTypeError(f"a compression ratio is a number between 0 and 1, got {part!r}")
+        out.append(value)
+    return out
+
+
 def name_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -124,8 +138,11 @@ def method_params(pairs: list[str] | None) -> dict:
     return params
 
 
-def method_configs(methods: list[str], budgets: list[int], pairs: list[str] | None) -> list:
+def method_configs(methods: list[str], budgets: list[int], pairs: list[str] | None, ratios=()) -> list:
     """Every (method, budget) of ``--methods`` x ``--budgets``, with ``--param METHOD.NAME=VALUE``.
+
+    ``ratios`` (``--ratios``) add one config per compression ratio (the share of the prompt's
+    entries removed), kvpress's leaderboard protocol; their labels carry the ratio.
 
     Each config builds its press once here, so a bad method, budget or parameter is reported
     before any model is loaded. Duplicates are dropped, first one kept.
@@ -145,8 +162,11 @@ def method_configs(methods: list[str], budgets: list[int], pairs: list[str] | No
     configs = []
     for spec in methods:
         method, inline = parse_method_spec(spec)
-        for budget in [None] if method == "full" else budgets:
-            config = MethodConfig.make(method, budget, **{**params.get(method, {}), **inline})
+        own = {**params.get(method, {}), **inline}
+        points = [(None, {})] if method == "full" else [(b, {}) for b in budgets]
+        points += [] if method == "full" else [(None, {"compression_ratio": r}) for r in ratios]
+        for budget, ratio in points:
+            config = MethodConfig.make(method, budget, **own, **ratio)
             config.press()  # validates the method, budget and parameters
             configs.append(config)
     return list(dict.fromkeys(configs))

@@ -15,6 +15,7 @@ from .common import (
     method_configs,
     name_list,
     positive_int,
+    ratio_list,
 )
 
 
@@ -28,7 +29,15 @@ def add_parser(subparsers) -> None:
         default=["full", "restkv", "snapkv"],
         help="comma-separated; a method may carry its own parameters: restkv[window_size=auto;alpha=0.7]",
     )
-    ev.add_argument("--budgets", type=int_list, default=[128, 256])
+    ev.add_argument(
+        "--budgets", type=int_list, help="entries kept per head and layer (default 128,256 without --ratios)"
+    )
+    ev.add_argument(
+        "--ratios",
+        type=ratio_list,
+        default=[],
+        help="compression ratios, the share of the prompt's entries removed (e.g. 0.5,0.75: kvpress's protocol)",
+    )
     ev.add_argument(
         "--param", action="append", metavar="METHOD.NAME=VALUE", help="a method parameter, e.g. restkv.alpha=0.7"
     )
@@ -83,7 +92,8 @@ def run(args) -> int:
     family = get_family(args.task)  # an unknown name fails before the model is loaded
     if args.data_dir is not None and not args.data_dir.is_dir():
         raise UsageError(f"--data-dir {args.data_dir} is not a folder")
-    configs = method_configs(args.methods, args.budgets, args.param)
+    budgets = args.budgets if args.budgets is not None else [] if args.ratios else [128, 256]
+    configs = method_configs(args.methods, budgets, args.param, args.ratios)
     kv_quant = parse_kv_quant(args.kv_quant) if args.kv_quant else None
     options = TaskOptions(
         args.samples, args.length, tuple(args.lengths), tuple(args.depths), args.continuation, args.seed,
