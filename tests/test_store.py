@@ -295,3 +295,29 @@ def test_a_second_writer_is_refused_and_readers_are_not(tmp_path):
         )
     with ResultStore(path, writer=True):  # released on close
         pass
+
+
+def test_agreement_compares_each_answer_with_the_full_caches_answer_to_the_same_sample():
+    from restkv.eval.report import aggregate, agreement_part
+
+    def row(task, method, sample, prediction):
+        return {"task": task, "model": "m", "method": method, "budget": None if method == "full" else 8,
+                "sample_id": sample, "prediction": prediction, "score": 1.0, "kl": 0.0, "top1": 1.0,
+                "prompt_tokens": 10, "kept_entries": 5, "kv_bytes": None, "prefill_s": 0.1, "compress_s": 0.0,
+                "decode_ms_per_token": 1.0}  # fmt: skip
+
+    rows = [
+        row("bbh/snarks", "full", "s0", " (A)\n\nQ: next"),
+        row("bbh/snarks", "full", "s1", "(B)"),
+        row("bbh/snarks", "x", "s0", "(A) because it is ironic"),  # BBH's extraction: the same answer
+        row("bbh/snarks", "x", "s1", "(A)"),
+        row("ruler/vt", "full", "s0", " ABCDE "),
+        row("ruler/vt", "x", "s0", "ABCDE and more"),
+    ]
+    agg = {(a["task"], a["method"]): a for a in aggregate(rows)}
+    assert agg[("bbh/snarks", "x")]["agreement"] == 0.5 and agg[("bbh/snarks", "full")]["agreement"] == 1.0
+    assert agg[("ruler/vt", "x")]["agreement"] == 0.0
+    part = agreement_part(list(agg.values()), "bbh/snarks")
+    assert part[0].startswith("Share of samples answered as the full cache") and "| x | **50.0** |" in part[2]
+    no_predictions = [{**r, "prediction": None} for r in rows]
+    assert agreement_part(aggregate(no_predictions), "bbh/snarks") == []

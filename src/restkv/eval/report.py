@@ -17,28 +17,59 @@ def _mean(values):
     return sum(values) / len(values) if values else None
 
 
-def method_order(method: str, budget) -> tuple:
-    """Report order: the full cache first, then methods by name and budget."""
-    return (method != FULL, method, budget or 0)
+RATIO = re.compile(r"(?:(?<=\()|,)compression_ratio=([0-9.]+)")
+
+
+def method_order(method: str, budget, ratio=None) -> tuple:
+    """Report order: the full cache first, then methods by name, budget and compression ratio."""
+    return (method != FULL, method, budget or 0, ratio or 0)
+
+
+def split_ratio(label: str) -> tuple[str, float | None]:
+    """``snapkv(compression_ratio=0.5)`` -> ``("snapkv", 0.5)``: a ratio config's method and ratio."""
+    match = RATIO.search(label)
+    if match is None:
+        return label, None
+    rest = label[: match.start()] + label[match.end() :]
+    return rest.replace("(,", "(").replace("()", ""), float(match.group(1))
+
+
+def point(a: dict):
+    """A config's column in the tables: ``("budget", 128)``, ``("ratio", 0.5)``, or None for the full cache."""
+    if a.get("ratio") is not None:
+        return ("ratio", a["ratio"])
+    return None if a["budget"] is None else ("budget", a["budget"])
+
+
+def point_label(key) -> str:
+    return "all" if key is None else f"{key[0]} {key[1]:g}"
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
-    """Mean of each measure per (task, model, method, budget); ``n`` is the sample count."""
+    """Mean of each measure per (task, model, method, budget); ``n`` is the sample count.
+
+    A config run by compression ratio (``--ratios``) gets its method without the ratio and a
+    ``ratio`` field, so tables put ratios in columns beside budgets.
+    """
     groups = defaultdict(list)
     for row in rows:
         groups[(row["task"], row["model"], row["method"], row["budget"])].append(row)
+    agree = agreement(rows)
     out = []
-    for (task, model, method, budget), items in groups.items():
+    for (task, model, label, budget), items in groups.items():
+        method, ratio = split_ratio(label)
         out.append(
             {
                 "task": task,
                 "model": model,
                 "method": method,
                 "budget": budget,
+                "ratio": ratio,
                 "n": len(items),
                 "score": 100 * _mean([r["score"] for r in items]) if items[0]["score"] is not None else None,
                 "kl": _mean([r["kl"] for r in items]),
                 "top1": _mean([r["top1"] for r in items]),
+                "agreement": _mean([agree.get(id(r)) for r in items]),
                 "prompt_tokens": _mean([r["prompt_tokens"] for r in items]),
                 "kept_entries": _mean([r["kept_entries"] for r in items]),
                 "kv_mib": _mean([r["kv_bytes"] / 2**20 for r in items if r["kv_bytes"] is not None]),
@@ -47,7 +78,27 @@ def aggregate(rows: list[dict]) -> list[dict]:
                 "decode_ms_per_token": _mean([r["decode_ms_per_token"] for r in items]),
             }
         )
-    return sorted(out, key=lambda a: (a["task"], *method_order(a["method"], a["budget"])))
+    return sorted(out, key=lambda a: (a["task"], *method_order(a["method"], a["budget"], a["ratio"])))
+
+
+def answer_of(task: str, prediction: str) -> str:
+    """What two predictions must share to agree: BBH's extracted answer, or the stripped text."""
+    if task.startswith(("bbh/", "bbh-haystack/")):
+        from .tasks.bbh import extract_answer
+
+        return extract_answer(prediction)
+    return prediction.strip()
+
+
+def agreement(rows: list[dict]) -> dict[int, float]:
+    """``id(row)`` -> 1.0 if the row's answer is the full cache's answer to the same sample, else 0.0."""
+    full = {(r["task"], r["model"], r["sample_id"]): r for r in rows if r["method"] == FULL}
+    out = {}
+    for r in rows:
+        reference = full.get((r["task"], r["model"], r["sample_id"]))
+        if reference is not None and r.get("prediction") is not None and reference.get("prediction") is not None:
+            out[id(r)] = float(answer_of(r["task"], r["prediction"]) == answer_of(r["task"], reference["prediction"]))
+    return out
 
 
 def file_stem(task: str) -> str:
@@ -64,17 +115,22 @@ def family_means(agg: list[dict]) -> list[dict]:
         tasks = {a["task"] for a in members}
         if len(tasks) < 2:
             continue
-        keys = sorted({(a["model"], a["method"], a["budget"]) for a in members}, key=lambda k: method_order(k[1], k[2]))
-        for model, method, budget in keys:
-            same = [a for a in members if (a["model"], a["method"], a["budget"]) == (model, method, budget)]
+
+        def config(a: dict) -> tuple:
+            return a["model"], a["method"], a["budget"], a.get("ratio")
+
+        for key in sorted({config(a) for a in members}, key=lambda k: method_order(*k[1:])):
+            model, method, budget, ratio = key
+            same = [a for a in members if config(a) == key]
             if len(same) != len(tasks):
                 continue  # a method missing on some task would bias the mean
             mean = {
-                k: _mean([a[k] for a in same])
+                k: _mean([a.get(k) for a in same])
                 for k in (
                     "score",
                     "kl",
                     "top1",
+                    "agreement",
                     "prompt_tokens",
                     "kept_entries",
                     "kv_mib",
@@ -89,6 +145,7 @@ def family_means(agg: list[dict]) -> list[dict]:
                     "model": model,
                     "method": method,
                     "budget": budget,
+                    "ratio": ratio,
                     "n": sum(a["n"] for a in same),
                     **mean,
                 }
@@ -107,17 +164,17 @@ def _fmt(value, digits=1):
 def score_table(
     agg: list[dict], task: str, measure: str = "score", higher_is_better: bool = True, digits: int = 1
 ) -> str:
-    """Methods x budgets for one task; the full cache on top; the best method per budget in bold."""
+    """Methods x budgets (and compression ratios) for one task; the full cache on top; the best per column in bold."""
     items = [a for a in agg if a["task"] == task]
-    budgets = sorted({a["budget"] for a in items if a["budget"] is not None})
+    budgets = sorted({point(a) for a in items if point(a) is not None})
     methods = sorted({a["method"] for a in items}, key=lambda m: (m != FULL, m))
-    cell = {(a["method"], a["budget"]): a[measure] for a in items}
+    cell = {(a["method"], point(a)): a[measure] for a in items}
     best = {}
     for b in budgets:
         values = [cell[(m, b)] for m in methods if m != FULL and cell.get((m, b)) is not None]
         if values:
             best[b] = max(values) if higher_is_better else min(values)
-    lines = ["| method | " + " | ".join(f"budget {b}" for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
+    lines = ["| method | " + " | ".join(point_label(b) for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
     for m in methods:
         if m == FULL:
             value = _fmt(cell.get((FULL, None)), digits)
@@ -138,7 +195,7 @@ def detail_table(agg: list[dict], task: str) -> str:
     lines = [head, "|---" * 11 + "|"]
     for a in (a for a in agg if a["task"] == task):
         lines.append(
-            f"| {a['method']} | {a['budget'] if a['budget'] is not None else 'all'} | {a['n']} | {_fmt(a['score'])} | "
+            f"| {a['method']} | {point_label(point(a)).removeprefix('budget ')} | {a['n']} | {_fmt(a['score'])} | "
             f"{_fmt(a['kl'], 4)} | {_fmt(a['top1'], 2)} | {_fmt(a['prompt_tokens'], 0)} | {_fmt(a['kept_entries'], 0)} | "
             f"{_fmt(a['kv_mib'], 2)} | {_fmt(a['prefill_s'], 2)} | {_fmt(a['decode_ms_per_token'], 1)} |"
         )
@@ -156,7 +213,9 @@ def plot_against_budget(
     for ax, (measure, label) in zip(axes[0], measures):
         for method in sorted({a["method"] for a in items} - {FULL}):
             points = sorted(
-                (a["budget"], a[measure]) for a in items if a["method"] == method and a[measure] is not None
+                (a["budget"], a[measure])
+                for a in items
+                if a["method"] == method and a["budget"] is not None and a[measure] is not None
             )
             if points:
                 ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
@@ -334,7 +393,7 @@ def render_report(run_dir: str | Path) -> Path:
         parts += [
             f"## {task}",
             "",
-            "Score (higher is better; best per budget in bold):",
+            "Score (higher is better; best per column in bold):",
             "",
             score_table(agg, task),
             "",
@@ -342,6 +401,7 @@ def render_report(run_dir: str | Path) -> Path:
             "",
             score_table(agg, task, "kl", higher_is_better=False, digits=4),
             "",
+            *agreement_part(agg, task),
             "All measures:",
             "",
             detail_table(agg, task),
@@ -362,6 +422,16 @@ def render_report(run_dir: str | Path) -> Path:
     out = run_dir / "report.md"
     out.write_text("\n".join(parts))
     return out
+
+
+def agreement_part(agg: list[dict], task: str) -> list[str]:
+    """The agreement table of a task whose rows have predictions to compare, else nothing."""
+    items = [a for a in agg if a["task"] == task]
+    if all(a.get("agreement") is None for a in items):
+        return []
+    intro = "Share of samples answered as the full cache answered them, in % (higher is better):"
+    scaled = [{**a, "agreement": None if a["agreement"] is None else 100 * a["agreement"]} for a in items]
+    return [intro, "", score_table(scaled, task, "agreement"), ""]
 
 
 def _log2_axis(ax, xlabel: str, ylabel: str) -> None:
