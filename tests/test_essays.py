@@ -57,14 +57,14 @@ def test_bbh_haystack_puts_essays_between_the_shots_and_a_one_line_question(tmp_
     base = bbh_base(tmp_path)
     sample = bbh_haystack.haystack_pair(base, 3000, len, seed=0.5)
     shots, question = bbh_haystack.split_prompt(base.prompt)
-    assert question == "Is 3 even? Think. Options: (A) yes (B) no"
+    assert question == "Is 0 even? Think. Options: - yes - no"
     assert 2500 < len(sample.prompt) <= 3000
     assert sample.prompt.startswith(shots) and sample.prompt.endswith(f"\n\nQ: {question}")
     assert sample.meta["reference_prompt"] == f"{shots}Q: {question}"  # the same prompt without the essays
     assert sample.answer_prefix == "\nA:" and sample.answers == base.answers
     essays = sample.prompt[len(shots) : -len(question) - 5]
     assert essays.split(". ")[1] in " ".join(essay_sentences())
-    assert bbh_haystack.score(" (B)\nQ: more", sample) == 1.0 and bbh_haystack.score("(A)", sample) == 0.0
+    assert bbh_haystack.score(" yes\nQ: more", sample) == 1.0 and bbh_haystack.score("no", sample) == 0.0
     with pytest.raises(ValueError, match="not a BBH few-shot prompt"):
         bbh_haystack.split_prompt("no question here")
 

