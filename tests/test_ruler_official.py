@@ -108,6 +108,20 @@ def test_without_the_package_the_error_says_how_to_install(monkeypatch):
         ruler_official.package_root()
 
 
+def test_without_tasks_the_ones_that_cannot_be_built_at_the_length_are_named_and_skipped(monkeypatch, capsys):
+    built = []
+    monkeypatch.setattr(ruler_official, "generate", lambda task, *args: built.append(task) or [])
+
+    class Loaded:
+        tokenizer, chat = None, False
+
+    groups = build("ruler", Loaded(), TaskOptions(samples=1, length=1024))
+    assert built == list(ruler_official.TASKS[:11]) and [g.name for g in groups][-1] == "ruler/fwe"
+    assert "cannot build qa_1, qa_2 at 1024 tokens (not evaluated)" in capsys.readouterr().err
+    build("ruler", Loaded(), TaskOptions(samples=1, length=4096))
+    assert built[11:] == list(ruler_official.TASKS)
+
+
 def test_unknown_tasks_are_refused_before_anything_is_generated():
     with pytest.raises(ValueError, match="unknown RULER task 'nope'"):
         build("ruler", object(), TaskOptions(subtasks=("nope",)))

@@ -197,8 +197,14 @@ def score(task: str):
 
 @register_family("ruler")
 def task_groups(loaded, options: TaskOptions) -> list[TaskGroup]:
-    """One group per RULER task (``--tasks``, or all 13) from RULER's own generators."""
-    names = options.subtasks or TASKS
+    """One group per RULER task (``--tasks``, or all 13 that fit ``--length``) from RULER's own generators."""
+    names = options.subtasks or [t for t in TASKS if options.length >= MIN_LENGTH.get(t, DEFAULT_MIN_LENGTH)]
+    if not options.subtasks and len(names) < len(TASKS):
+        skipped = ", ".join(t for t in TASKS if t not in names)
+        print(
+            f"restkv: RULER's generators cannot build {skipped} at {options.length} tokens (not evaluated)",
+            file=sys.stderr,
+        )
     unknown = [t for t in names if t not in TASKS]
     if unknown:
         raise ValueError(f"unknown RULER task {unknown[0]!r}; available: {', '.join(TASKS)}")
