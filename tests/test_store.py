@@ -321,3 +321,17 @@ def test_agreement_compares_each_answer_with_the_full_caches_answer_to_the_same_
     assert part[0].startswith("Share of samples answered as the full cache") and "| x | **50.0** |" in part[2]
     no_predictions = [{**r, "prediction": None} for r in rows]
     assert agreement_part(aggregate(no_predictions), "bbh/snarks") == []
+
+
+def test_eval_summary_is_the_macro_mean_over_a_familys_tasks(tmp_path):
+    from restkv.eval.report import summary
+
+    loaded = TinyLoaded()
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        for task, right in (("fam/a", 1.0), ("fam/b", 0.0)):
+            run_sweep(loaded, task, samples(2), CONFIGS, store, lambda p, s, right=right: right, progress=False)
+        run_sweep(loaded, "other", samples(1), CONFIGS[:1], store, lambda p, s: 1.0, progress=False)
+    lines = summary(tmp_path, "fam").splitlines()
+    assert lines[0] == "fam (mean of 2 tasks):" and lines[1].startswith("| method | budget | n | score | agreement %")
+    assert lines[3].startswith("| full | all | 4 | 50.0 | 100.0 | 0.0000 |")  # other's row is not in fam's mean
+    assert [line.split(" | ")[0] for line in lines[4:]] == ["| restkv(window_size=8)", "| tova(window_size=8)"]

@@ -120,4 +120,7 @@ def run(args) -> int:
         f"{totals['samples_run']} samples run, {totals['samples_skipped']} already done; "
         f"wall time {totals['wall_s']:.0f} s; results in {args.out}"
     )
+    from ..eval.report import summary
+
+    print(summary(args.out, args.task))
     return 0

@@ -368,6 +368,26 @@ def discard_results(run_dir: str | Path) -> list[Path]:
     return removed
 
 
+def summary(run_dir: str | Path, family: str) -> str:
+    """Score, agreement with the full cache and KL per config: the mean over ``family``'s tasks (macro) when it has several."""
+    with ResultStore(Path(run_dir) / "results.sqlite") as store:
+        rows = [r for r in store.rows() if r["task"] == family or r["task"].startswith(family + "/")]
+    agg = aggregate(rows)
+    means = family_means(agg) or agg
+    lines = [
+        f"{means[0]['task']}:" if means else f"{family}: no rows",
+        "| method | budget | n | score | agreement % | KL |",
+        "|---" * 6 + "|",
+    ]
+    for a in means:
+        agree = None if a.get("agreement") is None else 100 * a["agreement"]
+        lines.append(
+            f"| {a['method']} | {point_label(point(a)).removeprefix('budget ')} | {a['n']} | {_fmt(a['score'])} | "
+            f"{_fmt(agree)} | {_fmt(a['kl'], 4)} |"
+        )
+    return "\n".join(lines)
+
+
 def render_report(run_dir: str | Path) -> Path:
     """Write ``report.md`` and one PNG per task into ``run_dir`` from its ``results.sqlite``."""
     run_dir = Path(run_dir)
