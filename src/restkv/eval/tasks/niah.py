@@ -3,9 +3,10 @@
 After Kamradt's "needle in a haystack" test (and RULER's niah tasks): a single fact is hidden at
 a given depth (0 = start, 1 = end) of filler text of a given length in the model's tokens, and
 the model is asked for it. The filler is real text, Paul Graham's essays (``haystack="essays"``,
-see :mod:`.essays`), or the seeded pseudo-essay text of :mod:`ruler` (``"synthetic"``, the
-default, which earlier results used); the needle is a seven-digit code, scored by exact string
-match, so no judge model is needed.
+see :mod:`.essays`; the default of ``restkv eval niah``), or the seeded pseudo-essay text of
+:mod:`ruler` (``"synthetic"``, which results recorded before the essays became the default
+used); the needle is a seven-digit code, scored by exact string match, so no judge model is
+needed.
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ class TaskOptions:
     seed: int = 0
     data_dir: str | None = None
     subtasks: tuple = ()
-    #: filler of needle tasks: "synthetic" (generated words) or "essays" (Paul Graham's essays)
-    haystack: str = "synthetic"
+    #: filler of needle tasks: "essays" (Paul Graham's essays) or "synthetic" (generated words)
+    haystack: str = "essays"
 
 
 class TaskGroup(NamedTuple):
