@@ -78,3 +78,18 @@ def test_bbh_haystack_family_builds_each_task_at_each_length(tmp_path, monkeypat
     [(name, samples, score)] = build("bbh-haystack", None, options)
     assert name == "bbh-haystack/navigate" and [s.meta["length"] for s in samples] == [1500, 2500, 1500, 2500]
     assert len({s.id for s in samples}) == 4 and all(len(s.prompt) <= s.meta["length"] for s in samples)
+
+
+def test_niah_fills_with_real_essays_unless_asked_for_the_synthetic_filler():
+    from restkv.eval.tasks import TaskOptions, build
+    from tiny_models import TinyLoaded
+
+    known = set(essay_sentences())
+
+    def essay_share(options):
+        (group,) = build("niah", TinyLoaded(), options)
+        sentences = [s.strip() for s in group.samples[0].prompt.split(". ")]
+        return sum(f"{s}." in known or s in known for s in sentences) / len(sentences)
+
+    assert essay_share(TaskOptions(samples=1, lengths=(1500,), depths=(0.5,))) > 0.5
+    assert essay_share(TaskOptions(samples=1, lengths=(1500,), depths=(0.5,), haystack="synthetic")) == 0
