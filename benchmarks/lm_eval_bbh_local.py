@@ -7,7 +7,7 @@
 
 lm-eval's own BBH tasks read their data from the Hugging Face hub, which this machine cannot
 reach. This script builds the same questions from BIG-bench's task files (the bigbench sdist
-that ``restkv eval bbh`` fetches once, Apache-2.0), with restkv's 3-shot BBH prompts, as
+that ``restkv eval bbh`` fetches once, Apache-2.0), with BBH's own 3-shot prompts, as
 multiple-choice tasks: each option letter ``(A)``, ``(B)``, ... is a choice scored by
 log-likelihood, so lm-eval's ``acc`` is the share of questions whose right letter is the most
 likely one.
