@@ -7,8 +7,8 @@ full cache's: KL divergence, top-1 agreement, and the perplexity of the continua
 both. This measures quality even where a small model cannot solve a task.
 
 The text is the English documentation of the Python standard library (docstrings of a fixed
-list of modules, read from the running interpreter, so nothing is downloaded); results record
-the Python version, as the text can differ between versions.
+list of modules, read from the running interpreter, so nothing is downloaded; the PSF License's
+text); results record the Python version, as the text can differ between versions.
 """
 
 from __future__ import annotations

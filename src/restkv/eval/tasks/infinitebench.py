@@ -8,6 +8,10 @@ key's value among the answer's words for kv_retrieval, the character name for
 longdialogue_qa_eng, the option letter (or text) for the two choice tasks, token F1 for
 longbook_qa_eng and ROUGE-L for longbook_sum_eng. Prompts longer than ``--length`` are cut in
 the middle (the official truncation).
+
+Origin and licence: the files are the user's own copy of InfiniteBench's data (``OpenBMB/
+InfiniteBench``, published as ``xinrongzhang2022/InfiniteBench`` on the Hugging Face hub), under
+that dataset's terms; this package neither ships nor fetches any of it.
 """
 
 from __future__ import annotations

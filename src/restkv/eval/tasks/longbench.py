@@ -8,6 +8,9 @@ model's window are truncated in the middle, as the official ``pred.py`` does; an
 triviaqa and samsum are cut at their first line before scoring, as in ``eval.py``. Chat models
 get the chat template except for the few-shot and code tasks (trec, triviaqa, samsum,
 passage-free code completion), again as the official script does.
+
+Origin and licence of the data: the user's own copy of LongBench's files (``THUDM/LongBench`` on
+the Hugging Face hub), under that dataset's terms; this package neither ships nor fetches it.
 """
 
 from __future__ import annotations

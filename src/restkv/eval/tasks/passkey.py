@@ -2,7 +2,7 @@
 
 The haystack is the classic repeated noise ("The grass is green. The sky is blue. ...") used
 by Mohtashami & Jaggi's pass-key test and RULER's ``niah`` noise haystack. Samples are seeded:
-the same seed and length give the same prompts.
+the same seed and length give the same prompts. Origin: generated here; no data is read.
 """
 
 from __future__ import annotations
