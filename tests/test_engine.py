@@ -105,3 +105,29 @@ def test_engine_decoding_with_eviction_matches_the_press(method):
     outcome = Engine(model, [MethodConfig.make("full"), config]).run(ids, 30, set(), batch=1)[1]
     tokens, _, _, _ = greedy_decode(model, ids, config.press(), 30, set())
     assert outcome.token_ids == tokens and len(tokens) == 30
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_rows_that_finish_leave_the_batch_and_the_others_decode_as_before(family):
+    model = tiny_model(family)
+    engine = Engine(model, CONFIGS)
+    ids = prompt_ids(90)
+    free = {o.config: o.token_ids for o in engine.run(ids, max_new_tokens=12, batch=1)}
+
+    def finish_steps(token):  # the step where each config would stop on ``token`` (12: never)
+        return {c: (t.index(token) if token in t else 12) for c, t in free.items() if c.method != "full"}
+
+    stop = next(t for ts in free.values() for t in ts[1:] if len(set(finish_steps(t).values())) > 1)
+    one = {o.config: o.token_ids for o in engine.run(ids, max_new_tokens=12, eos_ids={stop}, batch=1)}
+    shapes = []  # (rows, tokens) of every forward
+    hook = model.register_forward_pre_hook(
+        lambda m, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        together = {o.config: o.token_ids for o in engine.run(ids, max_new_tokens=12, eos_ids={stop}, batch=8)}
+    finally:
+        hook.remove()
+    assert together == one
+    steps = [rows for rows, tokens in shapes if tokens == 1]  # decoding steps (the full cache's come first)
+    batched = steps[steps.index(len(CONFIGS) - 1) :]
+    assert min(batched) < len(CONFIGS) - 1  # the batch shrank as rows ended

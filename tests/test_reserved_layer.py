@@ -38,3 +38,29 @@ def test_reserve_leaves_other_holders_of_the_tensors_untouched():
     held.layers[0].update(torch.ones(1, 2, 1, 4), torch.ones(1, 2, 1, 4))
     assert isinstance(held.layers[0], ReservedLayer) and held.layers[0].get_seq_length() == 4
     assert layer.keys.shape[-2] == 3 and torch.equal(layer.keys, k)
+
+
+def test_select_rows_keeps_rows_of_every_layer_and_of_the_state_without_touching_forks():
+    from transformers import DynamicCache
+
+    from restkv.cache import VarlenLayer, fork_cache, select_rows
+    from restkv.state import LayerState, SequenceState, get_state, set_state
+
+    torch.manual_seed(0)
+    k, v = torch.randn(3, 2, 6, 4), torch.randn(3, 2, 6, 4)
+    cache = DynamicCache()
+    cache.layers = [ReservedLayer(k, v, extra=4), _plain(k + 1, v + 1)]
+    valid = torch.rand(3, 2, 6) > 0.3
+    set_state(cache, SequenceState(layers={0: LayerState(6, 6, valid)}, next_pos=torch.tensor([7, 8, 9])))
+    fork = fork_cache(cache)
+    assert select_rows(fork, [0, 2])
+    assert torch.equal(fork.layers[0].keys, k[[0, 2]]) and torch.equal(fork.layers[1].values, v[[0, 2]] + 1)
+    state = get_state(fork)
+    assert torch.equal(state.next_pos, torch.tensor([7, 9])) and torch.equal(state.layers[0].valid, valid[[0, 2]])
+    assert get_state(cache).layers[0].valid.shape[0] == 3 and cache.layers[0].keys.shape[0] == 3  # the original
+    fork.layers[0].update(torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4))  # room kept: appends in place
+    assert fork.layers[0].keys.shape == (2, 2, 7, 4)
+    varlen = DynamicCache()
+    positions = torch.arange(6).expand(1, 2, 6)
+    varlen.layers = [VarlenLayer(k[:1], v[:1], positions, torch.tensor([[6, 4]]))]
+    assert not select_rows(varlen, [0])  # per-head lengths: left as they are

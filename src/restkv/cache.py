@@ -17,6 +17,7 @@ the press masks the padding slots per head; the stored tensors never hold paddin
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 from transformers import DynamicCache
@@ -185,6 +186,42 @@ def reserve(cache, extra: int):
         if type(layer) is DynamicLayer and getattr(layer, "is_initialized", False) and layer.keys.numel():
             cache.layers[i] = ReservedLayer(layer.keys, layer.values, extra)
     return cache
+
+
+def select_rows(cache, rows: list[int]) -> bool:
+    """Keep only batch ``rows`` of ``cache``, in place, so finished rows stop costing compute.
+
+    Every dense layer and every per-row tensor of the sequence state are indexed alike, so the
+    remaining rows decode exactly as before. Returns False, changing nothing, for a cache that
+    cannot be split by rows (variable-length or quantized layers, tracked origins).
+    """
+    state = get_state(cache)
+    dense = all(_dense(layer) for layer in cache.layers if getattr(layer, "is_initialized", False))
+    if not dense or any(isinstance(layer, (VarlenLayer, BaseQuantizedLayer)) for layer in cache.layers):
+        return False
+    if state is not None and state.origins is not None:
+        return False
+    index = torch.tensor(rows, dtype=torch.long, device=cache.layers[0].keys.device)
+    for layer in cache.layers:
+        if not getattr(layer, "is_initialized", False):
+            continue
+        keys, values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
+        if isinstance(layer, ReservedLayer):  # keep the room already reserved
+            layer._adopt(keys, values, layer._keys.shape[-2] - layer._length)
+        else:
+            layer.keys, layer.values = keys, values
+    if state is not None:
+
+        def pick(t):
+            return None if t is None else t.index_select(0, index.to(t.device))
+
+        state.next_pos, state.prompt_mask, state.next_after = map(
+            pick, (state.next_pos, state.prompt_mask, state.next_after)
+        )
+        # new records, not edits: forks of this cache share the old ones
+        state.layers = {i: dataclasses.replace(ls, valid=pick(ls.valid)) for i, ls in state.layers.items()}
+        state.memory = {i: pick(m) for i, m in state.memory.items()}
+    return True
 
 
 def fork_cache(cache) -> DynamicCache:

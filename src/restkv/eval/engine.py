@@ -26,7 +26,7 @@ import torch
 from transformers import DynamicCache
 
 from ..adapters import attention_modules, check_supported, is_sliding, last_queries, rope_frequencies
-from ..cache import cache_bytes, cache_entries, fork_cache, reserve, stack_caches
+from ..cache import cache_bytes, cache_entries, fork_cache, reserve, select_rows, stack_caches
 from ..compress import compress_layer, effective_scorer, plan_budgets
 from ..decode_eviction import settle
 from ..generation import next_positions, prefill
@@ -156,12 +156,16 @@ class Engine:
     def decode(self, cache, first_logits, start_pos: int, max_new_tokens: int, eos_ids, press: KVPress | None = None):
         """Greedy decoding of every batch row of ``cache`` until each has met an end token.
 
+        A row that has met its end token leaves the batch (:func:`restkv.cache.select_rows`), so
+        a batch of caches costs what its rows still being decoded cost.
+
         Returns the tokens per row (up to and including its end token), the logits of each step
         ``[steps, rows, vocab]`` and the milliseconds per decoding step.
         """
         rows = first_logits.shape[0]
         reserve(cache, max_new_tokens)  # append in place: no copy of every layer per token
         tokens: list[list[int]] = [[] for _ in range(rows)]
+        active = list(range(rows))  # the original row of each row still in the batch
         done = [False] * rows
         logits, seen = first_logits, [first_logits]
         steps = 0
@@ -169,14 +173,19 @@ class Engine:
             start = time.perf_counter()
             for step in range(max_new_tokens):
                 chosen = logits.argmax(-1)
-                for r in range(rows):
+                for i, r in enumerate(active):
                     if not done[r]:
-                        tokens[r].append(int(chosen[r]))
-                        done[r] = int(chosen[r]) in eos_ids
-                if all(done) or step == max_new_tokens - 1:
+                        tokens[r].append(int(chosen[i]))
+                        done[r] = int(chosen[i]) in eos_ids
+                going = [i for i, r in enumerate(active) if not done[r]]
+                if not going or step == max_new_tokens - 1:
                     break
+                if len(going) < len(active) and select_rows(cache, going):  # finished rows leave the batch
+                    active, chosen = [active[i] for i in going], chosen[going]
                 logits = self._step(cache, chosen[:, None], start_pos + step)[:, -1]
-                seen.append(logits)
+                step_logits = seen[-1].clone()  # a finished row keeps its last logits
+                step_logits[active] = logits
+                seen.append(step_logits)
                 steps += 1
             ms = (time.perf_counter() - start) * 1000 / max(steps, 1)
         return tokens, torch.stack(seen), ms
