@@ -127,6 +127,17 @@ def test_attention_drift_by_hand():
     assert attention_drift(attn, top=1).item() == pytest.approx(4.0)
 
 
+@pytest.mark.parametrize("w, n, top", [(8, 50, 1), (16, 300, 40), (7, 120, 119), (32, 2000, 900)])
+def test_attention_drift_is_the_rank_aligned_mean_of_the_method(w, n, top):
+    """The unsorted index sums give the method's mean of rank-by-rank differences."""
+    attn = torch.softmax(torch.randn(2, 3, w, n, generator=torch.Generator().manual_seed(n)) * 4, dim=-1)
+    half = w // 2
+    first = attn[..., :half, :].topk(top, dim=-1).indices  # sorted: rank r against rank r
+    second = attn[..., w - half :, :].topk(top, dim=-1).indices
+    expected = (first - second).double().mean(dim=(-2, -1))
+    assert torch.allclose(attention_drift(attn, top).double(), expected, rtol=0, atol=1e-4)
+
+
 def test_adaptive_pool_replicate_padding_by_hand():
     attn = torch.zeros(1, 1, 4, 10)
     attn[..., :2, 5] = 1.0
