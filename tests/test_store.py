@@ -118,9 +118,12 @@ def test_sigkill_mid_run_loses_at_most_the_sample_in_flight(tmp_path):
 def test_report_renders_tables_and_plots(tmp_path):
     loaded = TinyLoaded()
     with ResultStore(tmp_path / "results.sqlite") as store:
-        run_sweep(loaded, "toy", samples(2), CONFIGS, store, lambda p, s: 1.0, progress=False)
+        built = samples(2)
+        built[0].meta["generator"] = "nvidia-long-context-eval 26.3"  # as RULER's samples carry it
+        run_sweep(loaded, "toy", built, CONFIGS, store, lambda p, s: 1.0, progress=False)
     report = render_report(tmp_path)
     text = report.read_text()
+    assert "Prompts built by: nvidia-long-context-eval 26.3." in text
     assert text.index("| full (no eviction) |") < text.index("| restkv(window_size=8) |")
     assert "**100.0**" in text  # best per budget column is marked
     assert (tmp_path / "toy.png").stat().st_size > 1000

@@ -408,6 +408,9 @@ def render_report(run_dir: str | Path) -> Path:
         f"Model: {', '.join(sorted({r['model'] for r in rows}))}; {len(rows)} result rows.",
         "",
     ]
+    generators = sorted({(r.get("extra") or {}).get("generator") for r in rows} - {None})
+    if generators:
+        parts += [f"Prompts built by: {', '.join(generators)}.", ""]
     for task in sorted({a["task"] for a in agg}):
         plot = plot_against_budget(agg, task, run_dir / f"{file_stem(task)}.png")
         parts += [
