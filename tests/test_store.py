@@ -338,3 +338,12 @@ def test_eval_summary_is_the_macro_mean_over_a_familys_tasks(tmp_path):
     assert lines[0] == "fam (mean of 2 tasks):" and lines[1].startswith("| method | budget | n | score | agreement %")
     assert lines[3].startswith("| full | all | 4 | 50.0 | 100.0 | 0.0000 |")  # other's row is not in fam's mean
     assert [line.split(" | ")[0] for line in lines[4:]] == ["| restkv(window_size=8)", "| tova(window_size=8)"]
+
+
+def test_a_run_by_compression_ratio_reports_ratio_columns_and_no_budget_plot(tmp_path):
+    configs = [MethodConfig.make("full"), MethodConfig.make("restkv", None, compression_ratio=0.5, window_size=8)]
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        run_sweep(TinyLoaded(), "toy", samples(2), configs, store, lambda p, s: 1.0, progress=False)
+    text = render_report(tmp_path).read_text()
+    assert "| method | ratio 0.5 |" in text and "| restkv(window_size=8) | **100.0** |" in text
+    assert not list(tmp_path.glob("*.png")) and ".png" not in text

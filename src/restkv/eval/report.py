@@ -412,7 +412,9 @@ def render_report(run_dir: str | Path) -> Path:
     if generators:
         parts += [f"Prompts built by: {', '.join(generators)}.", ""]
     for task in sorted({a["task"] for a in agg}):
-        plot = plot_against_budget(agg, task, run_dir / f"{file_stem(task)}.png")
+        # a plot against the budget, where there are budgets (a run by compression ratio has none)
+        by_budget = any(a["budget"] is not None for a in agg if a["task"] == task)
+        plot = plot_against_budget(agg, task, run_dir / f"{file_stem(task)}.png") if by_budget else None
         parts += [
             f"## {task}",
             "",
@@ -429,8 +431,7 @@ def render_report(run_dir: str | Path) -> Path:
             "",
             detail_table(agg, task),
             "",
-            f"![{task}]({plot.name})",
-            "",
+            *([f"![{task}]({plot.name})", ""] if plot else []),
         ]
     cells = niah_cells(rows)
     if cells:
