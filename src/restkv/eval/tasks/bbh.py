@@ -5,7 +5,7 @@ Origins and licences:
   358 MB archive is fetched once from PyPI's index (never installed: installing pulls
   TensorFlow) and only the needed files are kept under ``$RESTKV_HOME/bigbench``. 24 tasks are
   ``task.json`` files; ``boolean_expressions``, ``multistep_arithmetic`` and ``web_of_lies``
-  are Python generators, run once then by :mod:`.bbh_generate` (250 questions each).
+  are Python generators, run once when the data is prepared (:mod:`.bbh_generate`, 250 questions each).
 - Prompts: BBH's own answer-only 3-shot prompts (``suzgunmirac/BIG-Bench-Hard``, MIT), as
   lm-evaluation-harness ships them (``lm_eval/tasks/bbh/fewshot/<task>.yaml``, MIT; the
   ``lm-eval`` extra). BBH's 250-question samples themselves live on a dataset hub this
