@@ -266,6 +266,25 @@ def test_bbh_prompts_are_bbhs_own_three_shots_in_bbhs_layout(tmp_path, capsys):
     assert samples[3].max_new_tokens == 64
 
 
+def test_bbh_moves_bigbench_inline_options_under_the_stem_as_bbh_does(tmp_path):
+    write_task(
+        tmp_path,
+        "snarks",
+        [{"input": "Which is sarcastic? (a) Sure, great. (b) Fine.", "target_scores": {"(a)": 1, "(b)": 0}}],
+    )
+    write_task(
+        tmp_path,
+        "hyperbaton",
+        [{"input": 'Which order: a " big red car " b " red big car " ?', "target_scores": {"a": 0, "b": 1}}],
+    )
+    (snarks,) = bbh.load("snarks", tmp_path)
+    assert snarks.prompt.endswith("Q: Which is sarcastic?\nOptions:\n(A) Sure, great.\n(B) Fine.\nA:")
+    assert snarks.answers == ["(A)"]
+    (hyperbaton,) = bbh.load("hyperbaton", tmp_path)
+    assert hyperbaton.prompt.endswith("Q: Which order:\nOptions:\n(A) big red car\n(B) red big car\nA:")
+    assert hyperbaton.answers == ["(B)"]
+
+
 @pytest.mark.parametrize(
     "generated, answer",
     [

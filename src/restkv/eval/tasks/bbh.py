@@ -171,6 +171,11 @@ QUESTION_FORMS = {
     "sports_understanding": 'Is the following sentence plausible? "{input}."',
     "word_sorting": "Sort the following words alphabetically: List: {input}",
 }
+#: tasks whose BIG-bench input writes its options inline: (stem, option keys in order, option texts)
+INLINE_OPTIONS = {
+    "snarks": (re.compile(r"^(.*?)\s*\(a\)\s*(.*?)\s*\(b\)\s*(.*?)\s*$", re.DOTALL), ("(a)", "(b)")),
+    "hyperbaton": (re.compile(r'^(.*?)\s*a " (.*?) " b " (.*?) " \?\s*$', re.DOTALL), ("a", "b")),
+}
 #: tasks whose answers run long (sorted word lists, closing brackets)
 LONG_ANSWERS = {"word_sorting": 64, "dyck_languages": 64}
 
@@ -199,6 +204,11 @@ def _format(task: str, example: dict, task_prefix: str, shots: list[dict]) -> tu
     elif prefix and shots[0]["input"].startswith(prefix):
         question = f"{prefix}\n{question}"
     scores = example.get("target_scores") or {}
+    inline = INLINE_OPTIONS.get(task)
+    match = inline[0].match(question) if inline else None
+    if match and set(scores) == set(inline[1]):  # BBH lists them as (A), (B) under the stem
+        question = match.group(1)
+        scores = {text: scores[key] for key, text in zip(inline[1], match.groups()[1:])}
     if len(scores) > len(LETTERS):  # more options than letters: answered with the option's text
         scores = {} if "target" in example else {max(scores, key=scores.get): 1}
     if scores and (shots[0]["target"].startswith("(") or "target" not in example):
