@@ -51,9 +51,13 @@ def main() -> int:
     found = differences(a, b, args.kl_tol)
     for line in found:
         print(line)
-    kls = [abs(a[k]["kl"] - b[k]["kl"]) for k in a.keys() & b.keys() if a[k]["kl"] is not None and b[k]["kl"] is not None]
-    print(f"{len(a)} and {len(b)} rows; {len(a.keys() & b.keys())} shared; {len(found)} differences; "
-          f"largest KL difference {max(kls, default=0.0):.3g}")
+    kls = [
+        abs(a[k]["kl"] - b[k]["kl"]) for k in a.keys() & b.keys() if a[k]["kl"] is not None and b[k]["kl"] is not None
+    ]
+    print(
+        f"{len(a)} and {len(b)} rows; {len(a.keys() & b.keys())} shared; {len(found)} differences; "
+        f"largest KL difference {max(kls, default=0.0):.3g}"
+    )
     return 1 if found else 0
 
 

@@ -25,7 +25,10 @@ def write(folder: Path, rows: list[tuple]) -> Path:
     return folder
 
 
-ROWS = [("t", "s0", "m", "full", -1, " 42", 1.0, 0.0, 1.0, 100, 100), ("t", "s0", "m", "restkv", 64, " 41", 0.0, 0.25, 0.5, 64, 100)]
+ROWS = [
+    ("t", "s0", "m", "full", -1, " 42", 1.0, 0.0, 1.0, 100, 100),
+    ("t", "s0", "m", "restkv", 64, " 41", 0.0, 0.25, 0.5, 64, 100),
+]
 
 
 def test_equal_stores_have_no_differences(tmp_path):
@@ -37,7 +40,10 @@ def test_equal_stores_have_no_differences(tmp_path):
 
 def test_changed_prediction_kl_and_missing_rows_are_reported(tmp_path):
     changed = [ROWS[0][:5] + (" 43",) + ROWS[0][6:], ROWS[1][:7] + (0.25 + 1e-5,) + ROWS[1][8:]]
-    a, b = write(tmp_path / "a", ROWS), write(tmp_path / "b", changed + [("t", "s1", "m", "full", -1, "", 0, 0, 1, 1, 1)])
+    a, b = (
+        write(tmp_path / "a", ROWS),
+        write(tmp_path / "b", changed + [("t", "s1", "m", "full", -1, "", 0, 0, 1, 1, 1)]),
+    )
     found = compare_stores.differences(compare_stores.rows(a), compare_stores.rows(b), 1e-6)
     assert any("prediction" in f for f in found) and any(": kl" in f for f in found)
     assert any(f.startswith("only in the second") for f in found) and len(found) == 3
