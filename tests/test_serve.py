@@ -115,6 +115,23 @@ def test_a_request_can_name_its_own_press(served):
         assert message in error.value.response.json()["detail"]
 
 
+def test_prompts_split_over_prefill_chunks_compress_alike():
+    """With 40 tokens per forward, prompts are prefilled in chunks and a window may straddle two."""
+    loaded = tiny_loaded()
+    press = get_press("restkv", budget=40, window_size=W)
+    server = ServedModel(loaded, press, page_size=PAGE, num_blocks=BLOCKS, max_batch_tokens=40)
+    port = server.start()
+    try:
+        client = client_of(port)
+        prompts = [PROMPTS[0][:84], PROMPTS[1][:123]]  # 84 = 40 + 40 + 4: the window spans two chunks
+        with cf.ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda p: complete(client, server.name, p), prompts))
+        assert answers == [expected(loaded.model, p, press) for p in prompts]
+        assert sorted(r["kept"] for r in stats(port)["requests"]) == [40, 40]
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize("block_size", [PAGE])
 def test_block_aligned_serving_keeps_whole_pages(block_size):
     loaded = tiny_loaded()
@@ -189,11 +206,11 @@ def test_restkv_serve_command_answers_concurrent_chat_requests(tmp_path):
                 assert time.monotonic() < deadline, "restkv serve did not come up"
                 time.sleep(0.5)
         client = client_of(port)
-        facts = " ".join(f"Box {i} holds a {c} ball." for i, c in enumerate("red blue green yellow".split() * 4))
+        facts = " ".join(f"Box {i} holds a {c} ball." for i, c in enumerate("red blue green yellow".split() * 2))
 
         def ask(question):
             messages = [{"role": "user", "content": f"{facts}\n{question}"}]
-            reply = client.chat.completions.create(model=name, messages=messages, max_tokens=8, temperature=0)
+            reply = client.chat.completions.create(model=name, messages=messages, max_tokens=6, temperature=0)
             return reply.choices[0].message.content
 
         with cf.ThreadPoolExecutor(2) as pool:
