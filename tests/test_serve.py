@@ -99,6 +99,10 @@ def test_eviction_frees_blocks_a_full_request_keeps(served):
     assert full["free_blocks_after"] == BLOCKS - full["blocks_before"]  # alone in the pool
     assert evicted["free_blocks_after"] == BLOCKS - 3 > full["free_blocks_after"]
     assert stats(port)["free_blocks"] == BLOCKS  # finished requests gave everything back
+    deadline = time.monotonic() + 10  # and nothing is kept for them (the answer may arrive first)
+    while server.eviction._dropped and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.eviction._dropped == {} and server.eviction._queries == {}
 
 
 def test_a_request_can_name_its_own_press(served):

@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 
 import torch
+from transformers.generation.continuous_batching.requests import RequestStatus
 
 from ..adapters import attention_modules, is_sliding, layer_context, project_queries
 from ..blocks import block_positions
@@ -52,14 +54,15 @@ class RequestRecord:
 
 @dataclass
 class EvictionStats:
-    records: list[RequestRecord] = field(default_factory=list)
+    #: the most recent requests' records (a long-running server keeps the last 10,000)
+    records: deque = field(default_factory=lambda: deque(maxlen=10_000))
     #: the largest number of requests decoding at the same time
     peak_decoding: int = 0
 
     def as_dict(self) -> dict:
         return {
             "peak_decoding": self.peak_decoding,
-            "requests": [r.__dict__ for r in self.records],
+            "requests": [dict(r.__dict__) for r in self.records],
         }
 
 
@@ -159,12 +162,14 @@ class PagedEviction:
             return ready
 
         def update_batch():
+            batch = [f.state for f in processor.inputs_and_outputs.requests_in_batch]
             finishing = [
                 f.state for f in processor.inputs_and_outputs.requests_in_batch
                 if f.has_new_token and f.state.generated_len() == 0
             ]  # fmt: skip
             update()
             self._after_update(processor, finishing)
+            self._forget_finished(batch)
 
         processor.prepare_next_batch = prepare_next_batch
         processor.update_batch = update_batch
@@ -225,6 +230,15 @@ class PagedEviction:
         with self.lock:
             self.stats.peak_decoding = max(self.stats.peak_decoding, decoding)
 
+    def _forget_finished(self, states) -> None:
+        """Drop what was kept for requests that are done (a long-running server sees many)."""
+        for state in states:
+            if state.status >= RequestStatus.FINISHED:
+                self._dropped.pop(state.request_id, None)
+                self._queries.pop(state.request_id, None)
+                with self.lock:
+                    self._request_press.pop(state.request_id, None)
+
     # -- compression -------------------------------------------------------------------------------
     @torch.no_grad()
     def _compress(self, cache, state, queries: dict[int, list[torch.Tensor]], press) -> int:
@@ -235,9 +249,12 @@ class PagedEviction:
         budget, scorer = _budget(press, n), press.scorer
         count = len(self.modules)
         kept_count = None
+        slots_of = {}  # the request's slots: the same for every layer of an allocator
         for position, (index, module) in enumerate(sorted(self.modules.items())):
             allocator = cache.layer_to_allocator[index]
-            slots = torch.tensor(allocator.get_read_indices(rid, 0, n), device=cache.device)
+            if allocator.index not in slots_of:
+                slots_of[allocator.index] = torch.tensor(allocator.get_read_indices(rid, 0, n), device=cache.device)
+            slots = slots_of[allocator.index]
             k_pages, v_pages = allocator.get_cache_for_block_table(index)
             k_flat, v_flat = (p.reshape(-1, *p.shape[-2:]) for p in (k_pages, v_pages))
             keys = k_flat.index_select(0, slots).transpose(0, 1)[None]  # [1, H_kv, n, d]
