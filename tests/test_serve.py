@@ -209,12 +209,12 @@ def test_restkv_serve_command_answers_concurrent_chat_requests(tmp_path):
                 assert proc.poll() is None, (tmp_path / "serve.log").read_text()
                 assert time.monotonic() < deadline, "restkv serve did not come up"
                 time.sleep(0.5)
-        client = client_of(port)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=600, max_retries=0)
         facts = " ".join(f"Box {i} holds a {c} ball." for i, c in enumerate("red blue green yellow".split() * 2))
 
         def ask(question):
             messages = [{"role": "user", "content": f"{facts}\n{question}"}]
-            reply = client.chat.completions.create(model=name, messages=messages, max_tokens=6, temperature=0)
+            reply = client.chat.completions.create(model=name, messages=messages, max_tokens=4, temperature=0)
             return reply.choices[0].message.content
 
         with cf.ThreadPoolExecutor(2) as pool:
