@@ -12,6 +12,7 @@ import dataclasses
 import torch
 
 from .adapters import LayerContext, is_sliding
+from .blocks import block_positions
 from .budgets import layer_budgets
 from .cache import VarlenLayer
 from .decode_eviction import context_of, reindexed_keys, remember
@@ -111,7 +112,11 @@ def _keep_dense(job: _Job, cache, budget: int, stats: PressStats) -> None:
     row_budgets = None
     if job.press.compression_ratio is not None and job.state.prompt_mask is not None:
         row_budgets = _row_budgets(job, budget)
-    if row_budgets is not None and len(set(row_budgets)) > 1:
+    if job.press.block_size is not None:  # whole blocks shared by the layer's heads (the rows share the budget)
+        window = min(scorer.window_size, n)
+        idx = block_positions(job.scores(keys, values, budget), budget, window, job.press.block_size,
+                              job.press.block_reduce)  # fmt: skip
+    elif row_budgets is not None and len(set(row_budgets)) > 1:
         idx = _select_per_row(job, keys, values, budget, row_budgets)
     elif job.memo is not None and not scorer.budget_dependent:
         idx = top_positions(job.scores(keys, values, budget), budget)
@@ -130,8 +135,9 @@ def _keep_dense(job: _Job, cache, budget: int, stats: PressStats) -> None:
     else:
         layer.keys = keys.gather(2, gather)
     layer.values = values.gather(2, gather)
-    stats.entries_per_layer[index] = budget * kv_heads
-    job.state.layers[index] = LayerState(prompt_tokens=n, kept=budget, valid=_kept_valid(job.state, idx, kv_heads))
+    kept = idx.shape[-1]  # the budget, or less when whole blocks are kept
+    stats.entries_per_layer[index] = kept * kv_heads
+    job.state.layers[index] = LayerState(prompt_tokens=n, kept=kept, valid=_kept_valid(job.state, idx, kv_heads))
     remember(job.press, scorer, job.queries, keys, idx, ctx, job.state)
 
 

@@ -32,6 +32,7 @@ from .adapters import (
     last_queries,
     rope_frequencies,
 )
+from .blocks import BLOCK_REDUCTIONS, min_block_budget
 from .budgets import ALLOCATORS, validate_budget
 from .checks import check_choice, check_int, check_optional_int, is_int, is_number
 from .compress import compress_layer, compressed_mask, effective_scorer, plan_budgets
@@ -71,6 +72,10 @@ class KVPress:
         rerotate: after every compression, move each layer's kept keys to contiguous positions
             ending right before the next token's (re-applying their rotary embedding), so the
             model never sees a position beyond about budget + chunk + question.
+        block_size: keep whole blocks of this many tokens, the same blocks for every KV head of
+            a layer (block-aligned mode, for paged caches that free whole blocks; see
+            :mod:`restkv.blocks`); None keeps tokens.
+        block_reduce: with ``block_size``, a block's score is the ``sum`` or ``max`` of its tokens'.
     """
 
     scorer: Scorer | None = None
@@ -83,6 +88,8 @@ class KVPress:
     chunk_size: int | None = None
     window_range: tuple[int, int] | None = None
     rerotate: bool = False
+    block_size: int | None = None
+    block_reduce: str = "sum"
     #: what the last prefill under this press did
     last_stats: PressStats = field(default_factory=PressStats, init=False, repr=False)
 
@@ -102,6 +109,7 @@ class KVPress:
             raise ValueError(f"rerotate must be True or False, got {self.rerotate!r}")
         if self.rerotate and self.allocator == "adakv":
             raise ValueError("rerotate is not supported with the adakv allocator (per-head lengths)")
+        validate_blocks(self)
 
     @property
     def name(self) -> str:
@@ -121,6 +129,8 @@ class KVPress:
             params.update(window_size=AUTO, window_range=list(self.window_range))
         if self.rerotate:
             params["rerotate"] = True
+        if self.block_size is not None:
+            params.update(block_size=self.block_size, block_reduce=self.block_reduce)
         return params
 
     @property
@@ -306,6 +316,28 @@ def validate_decode_budget(press: KVPress) -> None:
         )
     if press.allocator == "adakv":
         raise ValueError("decode_budget is not supported with the adakv allocator (per-head lengths)")
+
+
+def validate_blocks(press: KVPress) -> None:
+    """Block-aligned mode: a positive block size, a known reduction, and combinations it supports."""
+    check_optional_int("block_size", press.block_size, 1)
+    check_choice("block_reduce", press.block_reduce, BLOCK_REDUCTIONS)
+    if press.block_size is None:
+        return
+    if press.scorer is None:
+        raise ValueError("block_size needs an eviction method; the full cache keeps everything")
+    clashes = [name for name, on in (("the adakv allocator", press.allocator == "adakv"),
+                                     ("decode_budget", press.decode_budget is not None),
+                                     ("chunk_size", press.chunk_size is not None),
+                                     ("rerotate", press.rerotate)) if on]  # fmt: skip
+    if clashes:
+        raise ValueError(f"block_size (block-aligned selection at prefill) does not combine with {clashes[0]} yet")
+    least = min_block_budget(press.scorer.window_size, press.block_size)
+    if press.budget is not None and press.budget < least:
+        raise ValueError(
+            f"budget ({press.budget}) must hold the window rounded out to whole blocks: at least {least} "
+            f"(window_size {press.scorer.window_size} + block_size {press.block_size} - 1)"
+        )
 
 
 def validate_chunking(press: KVPress) -> None:
