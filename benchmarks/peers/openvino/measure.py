@@ -29,7 +29,9 @@ plugin's own defaults (bf16 compute where the CPU has it, its default KV cache p
 Timing: the pipeline is stepped by hand (``add_request`` + ``step``) with the whole prompt in
 one step (``max_num_batched_tokens`` >= prompt), so the first step is the prefill plus the
 first token (TTFT) and every later step is one decoded token; its own PerfMetrics are not
-exposed for add_request, and ``generate`` hides per-step times. Peak RSS is the process's
+exposed for add_request, and ``generate`` hides per-step times. Each step's process CPU time
+is recorded too (``prefill_cpu_s``, ``decode_cpu_ms_per_token``): with one thread it is the
+work itself, much less sensitive to a shared machine's load than wall time. Peak RSS is the process's
 ``ru_maxrss`` so far (monotone within one process: run one setting per process for per-setting
 peaks).
 """
@@ -107,6 +109,24 @@ def build_pipeline(ov_genai, model_dir: Path, setting: dict, precision: str, thr
     return ov_genai.ContinuousBatchingPipeline(str(model_dir), config, "CPU", properties(precision, threads))
 
 
+def kept_tokens(n: int, setting: dict) -> int:
+    """Tokens each layer holds after the post-prefill eviction of an ``n``-token prompt, from the
+    algorithm's rule (start and recent areas whole, ``max - start - recent`` tokens of whole
+    middle blocks, plus the filled part of the last block); derived, not read from the engine."""
+    budget = setting["budget"]
+    if budget is None or n <= budget + BLOCK - 1:
+        return n
+    return budget + n % BLOCK
+
+
+def method_label(setting: dict, precision: str) -> str:
+    """The row's method in restkv's store: ``openvino-full``, ``openvino-evict-w32``, ``openvino-int8-evict``..."""
+    name = (
+        setting["name"] if setting["budget"] is None else "evict" + setting["name"][len(f"evict{setting['budget']}") :]
+    )
+    return f"openvino-{precision + '-' if precision != 'fp32' else ''}{name}"
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -121,16 +141,17 @@ def run_one(ov, ov_genai, pipe, prompt: dict, request_id: int) -> dict:
     ids = ov.Tensor(numpy.array([prompt["input_ids"]], dtype=numpy.int64))
     began = time.perf_counter()
     handle = pipe.add_request(request_id, ids, gen)
-    steps, tokens = [], []
+    steps, cpu, tokens = [], [], []
     while pipe.has_non_finished_requests():
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         pipe.step()
         steps.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
         if handle.can_read():
             for out in handle.read().values():
                 tokens.extend(out.generated_ids)
     wall = time.perf_counter() - began
-    return {"tokens": tokens, "steps": steps, "wall_s": wall}
+    return {"tokens": tokens, "steps": steps, "cpu": cpu, "wall_s": wall}
 
 
 def main() -> None:
@@ -166,6 +187,9 @@ def main() -> None:
     if not (model_dir / "openvino_model.xml").exists():
         raise SystemExit(f"no IR at {model_dir}: run benchmarks/peers/openvino/setup.sh")
     tokenizer = ov_genai.Tokenizer(str(args.tokenizer_dir or model_dir))
+    shape = json.loads((model_dir / "config.json").read_text())
+    args.kv_heads_x_layers = shape["num_key_value_heads"] * shape["num_hidden_layers"]
+    args.library = f"openvino-genai {ov_genai.__version__.split('-')[0]}"
     max_prompt = max(len(p["input_ids"]) for p in prompts)
 
     rss_before = peak_rss_mib()
@@ -176,9 +200,11 @@ def main() -> None:
     load_s = time.perf_counter() - loaded
     rss_loaded = peak_rss_mib()
     request = 0
-    for s in settings:  # warm-up: first compile of each shape, cache allocation
+    # warm-up on a short cut of the first prompt: first inference, kernel selection, cache allocation
+    short = {**prompts[0], "input_ids": prompts[0]["input_ids"][-256:], "max_new_tokens": 4}
+    for s in settings:
         for _ in range(args.warmup):
-            run_one(ov, ov_genai, pipes[s["name"]], prompts[0], request)
+            run_one(ov, ov_genai, pipes[s["name"]], short, request)
             request += 1
     with open(args.out, "a") as out:
         for prompt in prompts:
@@ -202,15 +228,19 @@ def row(prompt, setting, res, tokenizer, args, rep, load_s, rss_before, rss_load
     ttft = res["steps"][0] if res["steps"] else None
     decode = res["steps"][1:]
     return {
-        "engine": "openvino-genai", "setting": setting["name"], "budget": setting["budget"],
+        "engine": "openvino-genai", "library": args.library, "setting": setting["name"],
+        "method": method_label(setting, args.precision), "budget": setting["budget"],
         "eviction": {k: v for k, v in setting.items() if k not in ("name", "budget")} if setting["budget"] else None,
         "precision": args.precision, "threads": args.threads, "repeat": rep,
         "task": prompt["task"], "sample_id": prompt["sample_id"],
         "prediction_ids": tokens, "prediction": tokenizer.decode([t for t in tokens if t not in eos], skip_special_tokens=True),
         "prompt_tokens": n, "generated_tokens": len(tokens),
+        "kept_entries": args.kv_heads_x_layers * kept_tokens(n, setting), "prefill_s": ttft,
         "ttft_s": ttft, "prefill_tokens_per_s": n / ttft if ttft else None,
         "decode_ms_per_token": 1000 * statistics.mean(decode) if decode else None,
         "decode_ms_median": 1000 * statistics.median(decode) if decode else None,
+        "prefill_cpu_s": res["cpu"][0] if res["cpu"] else None,
+        "decode_cpu_ms_per_token": 1000 * statistics.mean(res["cpu"][1:]) if decode else None,
         "peak_rss_mib": peak_rss_mib(), "rss_before_load_mib": rss_before, "rss_after_load_mib": rss_loaded,
         "load_s": load_s, "wall_s": res["wall_s"],
     }  # fmt: skip
