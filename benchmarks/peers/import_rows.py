@@ -14,6 +14,24 @@ from restkv.eval.tasks import TaskOptions, build
 from restkv.models import DEFAULT_MODEL, load_model
 
 
+#: a peer row's timing and memory fields kept in the result's extra (OpenVINO GenAI's measure.py)
+PEER_EXTRA = ("engine", "setting", "eviction", "precision", "threads", "ttft_s", "prefill_tokens_per_s",
+              "prefill_cpu_s", "decode_cpu_ms_per_token", "peak_rss_mib", "generated_tokens", "wall_s")  # fmt: skip
+
+
+def result_row(row: dict, sample, score) -> dict:
+    """A peer's row as a results-store row, scored by the task's own metric. ``library`` (default
+    kvpress 0.5.5, the first peer) and ``decode_ms_per_token`` are taken when the row has them."""
+    return {
+        "task": row["task"], "sample_id": row["sample_id"], "model": DEFAULT_MODEL, "method": row["method"],
+        "budget": row["budget"], "params": {"library": row.get("library", "kvpress 0.5.5"), "method": row["method"]},
+        "prediction": row["prediction"], "score": score(row["prediction"], sample), "prompt_tokens": row["prompt_tokens"],
+        "kept_entries": row["kept_entries"], "prefill_s": row["prefill_s"], "kl": row.get("kl"), "top1": row.get("top1"),
+        "decode_ms_per_token": row.get("decode_ms_per_token"),
+        "extra": {"answers": sample.answers, **{k: row[k] for k in PEER_EXTRA if k in row}},
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("rows")
@@ -41,13 +59,7 @@ def main() -> None:
                 continue
             if store.has(row["task"], row["sample_id"], DEFAULT_MODEL, row["method"], row["budget"]):
                 continue
-            store.add([{
-                "task": row["task"], "sample_id": row["sample_id"], "model": DEFAULT_MODEL, "method": row["method"],
-                "budget": row["budget"], "params": {"library": "kvpress 0.5.5", "method": row["method"]},
-                "prediction": row["prediction"], "score": score(row["prediction"], sample), "prompt_tokens": row["prompt_tokens"],
-                "kept_entries": row["kept_entries"], "prefill_s": row["prefill_s"], "kl": row.get("kl"), "top1": row.get("top1"),
-                "extra": {"answers": sample.answers},
-            }])  # fmt: skip
+            store.add([result_row(row, sample, score)])
     for key, errors in sorted(failures.items()):
         print(f"{key} failed on {len(errors)} prompts, e.g. {next(iter(errors.values()))}")
     failures_path.write_text(json.dumps(failures, indent=1, sort_keys=True))
