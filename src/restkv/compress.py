@@ -12,6 +12,7 @@ import dataclasses
 import torch
 
 from .adapters import LayerContext, is_sliding
+from .attention import sharing
 from .budgets import layer_budgets
 from .cache import VarlenLayer
 from .decode_eviction import context_of, reindexed_keys, remember
@@ -83,8 +84,10 @@ def compress_layer(
     """Shrink the layer's cache to its planned budget (in place, or by a per-head-length layer).
 
     ``queries`` are the post-RoPE queries of the prompt's last ``scorer.query_count(n)`` tokens;
-    ``module`` is the layer's attention module. ``memo`` lets several budgets of one method share
-    scores that do not depend on the budget (the evaluation engine passes one per prompt).
+    ``module`` is the layer's attention module. ``memo`` (one per prompt and layer: the
+    evaluation engine passes the same to every configuration it compresses the layer for) shares
+    scores that do not depend on the budget between budgets, and observation attention computed
+    on the same queries and keys between methods (:func:`restkv.attention.sharing`).
     ``inv_freq`` (the layer's rotary frequencies) is needed with ``press.rerotate``.
     """
     job = _Job(press, effective_scorer(press, state), context_of(module, state, inv_freq), queries, state, memo)
@@ -99,7 +102,8 @@ def compress_layer(
         state.layers[index] = LayerState(prompt_tokens=n, kept=n, valid=_kept_valid(state, None, kv_heads))
         remember(press, job.scorer, queries, layer.keys, None, job.context, state)
         return
-    KEEPERS[press.allocator](job, cache, budget, stats)
+    with sharing(memo):
+        KEEPERS[press.allocator](job, cache, budget, stats)
 
 
 def _keep_dense(job: _Job, cache, budget: int, stats: PressStats) -> None:
