@@ -20,6 +20,11 @@ from .scorers.base import top_positions
 from .select import head_adaptive_positions
 from .state import LayerState, PressStats, SequenceState
 
+#: the entry of a compression memo that holds the layer's shared attention (the engine drops it
+#: once every configuration has compressed the layer; the rest of the memo is budget-independent
+#: scores, kept for the prompt)
+SHARED_ATTENTION = "shared attention"
+
 
 def effective_scorer(press, state: SequenceState):
     """The press's scorer, with this prompt's window when the press has an auto window."""
@@ -84,10 +89,10 @@ def compress_layer(
     """Shrink the layer's cache to its planned budget (in place, or by a per-head-length layer).
 
     ``queries`` are the post-RoPE queries of the prompt's last ``scorer.query_count(n)`` tokens;
-    ``module`` is the layer's attention module. ``memo`` (one per prompt and layer: the
-    evaluation engine passes the same to every configuration it compresses the layer for) shares
-    scores that do not depend on the budget between budgets, and observation attention computed
-    on the same queries and keys between methods (:func:`restkv.attention.sharing`).
+    ``module`` is the layer's attention module. ``memo`` (one per prompt: the evaluation engine
+    passes the same to every configuration) shares scores that do not depend on the budget
+    between budgets, and, under its :data:`SHARED_ATTENTION` entry, observation attention
+    computed on the same queries and keys between methods (:func:`restkv.attention.sharing`).
     ``inv_freq`` (the layer's rotary frequencies) is needed with ``press.rerotate``.
     """
     job = _Job(press, effective_scorer(press, state), context_of(module, state, inv_freq), queries, state, memo)
@@ -102,7 +107,7 @@ def compress_layer(
         state.layers[index] = LayerState(prompt_tokens=n, kept=n, valid=_kept_valid(state, None, kv_heads))
         remember(press, job.scorer, queries, layer.keys, None, job.context, state)
         return
-    with sharing(memo):
+    with sharing(None if memo is None else memo.setdefault(SHARED_ATTENTION, {})):
         KEEPERS[press.allocator](job, cache, budget, stats)
 
 

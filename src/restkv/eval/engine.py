@@ -27,7 +27,7 @@ from transformers import DynamicCache
 
 from ..adapters import attention_modules, check_supported, is_sliding, last_queries, rope_frequencies
 from ..cache import cache_bytes, cache_entries, fork_cache, reserve, select_rows, stack_caches
-from ..compress import compress_layer, effective_scorer, plan_budgets
+from ..compress import SHARED_ATTENTION, compress_layer, effective_scorer, plan_budgets
 from ..decode_eviction import settle
 from ..generation import next_positions, prefill
 from ..press import KVPress, hooks_only_press
@@ -122,25 +122,30 @@ class Engine:
         return PrefillRecord(cache, queries, logits.float(), n, elapsed)
 
     def compressed_cache(
-        self, record: PrefillRecord, config: MethodConfig, window: int | dict | None = None
+        self, record: PrefillRecord, config: MethodConfig, memo: dict | None = None, window: int | dict | None = None
     ) -> tuple[DynamicCache, PressStats, float]:
-        """A new cache for ``config`` built from the recorded prefill; the record is not modified."""
-        return self.compressed_caches(record, [config], window)[0]
+        """A new cache for ``config`` built from the recorded prefill; the record is not modified.
+
+        ``memo`` (one per prompt) shares budget-independent scores between budgets.
+        """
+        return self.compressed_caches(record, [config], memo, window)[0]
 
     def compressed_caches(
-        self, record: PrefillRecord, configs: list[MethodConfig], window: int | dict | None = None
+        self, record: PrefillRecord, configs: list[MethodConfig], memo: dict | None = None, window=None
     ) -> list[tuple[DynamicCache, PressStats, float]]:
         """``(cache, stats, seconds)`` per config, built from the recorded prefill layer by layer.
 
         Every config's compression of a layer gets the same memo (:func:`compress_layer`), so
-        scoring work the configs share is done once per prompt and layer: budget-independent
-        scores (shared between budgets), and, through :func:`restkv.attention.sharing`, the
+        scoring work the configs share is done once: budget-independent scores once per prompt
+        (``memo``, kept between calls), and, through :func:`restkv.attention.sharing`, the
         observation attention of a window (SnapKV, PyramidKV, AdaKV, ReST-KV at every budget)
-        and the accumulated attention of all queries (H2O). The memo is dropped before the next
-        layer, so it holds one layer's worth of attention at a time. The kept entries are the
-        same as when each config is compressed alone. A shared computation's time is counted to
-        the first config that needs it.
+        and the accumulated attention of all queries (H2O) once per layer among ``configs``.
+        The attention is dropped before the next layer, so at most one layer's worth is held;
+        the compressed caches of ``configs`` are held together, as a decoding batch holds them.
+        The kept entries are the same as when each config is compressed alone. A shared
+        computation's time is counted to the first config that needs it.
         """
+        memo = {} if memo is None else memo
         built = []
         for config in configs:
             press = self.presses[config]
@@ -155,7 +160,7 @@ class Engine:
             span = effective_scorer(press, state).query_count(record.prompt_tokens)
             built.append([press, cache, stats, state, span, time.perf_counter() - start])
         for module in self.modules:
-            index, memo = module.layer_idx, {}  # shared by every config's compression of this layer
+            index = module.layer_idx
             for entry in built:
                 press, cache, stats, state, span, _ = entry
                 if state is None or is_sliding(module, cache.layers[index]):
@@ -164,6 +169,7 @@ class Engine:
                 queries = record.queries[index][..., -span:, :]
                 compress_layer(press, module, cache, queries, state, stats, memo, self.frequencies.get(index))
                 entry[5] += time.perf_counter() - start
+            memo.pop(SHARED_ATTENTION, None)  # this layer's attention is not needed by the next
         out = []
         for _, cache, stats, state, _, seconds in built:
             if state is not None:
@@ -344,15 +350,15 @@ class Engine:
         pending = [c for c in configs if c.method != "full" and not self.streamed(c)]
         sequential = [c for c in pending if batch <= 1 or self.presses[c].decode_budget is not None]
         batched = [c for c in pending if c not in sequential]
-        compressed = dict(zip(pending, self.compressed_caches(record, pending, window))) if pending else {}
-        for config in sequential:
+        memo: dict = {}  # budget-independent scores, shared by every compression of this prompt
+        for config in sequential:  # compressed one at a time, each decoded before the next
             press = self.presses[config]
-            cache, _, compress_s = compressed.pop(config)
+            cache, _, compress_s = self.compressed_cache(record, config, memo, window)
             cache = self._quantized(cache)
             self._answer_each(record, [config], cache, questions, refs, outcomes, eos_ids, press, compress_s)
         for start in range(0, len(batched), batch):
             group = batched[start : start + batch]
-            built = [compressed.pop(c) for c in group]
+            built = self.compressed_caches(record, group, memo, window)  # sharing the group's attention
             stacked = stack_caches([b[0] for b in built], self.model.device)
             sizes = [_sizes(b[0]) for b in built]
             compress_s = [b[2] for b in built]
@@ -426,10 +432,10 @@ class Engine:
             streamed = PrefillRecord(None, {}, logits[:1], n, prefill_s)
             outcomes[config] = _outcome(config, streamed, sizes, 0.0, kl=kl, top1=top1, extra=extra)
         pending = [c for c in configs if c.method != "full" and not self.streamed(c)]
-        compressed = dict(zip(pending, self.compressed_caches(record, pending))) if pending else {}
+        memo: dict = {}
         for start in range(0, len(pending), max(batch, 1)):
             group = pending[start : start + max(batch, 1)]
-            built = [compressed.pop(c) for c in group]
+            built = self.compressed_caches(record, group, memo)
             stacked = stack_caches([b[0] for b in built], self.model.device) if len(group) > 1 else built[0][0]
             press = hooks_only_press() if len(group) > 1 else self.presses[group[0]]
             logits = self.teacher_forced_logits(stacked, forced.expand(len(group), -1), n, press)
