@@ -6,9 +6,51 @@ same rankings as float32 ones and no score overflows.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from contextvars import ContextVar
 
 import torch
+
+#: the memo :func:`sharing` installs; None outside it (every call computes)
+_SHARED: ContextVar[dict | None] = ContextVar("restkv_shared_attention", default=None)
+
+
+@contextlib.contextmanager
+def sharing(memo: dict | None):
+    """Within the block, :func:`window_attention` and :func:`accumulated_attention` computed on
+    the same tensors with the same arguments are computed once and kept in ``memo``.
+
+    The evaluation engine compresses one layer for every configuration of a sweep with one memo,
+    so methods reading the same observation attention (SnapKV, PyramidKV, AdaKV, ReST-KV, at
+    every budget) pay for it once. A hit is a copy of the stored result, so a caller that writes
+    into its attention cannot change what the next one reads; results are those of a call
+    without the memo, bit for bit. ``None`` shares nothing.
+    """
+    token = _SHARED.set(memo)
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def _identity(t: torch.Tensor | None):
+    """What makes two tensors the same input: same memory, layout and type (None stays None)."""
+    if t is None:
+        return None
+    return (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype, str(t.device))
+
+
+def _shared(kind: str, compute, tensors: tuple, params: tuple) -> torch.Tensor:
+    """``compute()``, or a copy of its result for the same ``tensors`` and ``params`` under :func:`sharing`."""
+    memo = _SHARED.get()
+    if memo is None:
+        return compute()
+    key = ("attention", kind, tuple(_identity(t) for t in tensors), params)
+    if key not in memo:
+        # the inputs stay referenced, so their memory cannot be reused by other tensors meanwhile
+        memo[key] = (compute(), tensors)
+    return memo[key][0].clone()
 
 
 def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -59,6 +101,11 @@ def window_attention(
         ``[b, H, q, n]`` float32 attention weights, causal inside the window: window query
         ``i`` does not see window key ``j > i``.
     """
+    compute = lambda: _window_attention(queries, keys, scaling, key_mask, softcap)  # noqa: E731
+    return _shared("window", compute, (queries, keys, key_mask), (scaling, softcap))
+
+
+def _window_attention(queries, keys, scaling, key_mask, softcap):
     q, n = queries.shape[-2], keys.shape[-2]
     keys = repeat_kv(keys, group_size(queries, keys))
     logits = _logits(queries, keys, scaling, softcap)
@@ -86,6 +133,11 @@ def accumulated_attention(
     Returns:
         ``[b, H, n]`` float32.
     """
+    compute = lambda: _accumulated_attention(queries, keys, scaling, key_mask, softcap, chunk)  # noqa: E731
+    return _shared("accumulated", compute, (queries, keys, key_mask), (scaling, softcap, chunk))
+
+
+def _accumulated_attention(queries, keys, scaling, key_mask, softcap, chunk):
     b, heads, q, _ = queries.shape
     n = keys.shape[-2]
     keys = repeat_kv(keys, group_size(queries, keys))

@@ -12,6 +12,7 @@ import dataclasses
 import torch
 
 from .adapters import LayerContext, is_sliding
+from .attention import sharing
 from .blocks import block_positions
 from .budgets import layer_budgets
 from .cache import VarlenLayer
@@ -19,6 +20,11 @@ from .decode_eviction import context_of, reindexed_keys, remember
 from .scorers.base import top_positions
 from .select import head_adaptive_positions
 from .state import LayerState, PressStats, SequenceState
+
+#: the entry of a compression memo that holds the layer's shared attention (the engine drops it
+#: once every configuration has compressed the layer; the rest of the memo is budget-independent
+#: scores, kept for the prompt)
+SHARED_ATTENTION = "shared attention"
 
 
 def effective_scorer(press, state: SequenceState):
@@ -84,8 +90,10 @@ def compress_layer(
     """Shrink the layer's cache to its planned budget (in place, or by a per-head-length layer).
 
     ``queries`` are the post-RoPE queries of the prompt's last ``scorer.query_count(n)`` tokens;
-    ``module`` is the layer's attention module. ``memo`` lets several budgets of one method share
-    scores that do not depend on the budget (the evaluation engine passes one per prompt).
+    ``module`` is the layer's attention module. ``memo`` (one per prompt: the evaluation engine
+    passes the same to every configuration) shares scores that do not depend on the budget
+    between budgets, and, under its :data:`SHARED_ATTENTION` entry, observation attention
+    computed on the same queries and keys between methods (:func:`restkv.attention.sharing`).
     ``inv_freq`` (the layer's rotary frequencies) is needed with ``press.rerotate``.
     """
     job = _Job(press, effective_scorer(press, state), context_of(module, state, inv_freq), queries, state, memo)
@@ -100,7 +108,8 @@ def compress_layer(
         state.layers[index] = LayerState(prompt_tokens=n, kept=n, valid=_kept_valid(state, None, kv_heads))
         remember(press, job.scorer, queries, layer.keys, None, job.context, state)
         return
-    KEEPERS[press.allocator](job, cache, budget, stats)
+    with sharing(None if memo is None else memo.setdefault(SHARED_ATTENTION, {})):
+        KEEPERS[press.allocator](job, cache, budget, stats)
 
 
 def _keep_dense(job: _Job, cache, budget: int, stats: PressStats) -> None:

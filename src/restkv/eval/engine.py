@@ -27,7 +27,7 @@ from transformers import DynamicCache
 
 from ..adapters import attention_modules, check_supported, is_sliding, last_queries, rope_frequencies
 from ..cache import cache_bytes, cache_entries, fork_cache, reserve, select_rows, stack_caches
-from ..compress import compress_layer, effective_scorer, plan_budgets
+from ..compress import SHARED_ATTENTION, compress_layer, effective_scorer, plan_budgets
 from ..decode_eviction import settle
 from ..generation import next_positions, prefill
 from ..press import KVPress, hooks_only_press
@@ -62,17 +62,26 @@ class Outcome:
     kl: float | None = None  # mean KL(full || method) over the answer's next-token distributions
     top1: float | None = None  # share of those steps where the top-1 token agrees
     extra: dict = field(default_factory=dict)
+    #: what ended decoding: "eos" (an end token), "answer" (the task's answer was complete),
+    #: "limit" (max_new_tokens); None when nothing was decoded (teacher forcing)
+    stopped: str | None = None
 
 
 class Engine:
     """Runs sweeps of methods and budgets over prompts on one model."""
 
-    def __init__(self, model, configs: list[MethodConfig], kv_quant: tuple[str, int] | None = None):
+    def __init__(
+        self, model, configs: list[MethodConfig], kv_quant: tuple[str, int] | None = None, text=None
+    ):  # fmt: skip
         """``kv_quant``: ``(backend, bits)`` to quantize every config's cache after its
         compression (see :mod:`restkv.quantized`); the full-precision full cache stays the
-        reference, and caches are then decoded one at a time."""
+        reference, and caches are then decoded one at a time.
+
+        ``text``: how a row's token ids read as the prediction that is scored
+        (:func:`restkv.eval.tasks.stops.prediction_reader`); needed for answer stops."""
         check_supported(model)
         self.model = model
+        self.text = text
         self.configs = list(configs)
         self.presses = {c: c.press() for c in self.configs}
         self.kv_quant = kv_quant
@@ -113,30 +122,63 @@ class Engine:
         return PrefillRecord(cache, queries, logits.float(), n, elapsed)
 
     def compressed_cache(
-        self, record: PrefillRecord, config: MethodConfig, memo: dict | None = None, window: int | None = None
+        self, record: PrefillRecord, config: MethodConfig, memo: dict | None = None, window: int | dict | None = None
     ) -> tuple[DynamicCache, PressStats, float]:
         """A new cache for ``config`` built from the recorded prefill; the record is not modified.
 
         ``memo`` (one per prompt) shares budget-independent scores between budgets.
         """
-        press = self.presses[config]
-        cache = fork_cache(record.cache)
-        stats = PressStats(prompt_tokens=record.prompt_tokens)
-        if press.scorer is None:
-            return cache, stats, 0.0
-        start = time.perf_counter()
-        state = SequenceState(next_pos=torch.tensor([record.prompt_tokens], device=self.model.device), window=window)
-        state.budgets = plan_budgets(press, self.modules, cache, record.prompt_tokens)
-        span = effective_scorer(press, state).query_count(record.prompt_tokens)
+        return self.compressed_caches(record, [config], memo, window)[0]
+
+    def compressed_caches(
+        self, record: PrefillRecord, configs: list[MethodConfig], memo: dict | None = None, window=None
+    ) -> list[tuple[DynamicCache, PressStats, float]]:
+        """``(cache, stats, seconds)`` per config, built from the recorded prefill layer by layer.
+
+        Every config's compression of a layer gets the same memo (:func:`compress_layer`), so
+        scoring work the configs share is done once: budget-independent scores once per prompt
+        (``memo``, kept between calls), and, through :func:`restkv.attention.sharing`, the
+        observation attention of a window (SnapKV, PyramidKV, AdaKV, ReST-KV at every budget)
+        and the accumulated attention of all queries (H2O) once per layer among ``configs``.
+        The attention is dropped before the next layer, so at most one layer's worth is held;
+        the compressed caches of ``configs`` are held together, as a decoding batch holds them.
+        The kept entries are the same as when each config is compressed alone. A shared
+        computation's time is counted to the first config that needs it.
+        """
+        memo = {} if memo is None else memo
+        built = []
+        for config in configs:
+            press = self.presses[config]
+            cache, stats = fork_cache(record.cache), PressStats(prompt_tokens=record.prompt_tokens)
+            if press.scorer is None:
+                built.append([press, cache, stats, None, 0, 0.0])
+                continue
+            start = time.perf_counter()
+            next_pos = torch.tensor([record.prompt_tokens], device=self.model.device)
+            state = SequenceState(next_pos=next_pos, window=_window_for(press, window))
+            state.budgets = plan_budgets(press, self.modules, cache, record.prompt_tokens)
+            span = effective_scorer(press, state).query_count(record.prompt_tokens)
+            built.append([press, cache, stats, state, span, time.perf_counter() - start])
         for module in self.modules:
             index = module.layer_idx
-            if is_sliding(module, cache.layers[index]):
-                continue
-            queries = record.queries[index][..., -span:, :]
-            compress_layer(press, module, cache, queries, state, stats, memo, self.frequencies.get(index))
-        settle(cache, state, self.frequencies)
-        set_state(cache, state)
-        return cache, stats, time.perf_counter() - start
+            for entry in built:
+                press, cache, stats, state, span, _ = entry
+                if state is None or is_sliding(module, cache.layers[index]):
+                    continue
+                start = time.perf_counter()
+                queries = record.queries[index][..., -span:, :]
+                compress_layer(press, module, cache, queries, state, stats, memo, self.frequencies.get(index))
+                entry[5] += time.perf_counter() - start
+            memo.pop(SHARED_ATTENTION, None)  # this layer's attention is not needed by the next
+        out = []
+        for _, cache, stats, state, _, seconds in built:
+            if state is not None:
+                start = time.perf_counter()
+                settle(cache, state, self.frequencies)
+                set_state(cache, state)
+                seconds += time.perf_counter() - start
+            out.append((cache, stats, seconds))
+        return out
 
     @torch.inference_mode()
     def stream(self, input_ids: torch.Tensor, config: MethodConfig, window: int | None):
@@ -153,20 +195,30 @@ class Engine:
 
     # -- decoding -----------------------------------------------------------------------------
     @torch.inference_mode()
-    def decode(self, cache, first_logits, start_pos: int, max_new_tokens: int, eos_ids, press: KVPress | None = None):
-        """Greedy decoding of every batch row of ``cache`` until each has met an end token.
+    def decode(
+        self, cache, first_logits, start_pos: int, max_new_tokens: int, eos_ids, press: KVPress | None = None,
+        answer=None,
+    ):  # fmt: skip
+        """Greedy decoding of every batch row of ``cache`` until each has met an end token or,
+        with ``answer`` (an :class:`~restkv.eval.tasks.stops.AnswerStop`), completed its answer.
 
-        A row that has met its end token leaves the batch (:func:`restkv.cache.select_rows`), so
-        a batch of caches costs what its rows still being decoded cost.
+        A finished row leaves the batch (:func:`restkv.cache.select_rows`), so a batch of caches
+        costs what its rows still being decoded cost. A row's tokens are the same with or
+        without ``answer`` up to where it stopped: the rows are independent.
 
-        Returns the tokens per row (up to and including its end token), the logits of each step
-        ``[steps, rows, vocab]`` and the milliseconds per decoding step.
+        Returns the tokens per row (up to and including its end token, or the token that
+        completed its answer), the logits of each step ``[steps, rows, vocab]``, the
+        milliseconds per decoding step, and per row what stopped it (``"eos"``, ``"answer"``
+        or ``"limit"``).
         """
+        if answer is not None and self.text is None:
+            raise ValueError("answer stops need the engine's text reader (Engine(..., text=prediction_reader(...)))")
         rows = first_logits.shape[0]
         reserve(cache, max_new_tokens)  # append in place: no copy of every layer per token
         tokens: list[list[int]] = [[] for _ in range(rows)]
         active = list(range(rows))  # the original row of each row still in the batch
         done = [False] * rows
+        stopped = ["limit"] * rows
         logits, seen = first_logits, [first_logits]
         steps = 0
         with self._hooks(press):
@@ -175,8 +227,12 @@ class Engine:
                 chosen = logits.argmax(-1)
                 for i, r in enumerate(active):
                     if not done[r]:
-                        tokens[r].append(int(chosen[i]))
-                        done[r] = int(chosen[i]) in eos_ids
+                        token = int(chosen[i])
+                        tokens[r].append(token)
+                        if token in eos_ids:
+                            done[r], stopped[r] = True, "eos"
+                        elif answer is not None and answer.complete(self.text(tokens[r])):
+                            done[r], stopped[r] = True, "answer"
                 going = [i for i, r in enumerate(active) if not done[r]]
                 if not going or step == max_new_tokens - 1:
                     break
@@ -188,7 +244,7 @@ class Engine:
                 seen.append(step_logits)
                 steps += 1
             ms = (time.perf_counter() - start) * 1000 / max(steps, 1)
-        return tokens, torch.stack(seen), ms
+        return tokens, torch.stack(seen), ms, stopped
 
     @torch.inference_mode()
     def teacher_forced_logits(self, cache, tokens: torch.Tensor, start_pos: int, press: KVPress | None = None):
@@ -215,6 +271,7 @@ class Engine:
         configs=None,
         batch: int = 1,
         window: int | dict | None = None,
+        answer=None,
     ) -> list[Outcome]:
         """Every config (default: all) on one prompt ``[1, n]``, query-aware: the whole prompt,
         question included, is prefilled and compressed. The full cache is the reference whenever
@@ -227,9 +284,12 @@ class Engine:
         one batch (padded per layer, padding masked), which makes a sweep cost little more than
         a single decode on hardware that is not saturated by one row. Per-config decode timings
         are then not measured (None).
+
+        ``answer``: the task's :class:`~restkv.eval.tasks.stops.AnswerStop`; every row, the full
+        cache's included, stops once its answer is complete.
         """
         no_question = input_ids[:, :0]
-        return self._answer(input_ids, [(no_question, max_new_tokens)], eos_ids, configs, batch, window)[0]
+        return self._answer(input_ids, [(no_question, max_new_tokens, answer)], eos_ids, configs, batch, window)[0]
 
     def run_agnostic(
         self, context_ids: torch.Tensor, questions: list[tuple[torch.Tensor, int]], eos_ids=(), configs=None,
@@ -237,7 +297,8 @@ class Engine:
     ) -> list[list[Outcome]]:  # fmt: skip
         """Query-agnostic: the context ``[1, n]`` is prefilled and compressed once per config
         without seeing any question (its observation window is the context's end); then each
-        ``(question_ids [1, q], max_new_tokens)`` is fed to a private copy of each compressed
+        ``(question_ids [1, q], max_new_tokens)`` (optionally with a third item, the question's
+        :class:`~restkv.eval.tasks.stops.AnswerStop`) is fed to a private copy of each compressed
         cache and answered. One list of outcomes per question, in ``configs`` order."""
         configs = self.configs if configs is None else configs
         self.check_agnostic(configs)
@@ -256,6 +317,7 @@ class Engine:
         """Each config's cache of ``context_ids`` is built once (from the shared prefill, or
         streamed), then every question is fed to a fork of it and answered."""
         configs = self.configs if configs is None else configs
+        questions = [(q[0], q[1], q[2] if len(q) > 2 else None) for q in questions]
         n = context_ids.shape[1]
         batch = 1 if self.kv_quant else batch
         streamed = [c for c in configs if self.streamed(c)]
@@ -264,15 +326,18 @@ class Engine:
         if len(streamed) < len(configs):
             record = self.prefill(context_ids)
             full = _sizes(record.cache)
-            for i, (question, max_new) in enumerate(questions):
+            for i, (question, max_new, answer) in enumerate(questions):
                 cache, first, asked_s = self._ask(fork_cache(record.cache), record.last_logits, question, n, None)
-                ref, ref_logits, ref_ms = self.decode(cache, first, n + question.shape[1], max_new, eos_ids)
+                ref, ref_logits, ref_ms, why = self.decode(
+                    cache, first, n + question.shape[1], max_new, eos_ids, answer=answer
+                )
                 refs[i] = (ref[0], ref_logits[: len(ref[0]), 0])  # [k, vocab]
                 for c in configs:
                     if c.method == "full" and not self.kv_quant:
                         outcomes[i][c] = _outcome(
-                            c, record, full, 0.0, ref[0], ref_ms, asked_s=asked_s, asked=question.shape[1]
-                        )
+                            c, record, full, 0.0, ref[0], ref_ms, asked_s=asked_s, asked=question.shape[1],
+                            stopped=why[0],
+                        )  # fmt: skip
             for c in configs:  # quantization alone
                 if c.method == "full" and self.kv_quant:
                     cache = self._quantized(record.cache)
@@ -282,18 +347,18 @@ class Engine:
             cache, first, prefill_s = self.stream(context_ids, config, _window_for(press, window))
             own = PrefillRecord(None, {}, first, n, prefill_s)  # its own streamed prefill
             self._answer_each(own, [config], cache, questions, refs, outcomes, eos_ids, press, 0.0)
-        memo: dict = {}
         pending = [c for c in configs if c.method != "full" and not self.streamed(c)]
         sequential = [c for c in pending if batch <= 1 or self.presses[c].decode_budget is not None]
         batched = [c for c in pending if c not in sequential]
-        for config in sequential:
+        memo: dict = {}  # budget-independent scores, shared by every compression of this prompt
+        for config in sequential:  # compressed one at a time, each decoded before the next
             press = self.presses[config]
-            cache, _, compress_s = self.compressed_cache(record, config, memo, _window_for(press, window))
+            cache, _, compress_s = self.compressed_cache(record, config, memo, window)
             cache = self._quantized(cache)
             self._answer_each(record, [config], cache, questions, refs, outcomes, eos_ids, press, compress_s)
         for start in range(0, len(batched), batch):
             group = batched[start : start + batch]
-            built = [self.compressed_cache(record, c, memo, _window_for(self.presses[c], window)) for c in group]
+            built = self.compressed_caches(record, group, memo, window)  # sharing the group's attention
             stacked = stack_caches([b[0] for b in built], self.model.device)
             sizes = [_sizes(b[0]) for b in built]
             compress_s = [b[2] for b in built]
@@ -314,10 +379,10 @@ class Engine:
         compress_s = compress_s if isinstance(compress_s, list) else [compress_s]
         n = record.prompt_tokens
         first = record.last_logits.expand(rows, -1)
-        for i, (question, max_new) in enumerate(questions):
+        for i, (question, max_new, answer) in enumerate(questions):
             asked, logits, asked_s = self._ask(fork_cache(cache), first, question, n, press)
             forced, seen = fork_cache(asked), n + question.shape[1]
-            tokens, _, ms = self.decode(asked, logits, seen, max_new, eos_ids, press)
+            tokens, _, ms, why = self.decode(asked, logits, seen, max_new, eos_ids, press, answer)
             ref_tokens, reference = refs[i]
             kl, top1 = [None] * rows, [None] * rows
             if ref_tokens is not None:
@@ -325,7 +390,7 @@ class Engine:
             for r, config in enumerate(group):
                 outcomes[i][config] = _outcome(
                     config, record, sizes[r], compress_s[r], tokens[r], ms if timed else None, kl[r], top1[r],
-                    asked_s=asked_s, asked=question.shape[1],
+                    asked_s=asked_s, asked=question.shape[1], stopped=why[r],
                 )  # fmt: skip
 
     @torch.inference_mode()
@@ -370,7 +435,7 @@ class Engine:
         memo: dict = {}
         for start in range(0, len(pending), max(batch, 1)):
             group = pending[start : start + max(batch, 1)]
-            built = [self.compressed_cache(record, c, memo) for c in group]
+            built = self.compressed_caches(record, group, memo)
             stacked = stack_caches([b[0] for b in built], self.model.device) if len(group) > 1 else built[0][0]
             press = hooks_only_press() if len(group) > 1 else self.presses[group[0]]
             logits = self.teacher_forced_logits(stacked, forced.expand(len(group), -1), n, press)
@@ -404,8 +469,9 @@ def _sizes(cache) -> tuple[int, int]:
 
 
 def _outcome(
-    config, record, sizes, compress_s, tokens=(), ms=None, kl=0.0, top1=1.0, extra=None, asked_s=0.0, asked=0
-) -> Outcome:
+    config, record, sizes, compress_s, tokens=(), ms=None, kl=0.0, top1=1.0, extra=None, asked_s=0.0, asked=0,
+    stopped=None,
+) -> Outcome:  # fmt: skip
     """What ``config`` did on the recorded prompt: its prefill is the shared one plus its
     compression (plus, query-agnostic, the ``asked`` question tokens fed afterwards in ``asked_s``)."""
     if asked_s:
@@ -422,6 +488,7 @@ def _outcome(
         kl=kl,
         top1=top1,
         extra=extra or {},
+        stopped=stopped,
     )
 
 

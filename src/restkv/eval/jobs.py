@@ -21,6 +21,7 @@ import torch
 
 from ..specs import MethodConfig
 from .engine import Engine, Outcome
+from .tasks.stops import prediction_reader
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Job:
     window: dict | None = None  # auto-window presses: their range -> the question's length
     questions: list = field(default_factory=list)  # agnostic: (question ids [1, q], max_new_tokens) per sample
     continuation: list | None = None  # teacher_forced: the token ids fed after the prompt
+    answer: object = None  # generate: the sample's AnswerStop (None: decode to an end token or the limit)
 
 
 def execute(engine: Engine, job: Job, stop, batch: int) -> list[list[Outcome]]:
@@ -43,7 +45,11 @@ def execute(engine: Engine, job: Job, stop, batch: int) -> list[list[Outcome]]:
         return [engine.fidelity(job.ids, job.continuation, configs=job.todo, batch=batch)]
     if job.kind == "agnostic":
         return engine.run_agnostic(job.ids, job.questions, stop, configs=job.todo, batch=batch)
-    return [engine.run(job.ids, job.max_new_tokens, stop, configs=job.todo, batch=batch, window=job.window)]
+    return [
+        engine.run(
+            job.ids, job.max_new_tokens, stop, configs=job.todo, batch=batch, window=job.window, answer=job.answer
+        )
+    ]
 
 
 def run_local(engine: Engine, jobs: Iterable[Job], stop, batch: int, done: Callable[[Job, list], None]) -> None:
@@ -55,7 +61,8 @@ class _Worker:
     """A Ray actor's state: the model, loaded once, and its engine."""
 
     def __init__(self, load: Callable, configs: list[MethodConfig], kv_quant, stop, batch: int):
-        self.engine = Engine(load().model, configs, kv_quant)
+        loaded = load()
+        self.engine = Engine(loaded.model, configs, kv_quant, text=prediction_reader(loaded.tokenizer, stop))
         self.stop, self.batch = stop, batch
 
     def run(self, job: Job) -> list[list[Outcome]]:

@@ -20,6 +20,7 @@ from .jobs import Job, run_local
 from .store import ResultStore
 from .tasks.base import Sample
 from .tasks.registry import MODES, TaskGroup
+from .tasks.stops import AnswerStop, prediction_reader
 
 
 def params_of(engine: Engine, config: MethodConfig) -> dict:
@@ -48,7 +49,9 @@ def setting_of(loaded, sample: Sample, params: dict, agnostic: bool = False) -> 
     """A short hash of everything besides the row's key that changes its numbers: the model's
     dtype and device, the exact prompt (so task options such as a truncation length count),
     the answer budget, the method's resolved parameters (a profile's values, not its path),
-    and, only when set, query-agnostic evaluation (so query-aware hashes stay as they were)."""
+    and, only when set, query-agnostic evaluation and the answer-stop rule (so other hashes stay
+    as they were: a stop leaves scores as they were but shortens predictions and the answer
+    over which KL is measured)."""
     model = loaded.model
     described = {
         "dtype": str(getattr(model, "dtype", "")), "device": str(getattr(model, "device", "")),
@@ -57,6 +60,8 @@ def setting_of(loaded, sample: Sample, params: dict, agnostic: bool = False) -> 
     }  # fmt: skip
     if agnostic:
         described.update(query_agnostic=True, question_at=sample.question_at)
+    if sample.stop is not None:
+        described["stop"] = sample.stop
     text = json.dumps(described, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -91,13 +96,14 @@ def run_sweep(
     if mode is not None and mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     model, tokenizer = loaded.model, loaded.tokenizer
-    engine = Engine(model, configs, kv_quant)
+    stop = eos_ids(tokenizer, model)
+    read = prediction_reader(tokenizer, stop)  # the text a prediction is scored (and stopped) on
+    engine = Engine(model, configs, kv_quant, text=read)
     if query_agnostic:
         check_agnostic(task, samples, mode)
         engine.check_agnostic()
     check_store_mode(store, task, query_agnostic)
     ranges = {p.window_range for p in engine.presses.values() if p.window_range is not None}
-    stop = eos_ids(tokenizer, model)
     counters = {"samples_run": 0, "samples_skipped": 0, "wall_s": 0.0, "prefill_s": 0.0, "compress_s": 0.0}
     start = time.perf_counter()
     bar = tqdm(total=len(samples), desc=f"{task} ({len(configs)} configs)", unit="sample", disable=not progress)
@@ -109,8 +115,10 @@ def run_sweep(
         for (sample, settings), outcomes in zip(job.samples, per_sample, strict=True):
             rows = []
             for o in outcomes:
-                text = tokenizer.decode([t for t in o.token_ids if t not in stop], skip_special_tokens=True)
+                text = read(o.token_ids)
                 extra = {**public_meta(sample), **o.extra, "answers": sample.answers}
+                if o.stopped is not None:
+                    extra["stopped"] = o.stopped  # eos, answer (complete) or limit
                 if query_agnostic:
                     extra["mode"] = "query-agnostic"
                 rows.append(
@@ -166,11 +174,14 @@ def run_sweep(
                     shared = None
                 shared = shared or Job("agnostic", todo, context)
                 shared.samples.append((sample, settings))
-                shared.questions.append((question, sample.max_new_tokens))
+                shared.questions.append((question, sample.max_new_tokens, AnswerStop.of(sample)))
                 continue
             # the question's length in tokens, clipped to each auto-window press's own range
             window = {r: question_window(tokenizer, sample.prompt, chat, sample.answer_prefix, *r) for r in ranges}
-            yield Job("generate", todo, input_ids, [(sample, settings)], sample.max_new_tokens, window)
+            yield Job(
+                "generate", todo, input_ids, [(sample, settings)], sample.max_new_tokens, window,
+                answer=AnswerStop.of(sample),
+            )  # fmt: skip
         if shared is not None:
             yield shared
 

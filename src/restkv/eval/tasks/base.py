@@ -27,6 +27,10 @@ class Sample:
     #: where in ``prompt`` the question starts (character index), for query-agnostic evaluation:
     #: the context before it is compressed without it; None when the task does not say
     question_at: int | None = None
+    #: when the answer is complete, so decoding stops early: a rule of
+    #: :mod:`restkv.eval.tasks.stops` (``"all_answers"``, ``"any_answer"``) that cannot change
+    #: the task's score; None decodes to an end token or ``max_new_tokens``
+    stop: str | None = None
 
 
 def token_counter(loaded):

@@ -66,7 +66,7 @@ def niah_sample(
 
     prompt = fit_to_length(build, length, count_tokens)
     meta = {"length": length, "depth": depth, "haystack": haystack}
-    return Sample(sample_id, prompt, [code], 16, meta, ANSWER_PREFIX, prompt.rindex("\n\n") + 2)
+    return Sample(sample_id, prompt, [code], 16, meta, ANSWER_PREFIX, prompt.rindex("\n\n") + 2, "all_answers")
 
 
 def niah_samples(

@@ -246,6 +246,7 @@ def ruler_samples(
             sample = _qa(rng, length, count_tokens, pool)
         sample.id = f"{task}-{length}-{seed}-{i}"
         sample.question_at = question_start(sample.prompt)  # every generator ends on its question's line
+        sample.stop = "any_answer" if task in QA else "answer_lines"  # see restkv.eval.tasks.stops
         sample.meta["length"] = length
         out.append(sample)
     return out

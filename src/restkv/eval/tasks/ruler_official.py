@@ -172,6 +172,7 @@ def to_samples(task: str, records: list[dict], length: int, seed: int, chat: boo
     """Our samples from RULER's records; the version of the generator goes into every row."""
     version = generator_version()
     tokens = task_table()[task]["tokens_to_generate"]
+    stop = answer_stop(task)
     samples = []
     for record in records:
         prompt, prefix = split_answer_prefix(task, record["input"])
@@ -185,8 +186,18 @@ def to_samples(task: str, records: list[dict], length: int, seed: int, chat: boo
             prefix.lstrip() if chat else prefix,
         )
         sample.question_at = question_start(prompt)  # every template ends on its question
+        sample.stop = stop
         samples.append(sample)
     return samples
+
+
+#: RULER's per-sample metrics (by name) -> the answer stop that leaves them unchanged
+STOPS = {"string_match_all_per_sample": "answer_lines", "string_match_part_per_sample": "any_answer"}
+
+
+def answer_stop(task: str) -> str | None:
+    """The :mod:`~restkv.eval.tasks.stops` rule for ``task``'s RULER metric (None for another metric)."""
+    return STOPS.get(getattr(task_table()[task]["metric"], "__name__", ""))
 
 
 def score(task: str):
