@@ -104,7 +104,9 @@ def top_index_sums(x: torch.Tensor, k: int) -> torch.Tensor:
     if n < 32 * need:  # too few entries per kept one for the two steps to gain anything
         return x.topk(k, dim=-1, sorted=False).indices.sum(dim=-1)
     whole = (n // step) * step  # the last block is short when step does not divide n
-    block_max = x[:, :whole].view(rows, n // step, step).amax(dim=-1)  # a view: no copy of x
+    # max pooling with stride = kernel: the same maxima as amax over [rows, blocks, step], a few
+    # times faster (a reduction over a last dim of 4-8 entries runs far below vector speed)
+    block_max = F.max_pool1d(x[:, None, :whole], step, step)[:, 0]
     if whole < n:
         block_max = torch.cat([block_max, x[:, whole:].amax(dim=-1, keepdim=True)], dim=-1)
     block_max, chosen = block_max.topk(need, dim=-1, sorted=False)

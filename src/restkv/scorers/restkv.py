@@ -43,7 +43,11 @@ def head_gram(o_proj: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def projected_norm(diff: torch.Tensor, gram: torch.Tensor | None) -> torch.Tensor:
-    """``||W_o^h diff||`` (or ``||diff||`` without ``gram``) over the last dim; diff ``[b, H, L, d]``."""
+    """``||W_o^h diff||`` (or ``||diff||`` without ``gram``) over the last dim; diff ``[b, H, L, d]``.
+
+    The plain form on a materialised difference tensor; the scorer uses the blocked
+    :func:`output_error_norm`, which gives the same numbers (a test holds them equal).
+    """
     if gram is None:
         return diff.norm(dim=-1)
     out = torch.empty(diff.shape[:-1], dtype=torch.float32, device=diff.device)
