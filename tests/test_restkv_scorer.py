@@ -183,3 +183,80 @@ def test_saturated_attention_in_float16_is_finite_and_ranks_first():
         assert 10 in scorer.select(q, k, v, budget=9, o_proj=wo)[0, 0].tolist()
         pooled = get_scorer("restkv", window_size=8, metric_mode=mode).score(q, k, v, budget=16, o_proj=wo)
         assert torch.isfinite(pooled[0, 0, :-8]).all()
+
+
+# -- the cheaper paths give exactly what the plain ones give ---------------------------------
+
+
+def _rows(kind: str, rows: int, n: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.softmax(torch.randn(rows, n, generator=gen) * (6.0 if kind == "peaky" else 1.0), dim=-1)
+    if kind == "ties":  # many exact ties, some of them at the top-k boundary
+        x = (x * 50).round() / 50
+    elif kind == "special":
+        x[0, :] = 0.0  # all equal
+        x[1, 5] = float("nan")
+        x[2, ::3] = float("-inf")
+        x[3, :40] = 1.0  # more maxima than k
+    return x
+
+
+@pytest.mark.parametrize("kind", ["plain", "peaky", "ties", "special"])
+@pytest.mark.parametrize("n, k", [(4096, 96), (4093, 96), (2053, 32), (1000, 15), (700, 100), (50, 49)])
+def test_top_index_sums_equal_torch_topk(kind, n, k):
+    from restkv.smoothing import top_index_sums
+
+    x = _rows(kind, 12, n, seed=n + k)
+    expected = x.topk(k, dim=-1, sorted=False).indices.sum(dim=-1)
+    assert torch.equal(top_index_sums(x, k), expected)
+
+
+def test_top_index_sums_skip_the_full_top_k_when_the_set_is_unique(monkeypatch):
+    """The two-step path really runs: no top-k over whole rows for tie-free rows, but one for a tied row."""
+    from restkv.smoothing import top_index_sums
+
+    x = _rows("peaky", 8, 4093, seed=3)
+    x[5, 100:110] = x[5].topk(96).values[-1]  # row 5: its 96th value repeated, a tie at the boundary
+    expected = x.topk(96, dim=-1, sorted=False).indices.sum(dim=-1)
+    widths = []
+    original = torch.Tensor.topk
+
+    def spy(self, *args, **kwargs):
+        widths.append((self.shape[0], self.shape[-1]))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "topk", spy)
+    assert torch.equal(top_index_sums(x, 96), expected)
+    assert (1, 4093) in widths  # the tied row alone went the full way
+    assert (8, 4093) not in widths
+
+
+@pytest.mark.parametrize("use_gram", [True, False])
+def test_blocked_output_error_equals_the_unblocked_form(monkeypatch, use_gram):
+    import restkv.scorers.restkv as restkv_scorer
+
+    gen = torch.Generator().manual_seed(1)
+    b, kv, g, length, d = 2, 2, 3, 301, 16
+    o = torch.randn(b, kv, g, d, generator=gen)
+    prefix_v = torch.randn(b, kv, 1, length, d, generator=gen)
+    gram = restkv_scorer.head_gram(torch.randn(40, kv * g * d, generator=gen), kv * g) if use_gram else None
+    diff = (o[..., None, :] - prefix_v).reshape(b, kv * g, length, d)
+    expected = restkv_scorer.projected_norm(diff, gram).view(b, kv, g, length)
+    monkeypatch.setattr(restkv_scorer, "_BLOCK_ELEMENTS", 2 * kv * g * d * 40)  # blocks of 40: a short last one
+    assert torch.equal(restkv_scorer.output_error_norm(o, prefix_v, gram), expected)
+
+
+def test_adaptive_pool_with_one_kernel_for_all_heads_equals_pooling_head_by_head():
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(2)
+    scores = torch.rand(2, 3, 90, generator=gen)
+    attn = torch.softmax(torch.randn(2, 3, 8, 98, generator=gen), dim=-1)
+    kernels, shifts = adaptive_kernels(attention_drift(attn, 20), 5, 2000.0)
+    assert (kernels == 5).all() and len(set(shifts.flatten().tolist())) == 1  # one (kernel, shift) pair
+    k, s = 5, shifts.flatten()[0].item()
+    expected = torch.stack([
+        torch.stack([F.avg_pool1d(F.pad(row[None, None], (k // 2 - s, k // 2 + s), mode="replicate"), k, 1)[0, 0]
+                     for row in batch]) for batch in scores
+    ])  # fmt: skip
+    assert torch.equal(adaptive_pool(scores, attn, 20, 5, 2000.0), expected)

@@ -28,6 +28,8 @@ from .base import Scorer
 METRIC_MODES = ("after", "before")
 #: how many query heads' projected norms are computed at once (bounds memory)
 _NORM_CHUNK = 8192
+#: float32 entries per temporary in the blocked output error (1 MiB: stays in a core's cache)
+_BLOCK_ELEMENTS = 1 << 18
 
 
 def head_gram(o_proj: torch.Tensor, heads: int) -> torch.Tensor:
@@ -41,7 +43,11 @@ def head_gram(o_proj: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def projected_norm(diff: torch.Tensor, gram: torch.Tensor | None) -> torch.Tensor:
-    """``||W_o^h diff||`` (or ``||diff||`` without ``gram``) over the last dim; diff ``[b, H, L, d]``."""
+    """``||W_o^h diff||`` (or ``||diff||`` without ``gram``) over the last dim; diff ``[b, H, L, d]``.
+
+    The plain form on a materialised difference tensor; the scorer uses the blocked
+    :func:`output_error_norm`, which gives the same numbers (a test holds them equal).
+    """
     if gram is None:
         return diff.norm(dim=-1)
     out = torch.empty(diff.shape[:-1], dtype=torch.float32, device=diff.device)
@@ -49,6 +55,31 @@ def projected_norm(diff: torch.Tensor, gram: torch.Tensor | None) -> torch.Tenso
         part = diff[..., start : start + _NORM_CHUNK, :]
         quad = (torch.einsum("bhld,hde->bhle", part, gram) * part).sum(-1)
         out[..., start : start + _NORM_CHUNK] = quad.clamp_min(0).sqrt()
+    return out
+
+
+def output_error_norm(o: torch.Tensor, prefix_v: torch.Tensor, gram: torch.Tensor | None) -> torch.Tensor:
+    """``||W_o^h (o_h - v_j)||`` for every query head ``h`` and prefix token ``j``: ``[b, H_kv, g, L]``.
+
+    ``o`` is ``[b, H_kv, g, d]`` (each query head's output), ``prefix_v`` ``[b, H_kv, 1, L, d]``.
+    The same arithmetic as :func:`projected_norm` on the full difference tensor, element for
+    element, but over blocks of tokens small enough to stay in cache: the difference, its
+    product with the Gram matrix and the quadratic form of a block are made and used while
+    they are hot instead of each being a full ``[b, H, L, d]`` pass through memory.
+    """
+    b, kv, g, d = o.shape
+    length = prefix_v.shape[-2]
+    out = torch.empty(b, kv, g, length, dtype=torch.float32, device=o.device)
+    step = max(16, _BLOCK_ELEMENTS // (b * kv * g * d))
+    o = o[..., None, :]
+    grams = gram.view(kv, g, d, d) if gram is not None else None
+    for start in range(0, length, step):
+        diff = o - prefix_v[..., start : start + step, :]  # [b, H_kv, g, block, d]
+        if grams is None:
+            out[..., start : start + step] = diff.norm(dim=-1)
+        else:
+            quad = torch.matmul(diff, grams).mul_(diff).sum(-1)
+            out[..., start : start + step] = quad.clamp_min_(0).sqrt_()
     return out
 
 
@@ -133,8 +164,9 @@ class RestKVScorer(Scorer):
             grouped_a = a.view(b, kv, heads // kv, n - w)
             prefix_v = values[..., : n - w, :].float()[:, :, None]  # [b,Hkv,1,n-w,d]
             o = torch.einsum("bkgl,bkxld->bkgd", grouped_a, prefix_v)
-            diff = (o[..., None, :] - prefix_v).view(b, heads, n - w, -1)
-            norm = projected_norm(diff, gram) ** self.tau
+            norm = output_error_norm(o, prefix_v, gram).view(b, heads, n - w)
+            if self.tau != 1:  # x ** 1.0 is x: skip the pass
+                norm = norm**self.tau
             scores = odds_times_norm(a, norm)
         else:
             v = repeat_kv(values, heads // values.shape[1]).float()  # [b,H,n,d]
