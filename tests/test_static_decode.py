@@ -3,11 +3,11 @@
 import pytest
 import torch
 from transformers import DynamicCache
-from tiny_models import FAMILIES, CharTokenizer, prompt_ids, tiny_model
 
 from restkv import get_press
 from restkv.generation import forward_step, generate_with_stats, greedy_decode, prefill
 from restkv.static_decode import StaticDecoder, bucket, static_unsupported
+from tiny_models import FAMILIES, CharTokenizer, prompt_ids, tiny_model
 
 SETTINGS = {
     "full": None,
@@ -97,7 +97,9 @@ def test_generate_gives_the_same_tokens_on_static_buffers():
     model, tokenizer = tiny_model(), CharTokenizer()
     for setting in ("full", "decode-eviction"):
         eager = generate_with_stats(model, tokenizer, "the quick brown fox " * 3, _press(setting), 24)
-        static = generate_with_stats(model, tokenizer, "the quick brown fox " * 3, _press(setting), 24, compile="static")
+        static = generate_with_stats(
+            model, tokenizer, "the quick brown fox " * 3, _press(setting), 24, compile="static"
+        )
         assert eager.token_ids == static.token_ids and len(eager.token_ids) == 24
 
 

@@ -39,8 +39,8 @@ from .decode_eviction import evict_step, recompress_chunk, settle, sliding_layer
 from .profiles import load_profile
 from .quantized import check_press_on_quantized, full_precision_layers, is_quantized, requantize
 from .scorers import Scorer, get_scorer
-from .static_decode import StaticDecodeCache
 from .state import PressStats, SequenceState, ensure_state, get_state, layer_state
+from .static_decode import StaticDecodeCache
 from .window import AUTO, DEFAULT_RANGE
 
 

@@ -114,7 +114,9 @@ class SlotLayer(CacheLayerMixin):
         n = new.shape[-2]
         if n > buffer.shape[-2]:
             raise ValueError(f"{n} entries do not fit the {buffer.shape[-2]} reserved slots")
-        buffer[..., :n, :] = new.clone() if new.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr() else new
+        buffer[..., :n, :] = (
+            new.clone() if new.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr() else new
+        )
         self.lengths[self.index] = n
 
     # -- the transformers cache-layer interface --------------------------------------------------
@@ -280,7 +282,9 @@ class StaticDecoder:
     def step(self, ids: torch.Tensor) -> torch.Tensor:
         """Feed ``ids`` ``[b, 1]``; returns the next-token logits ``[b, vocab]``."""
         if self.full.numel() and int(self.cache.lengths[self.full].max()) >= self.slots:
-            raise ValueError(f"the {self.slots} reserved slots are full: build the decoder with a larger max_new_tokens")
+            raise ValueError(
+                f"the {self.slots} reserved slots are full: build the decoder with a larger max_new_tokens"
+            )
         config = self.model.config
         config._attn_implementation = STATIC_ATTENTION
         try:
