@@ -54,7 +54,21 @@ def _static_attention(module, query, key, value, attention_mask, *args, **kwargs
     if queries is not None:
         queries[index].copy_(query)
     mask = masks[index][..., : key.shape[-2]]
+    if inner == "sdpa" and query.shape[2] == 1 and kwargs.get("softcap") is None:
+        return _grouped_sdpa(query, key, value, mask, kwargs.get("scaling")), None
     return attention_function(module, inner)(module, query, key, value, mask, *args, **kwargs)
+
+
+def _grouped_sdpa(query, key, value, mask, scaling):
+    """One new token's attention with grouped-query heads as rows of their KV head: the ``g``
+    query heads sharing a KV head become ``g`` queries of it, so the keys and values are read
+    in place instead of being repeated ``g`` times (what transformers does whenever there is a
+    mask). Returns ``[b, 1, H, d]`` like transformers' attention functions."""
+    b, heads, _, d = query.shape
+    kv_heads = key.shape[1]
+    grouped = query.reshape(b, kv_heads, heads // kv_heads, d)
+    out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=mask, scale=scaling)
+    return out.reshape(b, heads, 1, d).transpose(1, 2)
 
 
 AttentionInterface.register(STATIC_ATTENTION, _static_attention)
@@ -237,7 +251,12 @@ def compiled_step():
 
         # one graph per model, buffer size and eviction setting: allow more than the default 8
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        _compiled_step = torch.compile(_step, dynamic=False, fullgraph=True)
+        # freezing: weights become constants, so linears run on prepacked MKL weights; one thread
+        # for the generated kernels: they are elementwise over a few hundred values, where
+        # splitting across cores costs more in synchronisation than it saves (and much more when
+        # the cores are shared); the matrix products keep torch's threads
+        options = {"freezing": True, "cpp.threads": 1}
+        _compiled_step = torch.compile(_step, dynamic=False, fullgraph=True, options=options)
     return _compiled_step
 
 
@@ -318,7 +337,7 @@ def static_greedy(model, cache, logits: torch.Tensor, max_new_tokens: int, eos_i
             break
         logits = decoder.step(torch.tensor([[token]], device=logits.device))
         if keep_logits:
-            seen.append(logits)
+            seen.append(logits.to(seen[0].dtype))
     ms = (time.perf_counter() - began) * 1000 / max(len(generated) - 1, 1)
     return generated, ms, (torch.stack(seen) if keep_logits else None)
 

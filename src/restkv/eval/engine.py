@@ -34,6 +34,7 @@ from ..press import KVPress, hooks_only_press
 from ..quantized import check_press_on_quantized, quantize_cache
 from ..specs import MethodConfig
 from ..state import PressStats, SequenceState, set_state
+from ..static_decode import check_compile, fallback_reason, static_greedy
 
 
 @dataclass
@@ -67,11 +68,17 @@ class Outcome:
 class Engine:
     """Runs sweeps of methods and budgets over prompts on one model."""
 
-    def __init__(self, model, configs: list[MethodConfig], kv_quant: tuple[str, int] | None = None):
+    def __init__(
+        self, model, configs: list[MethodConfig], kv_quant: tuple[str, int] | None = None, compile: bool | str = False
+    ):
         """``kv_quant``: ``(backend, bits)`` to quantize every config's cache after its
         compression (see :mod:`restkv.quantized`); the full-precision full cache stays the
-        reference, and caches are then decoded one at a time."""
+        reference, and caches are then decoded one at a time. ``compile``: decode caches of one
+        row on static buffers, through ``torch.compile`` when True (see
+        :func:`restkv.generation.greedy_decode`); batches of rows keep the eager loop."""
         check_supported(model)
+        check_compile(compile)
+        self.compile = compile
         self.model = model
         self.configs = list(configs)
         self.presses = {c: c.press() for c in self.configs}
@@ -163,6 +170,12 @@ class Engine:
         ``[steps, rows, vocab]`` and the milliseconds per decoding step.
         """
         rows = first_logits.shape[0]
+        if self.compile and rows == 1 and max_new_tokens > 1 and fallback_reason(cache, press) is None:
+            compiled = self.compile is True
+            tokens, ms, seen = static_greedy(
+                self.model, cache, first_logits, max_new_tokens, eos_ids, press, compiled, keep_logits=True
+            )
+            return [tokens], seen, ms
         reserve(cache, max_new_tokens)  # append in place: no copy of every layer per token
         tokens: list[list[int]] = [[] for _ in range(rows)]
         active = list(range(rows))  # the original row of each row still in the batch
