@@ -105,6 +105,30 @@ def peer(args, prompt: dict, length: int, workdir: Path, round: int) -> list[dic
     return rows
 
 
+def summarize(rows_path: Path) -> str:
+    """A markdown table of median decode ms/token (wall, and process CPU) per engine, setting, length."""
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()]
+    cells: dict = {}
+    for r in rows:
+        if r.get("kind") == "prefill":
+            continue
+        if r["engine"] == "openvino":
+            key = ("openvino", r["setting"], r["length"])
+            wall, cpu = r["decode_ms_median"], r["decode_cpu_ms_per_token"]
+        else:
+            key = (f"restkv {r['path']}", r["setting"], r["length"])
+            wall, cpu = r["decode_ms_median"], r["decode_cpu_ms_median"]
+        cells.setdefault(key, []).append((wall, cpu, r.get("first_step_s")))
+    lines = ["| engine | setting | length | decode ms/token (median of runs) | CPU ms/token | runs | first step s |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (engine, setting, length), values in sorted(cells.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
+        walls, cpus = [v[0] for v in values], [v[1] for v in values if v[1] is not None]
+        firsts = ", ".join(f"{v[2]:.1f}" for v in values if v[2] is not None) or "-"
+        lines.append(f"| {engine} | {setting} | {length} | {statistics.median(walls):.0f} | "
+                     f"{statistics.median(cpus):.0f} | {len(values)} | {firsts} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lengths", default="1024,8192,4096")
@@ -115,7 +139,11 @@ def main() -> None:
     parser.add_argument("--peer-python", help="the OpenVINO peer's interpreter (omit: ours alone)")
     parser.add_argument("--peer-script", help="the peer's measure.py")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--summarize", action="store_true", help="print the table of OUT/rows.jsonl and stop")
     args = parser.parse_args()
+    if args.summarize:
+        print(summarize(args.out / "rows.jsonl"))
+        return
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     from restkv.eval.engine import Engine

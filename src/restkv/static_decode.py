@@ -304,13 +304,15 @@ class StaticDecoder:
             raise ValueError(
                 f"the {self.slots} reserved slots are full: build the decoder with a larger max_new_tokens"
             )
-        config = self.model.config
-        config._attn_implementation = STATIC_ATTENTION
+        configs = {id(c): c for c in (self.model.config, self.model.config.get_text_config())}.values()
+        for config in configs:  # the attention modules read the (text) config's implementation
+            config._attn_implementation = STATIC_ATTENTION
         try:
             run = compiled_step() if self.compile else _step
             logits = run(self.model, ids, self.positions, self.cache, self.queries, self.inner, self.dtype)
         finally:
-            config._attn_implementation = self.inner
+            for config in configs:
+                config._attn_implementation = self.inner
         if self.state is not None:
             self.state.next_pos = self.positions[:, 0].clone()
         if self.evicting:
