@@ -104,3 +104,21 @@ def test_prefill_timings_take_turns_between_presses():
     times = latency.measure_prefills(tiny_model("llama"), 16, [Recorder("a"), Recorder("b")], repeats=2)
     assert calls == ["a", "b"] * 3  # one warm-up each, then alternating repeats
     assert [len(t) for t in times] == [2, 2] and all(x > 0 for t in times for x in t)
+
+
+def test_latency_with_compile_reports_both_paths(tmp_path, monkeypatch):
+    """The runner's rows for --compile (the step is run eagerly here: compiling itself is tested in
+    test_static_decode.py, and would cost a minute per buffer size)."""
+    from restkv import static_decode
+
+    monkeypatch.setattr(static_decode, "compiled_step", lambda: static_decode._step)
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        run_latency(tiny_model("llama"), "tiny", [64], CONFIGS[:2], store, repeats=2, decode_tokens=3, compile=True)
+        rows = {r["method"]: r for r in store.rows()}
+        run_latency(tiny_model("llama"), "tiny", [64], CONFIGS[:2], store, repeats=2, decode_tokens=3, compile=True)
+        assert store.count() == 4  # resumes: nothing new
+    label = CONFIGS[1].label
+    assert set(rows) == {"full", "full+compiled", label, f"{label}+compiled"}
+    compiled = rows[f"{label}+compiled"]["extra"]
+    assert compiled["first_step_s"] > 0 and compiled["eager_decode_ms_per_token"] == rows[label]["decode_ms_per_token"]
+    assert compiled["repeats"] == 2 and rows[f"{label}+compiled"]["decode_ms_per_token"] > 0

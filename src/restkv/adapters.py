@@ -173,6 +173,19 @@ def logit_softcap(module: nn.Module) -> float | None:
     )
 
 
+def attention_function(module: nn.Module, implementation: str):
+    """The attention function ``module`` runs under ``implementation`` (``eager`` is each family's
+    own ``eager_attention_forward``, which carries its soft-cap, not a shared one)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if implementation == "eager":
+        import sys
+
+        family = sys.modules[type(module).__module__]
+        return family.eager_attention_forward
+    return ALL_ATTENTION_FUNCTIONS[implementation]
+
+
 def is_sliding(module: nn.Module, cache_layer) -> bool:
     """Sliding-window layers keep their own window and are left alone by every press."""
     return bool(getattr(cache_layer, "is_sliding", False) or getattr(module, "is_sliding", False))

@@ -43,8 +43,14 @@ def remember(press, scorer, queries, keys, kept, context: LayerContext, state: S
 
 def evict_step(press, module, layer, hidden, position_embeddings, state: SequenceState, inv_freq=None) -> None:
     """After a decoding step's attention: update this layer's memory and evict if due."""
-    scorer, context = press.scorer, context_of(module, state, inv_freq)
     query = project_queries(module, hidden, position_embeddings)  # [b, H, 1, d]
+    observe_and_evict(press, module, layer, query, state, inv_freq)
+
+
+def observe_and_evict(press, module, layer, query, state: SequenceState, inv_freq=None) -> None:
+    """Feed this step's post-rotary ``query`` ``[b, H, 1, d]`` to the layer's memory and evict if
+    due (the static decoder calls this between steps, with the query its attention recorded)."""
+    scorer, context = press.scorer, context_of(module, state, inv_freq)
     memory = scorer.observe_step(state.memory[context.index], query, layer.keys, context)
     state.memory[context.index] = memory
     if layer.keys.shape[-2] < press.decode_budget + press.every:

@@ -17,6 +17,7 @@ from .cache import cache_entries
 from .checks import check_int
 from .press import KVPress
 from .state import ensure_state, get_state
+from .static_decode import check_compile, fallback_reason, static_greedy
 from .window import question_window
 
 
@@ -129,9 +130,15 @@ def greedy_decode(
     window: int | None = None,
     progress: bool = False,
     cache=None,
+    compile: bool | str = False,
 ):
     """Prefill ``input_ids`` under ``press`` (in chunks if the press has ``chunk_size``), then
     decode greedily. Returns the new ids, the KV entries kept, prefill seconds and decode ms/token.
+
+    ``compile``: ``True`` decodes on static buffers through ``torch.compile`` (the first call per
+    buffer size compiles, which takes a while; see :mod:`restkv.static_decode`), ``"static"`` on
+    static buffers without compiling, ``False`` in the eager loop on the cache itself. A cache
+    that cannot be made static decodes eagerly, with a warning that says why.
 
     ``window`` is the prompt's observation window for presses with ``window_size="auto"``
     (with ``chunk_size`` as well, those last tokens are the question that probes each chunk).
@@ -150,15 +157,22 @@ def greedy_decode(
         logits = prefill(model, input_ids, cache, press.chunk_size, progress, question)
         prefill_s = time.perf_counter() - start
         kept = cache_entries(cache)
-        generated, decode_ms = decode(model, cache, logits, n, max_new_tokens, eos_ids)
+        generated, decode_ms = decode(model, cache, logits, n, max_new_tokens, eos_ids, press, compile)
     return generated, kept, prefill_s, decode_ms
 
 
 @torch.inference_mode()
-def decode(model, cache, logits: torch.Tensor, start: int, max_new_tokens: int, eos_ids=()) -> tuple[list[int], float]:
+def decode(
+    model, cache, logits: torch.Tensor, start: int, max_new_tokens: int, eos_ids=(), press=None, compile=False
+) -> tuple[list[int], float]:
     """Greedy tokens from the next-token ``logits`` ``[1, vocab]`` of a filled ``cache`` (inside the
     press block that filled it); returns the tokens and decode ms per token. ``start``: tokens
-    seen so far (used only when no press keeps positions)."""
+    seen so far (used only when no press keeps positions). ``press`` and ``compile``: see
+    :func:`greedy_decode` (with static buffers the given ``cache`` is left as prefill left it)."""
+    check_compile(compile)
+    if compile and max_new_tokens > 1 and fallback_reason(cache, press) is None:
+        generated, ms, _ = static_greedy(model, cache, logits, max_new_tokens, eos_ids, press, compile is True)
+        return generated, ms
     generated: list[int] = []
     began = time.perf_counter()
     for step in range(max_new_tokens):
@@ -187,23 +201,32 @@ def generate_with_stats(
     max_new_tokens: int = 64,
     chat: bool = True,
     progress: bool = False,
+    compile: bool | str = False,
 ) -> GenerationResult:
     """Like :func:`generate`, with prompt length, kept entries and timings (``progress``: a bar
-    over the chunks of a chunked prefill)."""
+    over the chunks of a chunked prefill; ``compile``: see :func:`greedy_decode`)."""
     check_int("max_new_tokens", max_new_tokens, 1)
     input_ids = encode_prompt(tokenizer, prompt, chat)
     window = None
     if press is not None and press.window_range is not None:
         window = question_window(tokenizer, prompt, chat, "", *press.window_range)
     stop = eos_ids(tokenizer, model)
-    ids, kept, prefill_s, decode_ms = greedy_decode(model, input_ids, press, max_new_tokens, stop, window, progress)
+    ids, kept, prefill_s, decode_ms = greedy_decode(
+        model, input_ids, press, max_new_tokens, stop, window, progress, compile=compile
+    )
     text = tokenizer.decode([t for t in ids if t not in stop], skip_special_tokens=True)
     n = input_ids.shape[1]
     return GenerationResult(text, ids, n, kept, full_cache_entries(model, n), prefill_s, decode_ms)
 
 
 def generate(
-    model, tokenizer, prompt: str, press: KVPress | None = None, max_new_tokens: int = 64, chat: bool = True
+    model,
+    tokenizer,
+    prompt: str,
+    press: KVPress | None = None,
+    max_new_tokens: int = 64,
+    chat: bool = True,
+    compile: bool | str = False,
 ) -> str:
     """Answer ``prompt`` greedily with ``press`` applied at prefill; returns the new text.
 
@@ -213,5 +236,8 @@ def generate(
             has one).
         press: e.g. ``RestKVPress(budget=128)``; None keeps the full cache.
         max_new_tokens: stop after this many tokens (or at end of sequence).
+        compile: decode on static buffers compiled with ``torch.compile`` (``True``; the first
+            call compiles, minutes on a small CPU), on static buffers alone (``"static"``), or in
+            the eager loop (``False``); see :func:`greedy_decode`.
     """
-    return generate_with_stats(model, tokenizer, prompt, press, max_new_tokens, chat).text
+    return generate_with_stats(model, tokenizer, prompt, press, max_new_tokens, chat, compile=compile).text

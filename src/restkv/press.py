@@ -41,6 +41,7 @@ from .profiles import load_profile
 from .quantized import check_press_on_quantized, full_precision_layers, is_quantized, requantize
 from .scorers import Scorer, get_scorer
 from .state import PressStats, SequenceState, ensure_state, get_state, layer_state
+from .static_decode import StaticDecodeCache
 from .window import AUTO, DEFAULT_RANGE
 
 
@@ -178,7 +179,10 @@ def hooks_only_press() -> KVPress:
 
 
 def _cache_of(kwargs):
-    return kwargs.get("cache", kwargs.get("past_key_values"))
+    """The forward's cache; None for a static decoding cache, which builds its own masks and
+    evicts between steps (:mod:`restkv.static_decode`), so every hook leaves it alone."""
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    return None if isinstance(cache, StaticDecodeCache) else cache
 
 
 def _hidden_of(args, kwargs):

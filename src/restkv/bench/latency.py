@@ -88,17 +88,53 @@ def measure_prefills(model, length: int, presses: list[KVPress], repeats: int) -
 
 @torch.inference_mode()
 def measure_decode(model, length: int, entries: int | None, steps: int, repeats: int) -> list[float]:
-    """Milliseconds per decoding step from a cache of ``entries`` (None: ``length``) per layer."""
-    hooks = KVPress(None) if entries is None else hooks_only_press()
+    """Milliseconds per decoding step from a cache of ``entries`` (None: ``length``) per layer, in
+    the eager loop on transformers' cache (building the cache is not timed)."""
+    return measure_decode_paths(model, length, entries, steps, repeats, ("eager",))["eager"]
 
-    def run():
+
+@torch.inference_mode()
+def measure_decode_paths(model, length: int, entries: int | None, steps: int, repeats: int, paths=("eager",)):
+    """Milliseconds per decoding step for each of ``paths`` (``eager``: transformers' cache and the
+    press hooks; ``static``: static buffers; ``compiled``: static buffers through ``torch.compile``),
+    the paths taking turns within each repeat. Returns ``{path: [ms per repeat]}`` and, for the
+    static paths, ``{path + "_first_s": seconds}``: building the buffers plus the first step, in
+    which a first use of this buffer size compiles."""
+    from ..static_decode import StaticDecoder
+
+    hooks = KVPress(None) if entries is None else hooks_only_press()
+    token = torch.tensor([[3]], device=model.device)
+    out: dict = {path: [] for path in paths}
+
+    def eager():
         cache = synthetic_cache(model, length, entries)
-        token = torch.tensor([[3]], device=model.device)
         with hooks(model):
+            start = time.perf_counter()
             for step in range(steps):
                 model(input_ids=token, cache=cache, position_ids=torch.tensor([[length + step]], device=model.device))
+            return time.perf_counter() - start
 
-    return [1000 * t / steps for t in _timed(run, repeats)]
+    def static(compile):
+        cache = synthetic_cache(model, length, entries)
+        began = time.perf_counter()
+        decoder = StaticDecoder(model, cache, steps + 1, None, compile=compile)
+        decoder.step(token)  # not part of the per-step timing: it may compile
+        first = time.perf_counter() - began
+        start = time.perf_counter()
+        for _ in range(steps):
+            decoder.step(token)
+        return time.perf_counter() - start, first
+
+    for round in range(repeats + 1):  # the first round warms up
+        for path in paths:
+            if path == "eager":
+                elapsed = eager()
+            else:
+                elapsed, first = static(path == "compiled")
+                out.setdefault(f"{path}_first_s", first)  # the first round's: compile included
+            if round:
+                out[path].append(1000 * elapsed / steps)
+    return out
 
 
 def summary(values: list[float]) -> dict:

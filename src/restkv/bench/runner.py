@@ -47,16 +47,32 @@ def run_latency(
     decode_tokens=16,
     chunk_size=None,
     prefill=True,
+    compile=False,
 ):
-    """Prefill and decode timings for every length and config (finished rows are skipped)."""
+    """Prefill and decode timings for every length and config (finished rows are skipped).
+
+    With ``compile``, decoding is also timed on static buffers through ``torch.compile``, taking
+    turns with the eager loop; those rows are labelled ``<method>+compiled`` and carry the first
+    step's latency (compilation included), the eager decode and after how many tokens compiling
+    pays off.
+    """
     task = "bench-latency"
+    paths = ("eager", "compiled") if compile else ("eager",)
     for length in tqdm(lengths, desc="latency", unit="length"):
-        todo = [c for c in configs if not store.has(task, f"len-{length}", model_name, c.label, c.budget)]
+        labels = ("", "+compiled") if compile else ("",)
+        todo = [
+            c
+            for c in configs
+            if not all(store.has(task, f"len-{length}", model_name, c.label + x, c.budget) for x in labels)
+        ]
         if not todo:
             continue
-        decode = {}
+        decode, compiled = {}, {}
         for entries in sorted({c.budget for c in todo}, key=lambda b: -1 if b is None else b):
-            decode[entries] = latency.summary(latency.measure_decode(model, length, entries, decode_tokens, repeats))
+            timed = latency.measure_decode_paths(model, length, entries, decode_tokens, repeats, paths)
+            decode[entries] = latency.summary(timed["eager"])
+            if compile:
+                compiled[entries] = (latency.summary(timed["compiled"]), timed["compiled_first_s"])
         presses = [
             config.press()
             if chunk_size is None or config.method == "full"
@@ -73,7 +89,18 @@ def run_latency(
                      extra={"prefill_min_max": [pre["min"], pre["max"]] if pre else None, "decode_min_max": [dec["min"], dec["max"]],
                             "tokens_per_s": 1000 / dec["median"], "repeats": repeats, "length": length})
             )  # fmt: skip
-        store.add(rows)
+            if compile:
+                com, first_s = compiled[config.budget]
+                saved = dec["median"] - com["median"]
+                rows.append(
+                    _row(task, length, model_name, config, prefill_s=pre["median"] if pre else None,
+                         decode_ms_per_token=com["median"], method=f"{config.label}+compiled",
+                         extra={"decode_min_max": [com["min"], com["max"]], "tokens_per_s": 1000 / com["median"],
+                                "first_step_s": first_s, "eager_decode_ms_per_token": dec["median"],
+                                "pays_off_after_tokens": 1000 * first_s / saved if saved > 0 else None,
+                                "repeats": repeats, "length": length})
+                )  # fmt: skip
+        store.add([r for r in rows if not store.has(task, r["sample_id"], model_name, r["method"], r["budget"])])
 
 
 def run_memory(spec_base: dict, model_name, lengths, configs: list[MethodConfig], store: ResultStore, chunk_size=None):

@@ -23,6 +23,12 @@ def add_parser(subparsers) -> None:
     bench.add_argument("--chunk-size", type=positive_int, help="chunked prefill for the compressing methods")
     bench.add_argument("--no-prefill", action="store_true", help="latency: measure decoding only (long contexts)")
     bench.add_argument(
+        "--compile",
+        action="store_true",
+        help="latency: also decode on static buffers through torch.compile (rows <method>+compiled, with the first "
+        "step's latency including compilation, often minutes)",
+    )
+    bench.add_argument(
         "--kv-quant", metavar="BACKEND:BITS", help="memory: quantize the caches (quanto:2/4, hqq:1/2/3/4/8)"
     )
     bench.add_argument("--out", type=Path, required=True)
@@ -54,6 +60,8 @@ def run(args) -> int:
         parse_kv_quant(args.kv_quant)  # one sentence before any work
         if args.kind != "memory":
             raise UsageError("--kv-quant goes with bench memory")
+    if args.compile and args.kind != "latency":
+        raise UsageError("--compile goes with bench latency")
     if args.layers is not None and args.shape is None:
         raise UsageError("--layers goes with --shape")
     name = f"{args.shape}-{args.layers or 'all'}L" if args.shape else args.model
@@ -70,6 +78,7 @@ def run(args) -> int:
                 args.decode_tokens,
                 args.chunk_size,
                 not args.no_prefill,
+                args.compile,
             )
         else:  # each measurement runs in a fresh process, which loads the model from this spec
             spec = {"device": args.device, "dtype": args.dtype, "attn": args.attn, "decode_tokens": args.decode_tokens}

@@ -34,6 +34,7 @@ from ..press import KVPress, hooks_only_press
 from ..quantized import check_press_on_quantized, quantize_cache
 from ..specs import MethodConfig
 from ..state import PressStats, SequenceState, set_state
+from ..static_decode import check_compile, fallback_reason, static_greedy
 
 
 @dataclass
@@ -71,15 +72,24 @@ class Engine:
     """Runs sweeps of methods and budgets over prompts on one model."""
 
     def __init__(
-        self, model, configs: list[MethodConfig], kv_quant: tuple[str, int] | None = None, text=None
-    ):  # fmt: skip
+        self,
+        model,
+        configs: list[MethodConfig],
+        kv_quant: tuple[str, int] | None = None,
+        text=None,
+        compile: bool | str = False,
+    ):
         """``kv_quant``: ``(backend, bits)`` to quantize every config's cache after its
         compression (see :mod:`restkv.quantized`); the full-precision full cache stays the
         reference, and caches are then decoded one at a time.
 
         ``text``: how a row's token ids read as the prediction that is scored
-        (:func:`restkv.eval.tasks.stops.prediction_reader`); needed for answer stops."""
+        (:func:`restkv.eval.tasks.stops.prediction_reader`); needed for answer stops.
+        ``compile``: decode caches of one row on static buffers, through ``torch.compile`` when
+        True (see :func:`restkv.generation.greedy_decode`); batches of rows keep the eager loop."""
         check_supported(model)
+        check_compile(compile)
+        self.compile = compile
         self.model = model
         self.text = text
         self.configs = list(configs)
@@ -214,6 +224,19 @@ class Engine:
         if answer is not None and self.text is None:
             raise ValueError("answer stops need the engine's text reader (Engine(..., text=prediction_reader(...)))")
         rows = first_logits.shape[0]
+        if self.compile and rows == 1 and max_new_tokens > 1 and fallback_reason(cache, press) is None:
+            compiled = self.compile is True
+            tokens, ms, seen = static_greedy(
+                self.model, cache, first_logits, max_new_tokens, eos_ids, press, compiled, keep_logits=True
+            )
+            # the compiled step has no text reader inside it: the answer stop is applied to its
+            # tokens afterwards, so rows read as the eager loop's (which stops at the same token)
+            stopped = "eos" if tokens[-1] in eos_ids else "limit"
+            for i in range(len(tokens)) if answer is not None else ():
+                if tokens[i] not in eos_ids and answer.complete(self.text(tokens[: i + 1])):
+                    tokens, seen, stopped = tokens[: i + 1], seen[: i + 1], "answer"
+                    break
+            return [tokens], seen, ms, [stopped]
         reserve(cache, max_new_tokens)  # append in place: no copy of every layer per token
         tokens: list[list[int]] = [[] for _ in range(rows)]
         active = list(range(rows))  # the original row of each row still in the batch
