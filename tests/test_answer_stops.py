@@ -132,3 +132,15 @@ def test_the_stop_rule_is_part_of_the_setting_only_when_set():
     plain, stopped = Sample("s", "p", ["x"]), Sample("s", "p", ["x"], stop="all_answers")
     assert setting_of(loaded, plain, {}) != setting_of(loaded, stopped, {})
     assert setting_of(loaded, plain, {}) == setting_of(loaded, Sample("s", "p", ["y"]), {})
+
+
+def test_static_decoding_stops_rows_where_the_eager_loop_does():
+    model, ids = tiny_model("llama"), prompt_ids(70)
+    whole = Engine(model, CONFIGS[:1], text=numbers).run(ids, 8, batch=1)[0].token_ids
+    answer = AnswerStop("all_answers", (numbers(whole[:3]).strip(),))
+    eager = Engine(model, CONFIGS, text=numbers).run(ids, 8, batch=1, answer=answer)
+    static = Engine(model, CONFIGS, text=numbers, compile="static").run(ids, 8, batch=1, answer=answer)
+    assert static[0].token_ids == whole[:3] and static[0].stopped == "answer"
+    for a, b in zip(eager, static):
+        assert (a.token_ids, a.stopped) == (b.token_ids, b.stopped), a.config.label
+        assert b.kl == pytest.approx(a.kl, abs=1e-5)
