@@ -90,8 +90,9 @@ def peer(args, prompt: dict, length: int, workdir: Path, round: int) -> list[dic
     path = workdir / f"prompt-{length}.jsonl"
     row = {**prompt, "max_new_tokens": args.decode_tokens, "eos_ids": []}
     path.write_text(json.dumps(row) + "\n")
+    settings = f"evict{args.budget}" if args.compressed_only else f"full,evict{args.budget}"
     out = workdir / f"peer-{length}-{round}.jsonl"
-    command = [args.peer_python, args.peer_script, "--prompts", str(path), "--settings", "full,evict128",
+    command = [args.peer_python, args.peer_script, "--prompts", str(path), "--settings", settings,
                "--threads", str(args.threads), "--precision", "fp32", "--max-new-tokens", str(args.decode_tokens),
                "--ignore-eos", "--warmup", "0", "--out", str(out)]  # fmt: skip
     began = time.perf_counter()
@@ -136,6 +137,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--budget", type=int, default=128)
+    parser.add_argument("--compressed-only", action="store_true",
+                        help="measure only the budget's caches (ours and the peer's), not the full caches")  # fmt: skip
     parser.add_argument("--peer-python", help="the OpenVINO peer's interpreter (omit: ours alone)")
     parser.add_argument("--peer-script", help="the peer's measure.py")
     parser.add_argument("--out", type=Path, required=True)
@@ -184,6 +187,8 @@ def main() -> None:
                     "full": (record_.cache, record_.last_logits, KVPress(None)),
                     f"snapkv{args.budget}": (compressed, record_.last_logits, snap.press()),
                 }
+                if args.compressed_only:
+                    del prefilled[length]["full"]
                 record({"engine": "restkv", "kind": "prefill", "length": length, "prompt_tokens": ids.shape[1],
                         "prefill_s": record_.prefill_s, "compress_s": compress_s})  # fmt: skip
             for setting, (cache, logits, press) in prefilled[length].items():
