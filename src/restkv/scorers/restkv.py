@@ -26,8 +26,6 @@ from ..smoothing import POOLINGS, TEMPORAL_RULES, adaptive_pool, pool, temporal,
 from .base import Scorer
 
 METRIC_MODES = ("after", "before")
-#: how many query heads' projected norms are computed at once (bounds memory)
-_NORM_CHUNK = 8192
 #: float32 entries per temporary in the blocked output error (1 MiB: stays in a core's cache)
 _BLOCK_ELEMENTS = 1 << 18
 
@@ -42,28 +40,12 @@ def head_gram(o_proj: torch.Tensor, heads: int) -> torch.Tensor:
     return w.transpose(1, 2) @ w
 
 
-def projected_norm(diff: torch.Tensor, gram: torch.Tensor | None) -> torch.Tensor:
-    """``||W_o^h diff||`` (or ``||diff||`` without ``gram``) over the last dim; diff ``[b, H, L, d]``.
-
-    The plain form on a materialised difference tensor; the scorer uses the blocked
-    :func:`output_error_norm`, which gives the same numbers (a test holds them equal).
-    """
-    if gram is None:
-        return diff.norm(dim=-1)
-    out = torch.empty(diff.shape[:-1], dtype=torch.float32, device=diff.device)
-    for start in range(0, diff.shape[-2], _NORM_CHUNK):
-        part = diff[..., start : start + _NORM_CHUNK, :]
-        quad = (torch.einsum("bhld,hde->bhle", part, gram) * part).sum(-1)
-        out[..., start : start + _NORM_CHUNK] = quad.clamp_min(0).sqrt()
-    return out
-
-
 def output_error_norm(o: torch.Tensor, prefix_v: torch.Tensor, gram: torch.Tensor | None) -> torch.Tensor:
     """``||W_o^h (o_h - v_j)||`` for every query head ``h`` and prefix token ``j``: ``[b, H_kv, g, L]``.
 
     ``o`` is ``[b, H_kv, g, d]`` (each query head's output), ``prefix_v`` ``[b, H_kv, 1, L, d]``.
-    The same arithmetic as :func:`projected_norm` on the full difference tensor, element for
-    element, but over blocks of tokens small enough to stay in cache: the difference, its
+    The same arithmetic as the plain form on the full difference tensor (``tests/test_restkv_scorer.py``
+    holds them equal), element for element, but over blocks of tokens small enough to stay in cache: the difference, its
     product with the Gram matrix and the quadratic form of a block are made and used while
     they are hot instead of each being a full ``[b, H, L, d]`` pass through memory.
     """
