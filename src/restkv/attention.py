@@ -138,20 +138,29 @@ def accumulated_attention(
 
 
 def _accumulated_attention(queries, keys, scaling, key_mask, softcap, chunk):
-    b, heads, q, _ = queries.shape
-    n = keys.shape[-2]
-    keys = repeat_kv(keys, group_size(queries, keys))
-    total = torch.zeros(b, heads, n, dtype=torch.float32, device=queries.device)
+    b, heads, q, d = queries.shape
+    n, kv_heads = keys.shape[-2], keys.shape[1]
+    groups = group_size(queries, keys)
+    total = torch.zeros(b, kv_heads, groups, n, dtype=torch.float32, device=queries.device)
+    grouped = queries.reshape(b, kv_heads, groups, q, d)  # query heads as rows of their KV head: no repeated keys
     key_pos = torch.arange(n, device=queries.device)
-    for start in range(0, q, chunk):
-        stop = min(start + chunk, q)
-        logits = _logits(queries[..., start:stop, :], keys, scaling, softcap)
+    # chunks of at most 256 queries: each reads only the keys it can see, which skips most of
+    # the causal triangle's masked half (a single 1,024-query chunk computes all of it)
+    step = min(chunk, 256)
+    for start in range(0, q, step):
+        stop = min(start + step, q)
+        seen = n - q + stop  # keys visible to the chunk's last query
+        rows = grouped[..., start:stop, :].reshape(b, kv_heads, groups * (stop - start), d)
+        logits = _logits(rows, keys[..., :seen, :], scaling, softcap).view(b, kv_heads, groups, stop - start, seen)
         query_pos = torch.arange(n - q + start, n - q + stop, device=queries.device)
-        logits.masked_fill_(key_pos[None, :] > query_pos[:, None], float("-inf"))
+        logits.masked_fill_(key_pos[None, :seen] > query_pos[:, None], float("-inf"))
         if key_mask is not None:
-            logits.masked_fill_(~key_mask[:, None, None, :].to(logits.device), float("-inf"))
+            logits.masked_fill_(~key_mask[:, None, None, None, :seen].to(logits.device), float("-inf"))
             # padding queries would spread their weight over padding-free rows; drop them
             valid_q = key_mask[:, n - q + start : n - q + stop].to(logits.device)
-            logits.masked_fill_(~valid_q[:, None, :, None], float("-inf"))
-        total += torch.softmax(logits, dim=-1).nan_to_num_(0.0).sum(dim=-2)
-    return total
+            logits.masked_fill_(~valid_q[:, None, None, :, None], float("-inf"))
+            probs = torch.softmax(logits, dim=-1).nan_to_num_(0.0)
+        else:  # every query sees at least key 0, so no row is all -inf
+            probs = torch.softmax(logits, dim=-1)
+        total[..., :seen] += probs.sum(dim=-2)
+    return total.view(b, heads, n)
