@@ -28,6 +28,7 @@ origin tracking and re-indexing during decoding.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 
@@ -251,6 +252,16 @@ def _step(model, ids, positions, cache: StaticDecodeCache, queries, inner: str, 
 
 _compiled_step = None
 
+#: inductor settings the step compiles under on a CPU. Passed as ``torch.compile(options=...)``
+#: they did not take effect here (torch 2.13: the step still ran aten::mm on unpacked weights),
+#: so they are applied with ``torch._inductor.config.patch`` around each call instead:
+#: ``freezing`` makes the weights constants, and ``max_autotune`` with the ``CPP`` backend lets
+#: inductor benchmark its own C++ GEMM template (weights prepacked into blocks) against MKL for
+#: each linear's shape. For one decoded row that template streams the weights about twice as
+#: fast as MKL's ``mm`` (SmolLM2 budget 128: 47 -> 25 ms per step, see
+#: ``benchmarks/results/decode-compiled``); compiling takes a minute longer the first time.
+CPU_INDUCTOR = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+
 
 def compiled_step():
     """The step compiled with inductor (built once; each buffer size compiles once, on first use)."""
@@ -260,13 +271,17 @@ def compiled_step():
 
         # one graph per model, buffer size and eviction setting: allow more than the default 8
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        # freezing: weights become constants, so linears run on prepacked MKL weights; one thread
-        # for the generated kernels: they are elementwise over a few hundred values, where
-        # splitting across cores costs more in synchronisation than it saves (and much more when
-        # the cores are shared); the matrix products keep torch's threads
-        options = {"freezing": True, "cpp.threads": 1}
-        _compiled_step = torch.compile(_step, dynamic=False, fullgraph=True, options=options)
+        _compiled_step = torch.compile(_step, dynamic=False, fullgraph=True)
     return _compiled_step
+
+
+def inductor_settings(device: torch.device):
+    """The context a compiled step runs (and, on its first call, compiles) in on ``device``."""
+    if device.type != "cpu":
+        return contextlib.nullcontext()
+    import torch._inductor.config
+
+    return torch._inductor.config.patch(CPU_INDUCTOR)
 
 
 class StaticDecoder:
@@ -318,7 +333,9 @@ class StaticDecoder:
             config._attn_implementation = STATIC_ATTENTION
         try:
             run = compiled_step() if self.compile else _step
-            logits = run(self.model, ids, self.positions, self.cache, self.queries, self.inner, self.dtype)
+            settings = inductor_settings(self.positions.device) if self.compile else contextlib.nullcontext()
+            with settings:
+                logits = run(self.model, ids, self.positions, self.cache, self.queries, self.inner, self.dtype)
         finally:
             for config in configs:
                 config._attn_implementation = self.inner
