@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from restkv.cache import fork_cache
+from restkv.cache import fork_cache, rewind_rows, rewindable, stack_caches
 from restkv.eval.engine import Engine, kl_and_top1
 from restkv.generation import greedy_decode
-from restkv.press import get_press
+from restkv.press import get_press, hooks_only_press
 from restkv.specs import MethodConfig
 from tiny_models import prompt_ids, tiny_model
 
@@ -119,15 +119,85 @@ def test_rows_that_finish_leave_the_batch_and_the_others_decode_as_before(family
 
     stop = next(t for ts in free.values() for t in ts[1:] if len(set(finish_steps(t).values())) > 1)
     one = {o.config: o.token_ids for o in engine.run(ids, max_new_tokens=12, eos_ids={stop}, batch=1)}
+    together = {o.config: o.token_ids for o in engine.run(ids, max_new_tokens=12, eos_ids={stop}, batch=8)}
+    assert together == one
+    # the decoding loop itself, on all compressed caches as one batch from the first token
+    record = engine.prefill(ids)
+    built = engine.compressed_caches(record, CONFIGS[1:])
+    stacked = stack_caches([b[0] for b in built], model.device)
     shapes = []  # (rows, tokens) of every forward
     hook = model.register_forward_pre_hook(
         lambda m, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
     )
     try:
-        together = {o.config: o.token_ids for o in engine.run(ids, max_new_tokens=12, eos_ids={stop}, batch=8)}
+        first = record.last_logits.expand(len(built), -1)
+        tokens, _, _, _ = engine.decode(stacked, first, 90, 12, {stop}, hooks_only_press())
     finally:
         hook.remove()
-    assert together == one
-    steps = [rows for rows, tokens in shapes if tokens == 1]  # decoding steps (the full cache's come first)
-    batched = steps[steps.index(len(CONFIGS) - 1) :]
-    assert min(batched) < len(CONFIGS) - 1  # the batch shrank as rows ended
+    assert tokens == [one[c] for c in CONFIGS[1:]]
+    steps = [rows for rows, _ in shapes]
+    assert steps[0] == len(CONFIGS) - 1 and min(steps) < steps[0]  # the batch shrank as rows ended
+
+
+def _forwards(model):
+    """(rows, tokens) of every forward of ``model`` while the returned list is being filled."""
+    shapes = []
+    hook = model.register_forward_pre_hook(
+        lambda m, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    return shapes, hook
+
+
+def test_a_rewound_row_decodes_as_if_fed_only_its_kept_tokens():
+    model, ids = tiny_model("llama"), prompt_ids(60)
+    engine = Engine(model, CONFIGS[:3])
+    record = engine.prefill(ids)
+    built = engine.compressed_caches(record, CONFIGS[1:3])
+    fed = torch.tensor([[5, 9, 13, 2]])
+    rewound = stack_caches([b[0] for b in built], model.device)
+    engine.teacher_forced_logits(rewound, fed.expand(2, -1), 60, hooks_only_press())
+    assert rewindable(rewound)
+    rewind_rows(rewound, 4, [1, 3])  # row 0 keeps token 5, row 1 keeps 5, 9, 13
+    after = engine.teacher_forced_logits(rewound, torch.tensor([[7], [7]]), 60, hooks_only_press())[:, -1]
+    for row, kept in enumerate([1, 3]):
+        alone = fork_cache(built[row][0])
+        want = engine.teacher_forced_logits(alone, torch.cat([fed[:, :kept], torch.tensor([[7]])], 1), 60,
+                                            CONFIGS[1 + row].press())[0, -1]  # fmt: skip
+        torch.testing.assert_close(after[row], want, rtol=1e-4, atol=1e-4)
+
+
+def test_rows_that_agree_with_the_reference_are_not_decoded():
+    """A budget above the prompt keeps everything: its greedy answer is the full cache's, read off
+    the teacher-forced reference without one decoding step."""
+    model, ids = tiny_model("llama"), prompt_ids(40)
+    configs = [MethodConfig.make("full")] + [MethodConfig.make(m, 64, window_size=8) for m in ("snapkv", "h2o")]
+    engine = Engine(model, configs)
+    shapes, hook = _forwards(model)
+    try:
+        outcomes = engine.run(ids, max_new_tokens=10, batch=8)
+    finally:
+        hook.remove()
+    full, *others = outcomes
+    assert len(full.token_ids) == 10 and all(o.token_ids == full.token_ids for o in others)
+    assert all(o.stopped == "limit" and o.kl == pytest.approx(0, abs=1e-6) for o in others)
+    forced = shapes.index((2, 10))  # the reference fed to both compressed rows at once
+    assert shapes[forced + 1 :] == []  # and nothing decoded after it
+
+
+def test_rows_that_leave_the_reference_decode_on_from_where_they_left():
+    model, ids = tiny_model("llama"), prompt_ids(90)
+    engine = Engine(model, CONFIGS)
+    alone = {o.config: o for o in engine.run(ids, max_new_tokens=12, batch=1)}
+    shapes, hook = _forwards(model)
+    try:
+        together = {o.config: o for o in engine.run(ids, max_new_tokens=12, batch=8)}
+    finally:
+        hook.remove()
+    reference = alone[CONFIGS[0]].token_ids
+    agreed = [next((i for i, (a, b) in enumerate(zip(o.token_ids, reference)) if a != b), 12) for o in alone.values()]
+    assert 0 < max(agreed[1:]) and min(agreed[1:]) < 12  # some rows agree for a while, some leave
+    for config in CONFIGS:
+        assert together[config].token_ids == alone[config].token_ids
+        assert together[config].kl == pytest.approx(alone[config].kl, abs=1e-5)
+    decoded = [rows for rows, tokens in shapes[shapes.index((len(CONFIGS) - 1, 12)) + 1 :]]
+    assert len(decoded) < 11  # fewer decoding steps than decoding every row from its first token

@@ -224,6 +224,49 @@ def select_rows(cache, rows: list[int]) -> bool:
     return True
 
 
+def rewindable(cache) -> bool:
+    """Whether :func:`rewind_rows` can forget tokens of ``cache``: every layer dense and full-attention
+    (a sliding window has already dropped what it would need back), each with its layer state."""
+    state = get_state(cache)
+    if state is None or state.next_pos is None or state.origins is not None:
+        return False
+    for index, layer in enumerate(cache.layers):
+        if type(layer) is not DynamicLayer or not getattr(layer, "is_initialized", False):
+            return False
+        if getattr(layer, "is_sliding", False) or index not in state.layers:
+            return False
+    return True
+
+
+def rewind_rows(cache, appended: int, keep: list[int]) -> None:
+    """Forget, in place, all but the first ``keep[r]`` of the last ``appended`` entries of row ``r``
+    in every layer, as if only those tokens had been fed (the cache must be :func:`rewindable`).
+
+    Layers are cut to the longest kept run; a row keeping fewer has the rest masked as padding
+    through its layer state, and every row's next position goes back to just after its last kept
+    token, so the row decodes on exactly as if fed only its kept tokens."""
+    state = get_state(cache)
+    longest = max(keep)
+    layers = {}
+    for index, layer in enumerate(cache.layers):
+        base = layer.keys.shape[-2] - appended
+        width = base + longest
+        layer.keys, layer.values = layer.keys[..., :width, :], layer.values[..., :width, :]
+        old = state.layers[index]
+        if min(keep) == longest:
+            layers[index] = old
+            continue
+        valid = torch.ones(len(keep), layer.keys.shape[1], width, dtype=torch.bool, device=layer.keys.device)
+        if old.valid is not None:
+            valid[..., : old.kept] = old.valid
+        for row, kept in enumerate(keep):
+            valid[row, :, base + kept :] = False
+        # new records, not edits: forks of this cache share the old ones
+        layers[index] = dataclasses.replace(old, kept=width, valid=valid)
+    state.layers = layers
+    state.next_pos = state.next_pos - torch.tensor([appended - k for k in keep], device=state.next_pos.device)
+
+
 def fork_cache(cache) -> DynamicCache:
     """A cache that shares tensors with ``cache`` but not its future.
 

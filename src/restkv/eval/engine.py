@@ -26,7 +26,16 @@ import torch
 from transformers import DynamicCache
 
 from ..adapters import attention_modules, check_supported, is_sliding, last_queries, rope_frequencies
-from ..cache import cache_bytes, cache_entries, fork_cache, reserve, select_rows, stack_caches
+from ..cache import (
+    cache_bytes,
+    cache_entries,
+    fork_cache,
+    reserve,
+    rewind_rows,
+    rewindable,
+    select_rows,
+    stack_caches,
+)
 from ..compress import SHARED_ATTENTION, compress_layer, effective_scorer, plan_budgets
 from ..decode_eviction import settle
 from ..generation import next_positions, prefill
@@ -207,7 +216,7 @@ class Engine:
     @torch.inference_mode()
     def decode(
         self, cache, first_logits, start_pos: int, max_new_tokens: int, eos_ids, press: KVPress | None = None,
-        answer=None,
+        answer=None, prefixes=None,
     ):  # fmt: skip
         """Greedy decoding of every batch row of ``cache`` until each has met an end token or,
         with ``answer`` (an :class:`~restkv.eval.tasks.stops.AnswerStop`), completed its answer.
@@ -215,6 +224,9 @@ class Engine:
         A finished row leaves the batch (:func:`restkv.cache.select_rows`), so a batch of caches
         costs what its rows still being decoded cost. A row's tokens are the same with or
         without ``answer`` up to where it stopped: the rows are independent.
+
+        ``prefixes``: per row, tokens it has already generated and ``cache`` already holds; they
+        count towards ``max_new_tokens`` and the answer, and lead the returned tokens.
 
         Returns the tokens per row (up to and including its end token, or the token that
         completed its answer), the logits of each step ``[steps, rows, vocab]``, the
@@ -224,7 +236,13 @@ class Engine:
         if answer is not None and self.text is None:
             raise ValueError("answer stops need the engine's text reader (Engine(..., text=prediction_reader(...)))")
         rows = first_logits.shape[0]
-        if self.compile and rows == 1 and max_new_tokens > 1 and fallback_reason(cache, press) is None:
+        if (
+            self.compile
+            and rows == 1
+            and prefixes is None
+            and max_new_tokens > 1
+            and fallback_reason(cache, press) is None
+        ):
             compiled = self.compile is True
             tokens, ms, seen = static_greedy(
                 self.model, cache, first_logits, max_new_tokens, eos_ids, press, compiled, keep_logits=True
@@ -238,7 +256,7 @@ class Engine:
                     break
             return [tokens], seen, ms, [stopped]
         reserve(cache, max_new_tokens)  # append in place: no copy of every layer per token
-        tokens: list[list[int]] = [[] for _ in range(rows)]
+        tokens: list[list[int]] = [list(p) for p in prefixes] if prefixes is not None else [[] for _ in range(rows)]
         active = list(range(rows))  # the original row of each row still in the batch
         done = [False] * rows
         stopped = ["limit"] * rows
@@ -256,8 +274,10 @@ class Engine:
                             done[r], stopped[r] = True, "eos"
                         elif answer is not None and answer.complete(self.text(tokens[r])):
                             done[r], stopped[r] = True, "answer"
+                        elif len(tokens[r]) >= max_new_tokens:
+                            done[r] = True  # stopped by the limit
                 going = [i for i, r in enumerate(active) if not done[r]]
-                if not going or step == max_new_tokens - 1:
+                if not going:
                     break
                 if len(going) < len(active) and select_rows(cache, going):  # finished rows leave the batch
                     active, chosen = [active[i] for i in going], chosen[going]
@@ -404,17 +424,79 @@ class Engine:
         first = record.last_logits.expand(rows, -1)
         for i, (question, max_new, answer) in enumerate(questions):
             asked, logits, asked_s = self._ask(fork_cache(cache), first, question, n, press)
-            forced, seen = fork_cache(asked), n + question.shape[1]
-            tokens, _, ms, why = self.decode(asked, logits, seen, max_new, eos_ids, press, answer)
+            seen = n + question.shape[1]
             ref_tokens, reference = refs[i]
-            kl, top1 = [None] * rows, [None] * rows
-            if ref_tokens is not None:
-                kl, top1 = self._fidelity(forced, ref_tokens, reference, seen, press, rows)
+            if ref_tokens is not None and not timed and rewindable(asked):
+                tokens, why, kl, top1 = self._decode_from_reference(
+                    asked, logits, ref_tokens, reference, seen, max_new, eos_ids, press, answer
+                )
+                ms = None
+            else:
+                forced = fork_cache(asked)
+                tokens, _, ms, why = self.decode(asked, logits, seen, max_new, eos_ids, press, answer)
+                kl, top1 = [None] * rows, [None] * rows
+                if ref_tokens is not None:
+                    kl, top1 = self._fidelity(forced, ref_tokens, reference, seen, press, rows)
             for r, config in enumerate(group):
                 outcomes[i][config] = _outcome(
                     config, record, sizes[r], compress_s[r], tokens[r], ms if timed else None, kl[r], top1[r],
                     asked_s=asked_s, asked=question.shape[1], stopped=why[r],
                 )  # fmt: skip
+
+    @torch.inference_mode()
+    def _decode_from_reference(self, cache, first_logits, ref_tokens, reference, seen, max_new, eos_ids, press, answer):
+        """Greedy decoding of every row of ``cache`` that starts from the full cache's answer.
+
+        The reference answer is teacher-forced through all rows at once, as fidelity needs
+        anyway; its logits then tell each row's own greedy tokens for as long as they agree with
+        the reference (``reference[:d]``, then the row's own choice). Only rows whose answer is
+        not complete by then are decoded, each from its cache rewound to ``reference[:d]``
+        (:func:`restkv.cache.rewind_rows`). The tokens are those of decoding each row from the
+        start, up to float rounding in near ties (a forward of many tokens sums in another order
+        than one of one token, as batching rows already does). Returns per row the tokens, what
+        stopped it, KL and top-1 agreement (as :meth:`_fidelity`).
+        """
+        rows, k = first_logits.shape[0], len(ref_tokens)
+        forced = torch.tensor([ref_tokens]).expand(rows, -1)
+        logits = self.teacher_forced_logits(cache, forced, seen, press)  # [rows, k, vocab]: after ref[: j + 1]
+        if k < 2:
+            kl, top1 = [0.0] * rows, [1.0] * rows
+        else:
+            pairs = [kl_and_top1(reference[1:k], logits[r, : k - 1]) for r in range(rows)]
+            kl, top1 = [p[0] for p in pairs], [p[1] for p in pairs]
+        steps = torch.cat([first_logits[:, None].to(logits.device, logits.dtype), logits], dim=1)  # after ref[:j]
+        agree = (steps[:, :k].argmax(-1).cpu() == torch.tensor(ref_tokens)).tolist()
+        tokens, why, going, agreed = [None] * rows, [None] * rows, [], []
+        for r in range(rows):
+            d = agree[r].index(False) if False in agree[r] else k
+            end = self._stop_within(ref_tokens[:d], eos_ids, answer, max_new)
+            if end is None:
+                going.append(r)
+                agreed.append(d)
+            else:
+                tokens[r], why[r] = ref_tokens[: end[0] + 1], end[1]
+        if going:
+            if len(going) < rows:
+                select_rows(cache, going)
+            rewind_rows(cache, k, agreed)
+            first = torch.stack([steps[r, d] for r, d in zip(going, agreed)])
+            prefixes = [ref_tokens[:d] for d in agreed]
+            decoded, _, _, stopped = self.decode(cache, first, seen, max_new, eos_ids, press, answer, prefixes)
+            for j, r in enumerate(going):
+                tokens[r], why[r] = decoded[j], stopped[j]
+        return tokens, why, kl, top1
+
+    def _stop_within(self, tokens: list[int], eos_ids, answer, max_new: int):
+        """``(index, reason)`` of the first of ``tokens`` at which decoding stops, as :meth:`decode`
+        would stop there; None when none does."""
+        for i, token in enumerate(tokens):
+            if token in eos_ids:
+                return i, "eos"
+            if answer is not None and answer.complete(self.text(tokens[: i + 1])):
+                return i, "answer"
+            if i + 1 >= max_new:
+                return i, "limit"
+        return None
 
     @torch.inference_mode()
     def _ask(self, cache, first_logits, question: torch.Tensor, n: int, press: KVPress | None):
