@@ -65,7 +65,9 @@ def instrument(clock: Clock) -> None:
     # the reference decode is the one without a press (args: self, cache, logits, start, max, eos[, press])
     press_of = lambda a, k: k.get("press", a[6] if len(a) > 6 else None)  # noqa: E731
     clock.wrap(Engine, "decode", lambda a, k: "full-cache decode" if press_of(a, k) is None else "compressed decode")
-    clock.wrap(Engine, "_fidelity", "fidelity (teacher forcing)")
+    # batched rows teacher-force the reference first and decode only what leaves it; rows decoded
+    # alone teacher-force after decoding: either way this is the fidelity's forward
+    clock.wrap(Engine, "teacher_forced_logits", "fidelity (teacher forcing)")
 
 
 def uptime() -> str:

@@ -14,6 +14,10 @@ sweep of streamed configurations alone skips the full-cache reference (its KL is
 
 Fidelity is measured by teacher forcing: the full cache's greedy answer is fed to each
 compressed cache, and the next-token distributions are compared with the full cache's.
+Compressed caches decoded together as a batch do that first and reuse it: for as long as a
+row's own greedy choice agrees with the full cache's answer, the teacher-forced logits are its
+decoding steps, so only the rows that leave the reference before their answer is complete are
+decoded, each from its cache rewound to where it left (:meth:`Engine._decode_from_reference`).
 """
 
 from __future__ import annotations
