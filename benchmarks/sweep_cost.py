@@ -2,10 +2,11 @@
 
 For each sample, in turn: the engine with only ``full``, and the engine with full + the six
 methods x three budgets of the README's RULER command, each with and without the tasks'
-answer-complete stops (:mod:`restkv.eval.tasks.stops`), batched 8 at a time (the CLI default)
-and, with stops, all 18 compressed caches in one batch. Also reports where the sweep's time
-goes, how many tokens each row decoded, and whether any prediction's score changed with stops
-(it must not) or its tokens stopped being a prefix of the unstopped ones.
+answer-complete stops (:mod:`restkv.eval.tasks.stops`), batched 8 at a time (the CLI default
+before ``--batch auto``) and, with stops, all 18 compressed caches in one batch (what
+``--batch auto`` does here). Also reports where the sweep's time goes, how many tokens each row
+decoded, and whether any prediction's score changed with stops (it must not) or its tokens
+stopped being a prefix of the unstopped ones.
 
     .venv/bin/python benchmarks/sweep_cost.py [--samples 6] [--length 1024] [--out FILE]
 """

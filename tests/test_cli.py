@@ -33,7 +33,16 @@ def test_user_errors_exit_2_with_one_sentence(argv, message, capsys):
     assert "Traceback" not in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("argv", [["generate", "--budget", "abc", "hi"], ["demo", "--samples", "0"], ["nosuchcommand"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["generate", "--budget", "abc", "hi"],
+        ["demo", "--samples", "0"],
+        ["nosuchcommand"],
+        ["eval", "passkey", "--out", "/tmp/never", "--batch", "0"],
+        ["eval", "passkey", "--out", "/tmp/never", "--batch", "all"],
+    ],
+)
 def test_malformed_arguments_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -55,3 +64,13 @@ def test_models_lists_the_embedded_models(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "smollm2-135m-instruct" in out and "gemma3-270m" in out
+
+
+def test_batch_is_auto_or_a_positive_number_of_rows():
+    import argparse
+
+    from restkv.cli.common import batch_size
+
+    assert batch_size("auto") == "auto" and batch_size("3") == 3
+    with pytest.raises(argparse.ArgumentTypeError, match="positive integer"):
+        batch_size("0")

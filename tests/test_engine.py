@@ -4,7 +4,8 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from restkv.cache import fork_cache, rewind_rows, rewindable, stack_caches
+from restkv.cache import cache_bytes, fork_cache, rewind_rows, rewindable, stack_caches
+from restkv.compress import plan_budgets
 from restkv.eval.engine import Engine, kl_and_top1
 from restkv.generation import greedy_decode
 from restkv.press import get_press, hooks_only_press
@@ -201,3 +202,35 @@ def test_rows_that_leave_the_reference_decode_on_from_where_they_left():
         assert together[config].kl == pytest.approx(alone[config].kl, abs=1e-5)
     decoded = [rows for rows, tokens in shapes[shapes.index((len(CONFIGS) - 1, 12)) + 1 :]]
     assert len(decoded) < 11  # fewer decoding steps than decoding every row from its first token
+
+
+def test_auto_batches_hold_what_fits_and_decode_as_one_at_a_time(monkeypatch):
+    import restkv.eval.engine as engine_module
+
+    model, ids = tiny_model("llama"), prompt_ids(90)
+    engine = Engine(model, CONFIGS)
+    record = engine.prefill(ids)
+    assert engine._groups(record, CONFIGS[1:], "auto", 12) == [CONFIGS[1:]]  # far below 1 GiB: one batch
+    full = cache_bytes(record.cache)
+    monkeypatch.setattr(engine_module, "AUTO_BATCH_BYTES", 0)  # the cap is now the full cache itself
+    groups = engine._groups(record, CONFIGS[1:], "auto", 12)
+    per_token = full / 90
+    assert [c for g in groups for c in g] == CONFIGS[1:] and len(groups) > 1
+    def width(config):  # the most entries a layer keeps, plus the 12 tokens to come
+        return max(plan_budgets(engine.presses[config], engine.modules, record.cache, 90).values()) + 12
+
+    for group, after in zip(groups, groups[1:] + [None]):
+        widest = max(map(width, group))
+        assert len(group) == 1 or len(group) * widest * per_token <= full  # what is batched fits
+        if after is not None:  # and the next config would not have
+            assert (len(group) + 1) * max(widest, width(after[0])) * per_token > full
+    alone = {o.config: o.token_ids for o in engine.run(ids, max_new_tokens=12, batch=1)}
+    auto = {o.config: o.token_ids for o in engine.run(ids, max_new_tokens=12, batch="auto")}
+    assert auto == alone
+
+
+@pytest.mark.parametrize("batch", [0, -2, "all", 2.5])
+def test_a_batch_that_is_neither_rows_nor_auto_is_refused(batch):
+    engine = Engine(tiny_model("llama"), CONFIGS[:2])
+    with pytest.raises(ValueError, match="positive number of rows"):
+        engine.run(prompt_ids(20), 2, batch=batch)

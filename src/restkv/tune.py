@@ -81,7 +81,7 @@ def calibration_samples(path: str | Path) -> list[Sample]:
     return samples
 
 
-def _evaluate(loaded, samples, candidates: list[dict], budget: int, batch: int) -> dict[str, dict]:
+def _evaluate(loaded, samples, candidates: list[dict], budget: int, batch: int | str) -> dict[str, dict]:
     """Mean accuracy and KL of each candidate parameter set over the samples."""
     configs = [MethodConfig.make("restkv", budget, **c) for c in candidates]
     engine = Engine(loaded.model, [MethodConfig.make("full")] + configs)
@@ -115,7 +115,7 @@ def _better(a: dict, b: dict) -> bool:
     return a["kl"] < b["kl"]
 
 
-def tune(loaded, samples: list[Sample], budget: int, grid: dict | None = None, batch: int = 8) -> dict:
+def tune(loaded, samples: list[Sample], budget: int, grid: dict | None = None, batch: int | str = "auto") -> dict:
     """Coordinate search; returns the profile (chosen parameters, paper defaults, every result)."""
     grid = grid or GRID
     start = time.perf_counter()

@@ -11,6 +11,11 @@ class UsageError(ValueError):
     """Bad input from the command line."""
 
 
+def batch_size(text: str) -> int | str:
+    """``auto`` or a positive number of rows."""
+    return "auto" if text == "auto" else positive_int(text)
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

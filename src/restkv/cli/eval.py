@@ -10,6 +10,7 @@ from .common import (
     UsageError,
     add_model_args,
     add_placement_args,
+    batch_size,
     int_list,
     load_from_args,
     method_configs,
@@ -58,7 +59,11 @@ def add_parser(subparsers) -> None:
         "(the filler of results recorded before the essays became the default)",
     )
     ev.add_argument(
-        "--batch", type=positive_int, default=8, help="compressed caches decoded together (1: one at a time, timed)"
+        "--batch",
+        type=batch_size,
+        default="auto",
+        help="compressed caches decoded together: auto (default) as many as fit in 1 GiB or the full cache's "
+        "size, whichever is larger; N: N at a time; 1: one at a time, timed",
     )
     ev.add_argument(
         "--query-agnostic",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import UsageError, add_model_args, add_placement_args, load_from_args, positive_int
+from .common import UsageError, add_model_args, add_placement_args, batch_size, load_from_args, positive_int
 
 
 def add_parser(subparsers) -> None:
@@ -17,7 +17,7 @@ def add_parser(subparsers) -> None:
     )
     tn.add_argument("--samples", type=positive_int, default=8, help="built-in calibration prompts")
     tn.add_argument("--length", type=positive_int, default=470)
-    tn.add_argument("--batch", type=positive_int, default=8)
+    tn.add_argument("--batch", type=batch_size, default="auto", help="candidates decoded together (see eval --batch)")
     tn.add_argument("--out", type=Path, required=True, help="the profile to write (JSON)")
     add_model_args(tn)
     add_placement_args(tn)

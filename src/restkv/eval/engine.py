@@ -49,6 +49,10 @@ from ..specs import MethodConfig
 from ..state import PressStats, SequenceState, set_state
 from ..static_decode import check_compile, fallback_reason, static_greedy
 
+#: with ``batch="auto"`` the compressed caches decoded as one batch hold at most this many bytes
+#: together, or as many as the full cache when that is more (the prefill held it anyway)
+AUTO_BATCH_BYTES = 1 << 30
+
 
 @dataclass
 class PrefillRecord:
@@ -329,8 +333,9 @@ class Engine:
 
         With ``batch > 1``, up to ``batch`` compressed caches are decoded together as the rows of
         one batch (padded per layer, padding masked), which makes a sweep cost little more than
-        a single decode on hardware that is not saturated by one row. Per-config decode timings
-        are then not measured (None).
+        a single decode on hardware that is not saturated by one row; ``"auto"`` batches as many
+        as fit in :data:`AUTO_BATCH_BYTES` (or the full cache's size, if larger). Per-config
+        decode timings are then not measured (None).
 
         ``answer``: the task's :class:`~restkv.eval.tasks.stops.AnswerStop`; every row, the full
         cache's included, stops once its answer is complete.
@@ -367,6 +372,7 @@ class Engine:
         questions = [(q[0], q[1], q[2] if len(q) > 2 else None) for q in questions]
         n = context_ids.shape[1]
         batch = 1 if self.kv_quant else batch
+        check_batch(batch)
         streamed = [c for c in configs if self.streamed(c)]
         outcomes = [{} for _ in questions]
         refs = [(None, None)] * len(questions)  # per question: the full cache's answer and its logits
@@ -395,7 +401,7 @@ class Engine:
             own = PrefillRecord(None, {}, first, n, prefill_s)  # its own streamed prefill
             self._answer_each(own, [config], cache, questions, refs, outcomes, eos_ids, press, 0.0)
         pending = [c for c in configs if c.method != "full" and not self.streamed(c)]
-        sequential = [c for c in pending if batch <= 1 or self.presses[c].decode_budget is not None]
+        sequential = [c for c in pending if batch == 1 or self.presses[c].decode_budget is not None]
         batched = [c for c in pending if c not in sequential]
         memo: dict = {}  # budget-independent scores, shared by every compression of this prompt
         for config in sequential:  # compressed one at a time, each decoded before the next
@@ -403,8 +409,8 @@ class Engine:
             cache, _, compress_s = self.compressed_cache(record, config, memo, window)
             cache = self._quantized(cache)
             self._answer_each(record, [config], cache, questions, refs, outcomes, eos_ids, press, compress_s)
-        for start in range(0, len(batched), batch):
-            group = batched[start : start + batch]
+        longest = max(q.shape[1] + max_new for q, max_new, _ in questions)
+        for group in self._groups(record, batched, batch, longest):
             built = self.compressed_caches(record, group, memo, window)  # sharing the group's attention
             stacked = stack_caches([b[0] for b in built], self.model.device)
             sizes = [_sizes(b[0]) for b in built]
@@ -413,6 +419,28 @@ class Engine:
                 record, group, stacked, questions, refs, outcomes, eos_ids, hooks_only_press(), compress_s, sizes
             )
         return [[found[c] for c in configs] for found in outcomes]
+
+    def _groups(self, record: PrefillRecord, configs: list, batch: int | str, extra: int) -> list[list]:
+        """``configs`` in decoding batches: ``batch`` at a time, or with ``"auto"`` as many as fit in
+        :data:`AUTO_BATCH_BYTES` (or the full cache's bytes, if more), counting each batch at its
+        widest row's planned entries plus ``extra`` tokens to come, as the padded batch holds them."""
+        if batch != "auto":
+            return [configs[start : start + batch] for start in range(0, len(configs), batch)]
+        n = record.prompt_tokens
+        full = cache_bytes(record.cache)
+        per_token, cap = full / max(n, 1), max(full, AUTO_BATCH_BYTES)
+        groups, width = [], 0
+        for config in configs:
+            press = self.presses[config]
+            planned = plan_budgets(press, self.modules, record.cache, n).values() if press.scorer else ()
+            kept = min(max(planned, default=n), n) + extra
+            if groups and (len(groups[-1]) + 1) * max(width, kept) * per_token <= cap:
+                groups[-1].append(config)
+                width = max(width, kept)
+            else:
+                groups.append([config])
+                width = kept
+        return groups
 
     def _quantized(self, cache):
         """``cache`` quantized when the engine quantizes (a copy; the shared prefill is not touched)."""
@@ -542,8 +570,8 @@ class Engine:
             outcomes[config] = _outcome(config, streamed, sizes, 0.0, kl=kl, top1=top1, extra=extra)
         pending = [c for c in configs if c.method != "full" and not self.streamed(c)]
         memo: dict = {}
-        for start in range(0, len(pending), max(batch, 1)):
-            group = pending[start : start + max(batch, 1)]
+        check_batch(batch)
+        for group in self._groups(record, pending, batch, len(continuation)):
             built = self.compressed_caches(record, group, memo)
             stacked = stack_caches([b[0] for b in built], self.model.device) if len(group) > 1 else built[0][0]
             press = hooks_only_press() if len(group) > 1 else self.presses[group[0]]
@@ -563,6 +591,12 @@ class Engine:
         logits = self.teacher_forced_logits(cache, forced, n, press)  # predicts steps 1..k-1
         pairs = [kl_and_top1(reference[1 : len(ref_tokens)], logits[r]) for r in range(rows)]
         return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def check_batch(batch) -> None:
+    """``batch`` must be a positive number of rows or ``"auto"``."""
+    if batch != "auto" and not (isinstance(batch, int) and batch >= 1):
+        raise ValueError(f'batch must be a positive number of rows or "auto", got {batch!r}')
 
 
 def _window_for(press: KVPress, window: int | dict | None) -> int | None:
