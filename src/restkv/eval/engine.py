@@ -491,11 +491,7 @@ class Engine:
         rows, k = first_logits.shape[0], len(ref_tokens)
         forced = torch.tensor([ref_tokens]).expand(rows, -1)
         logits = self.teacher_forced_logits(cache, forced, seen, press)  # [rows, k, vocab]: after ref[: j + 1]
-        if k < 2:
-            kl, top1 = [0.0] * rows, [1.0] * rows
-        else:
-            pairs = [kl_and_top1(reference[1:k], logits[r, : k - 1]) for r in range(rows)]
-            kl, top1 = [p[0] for p in pairs], [p[1] for p in pairs]
+        kl, top1 = _answer_fidelity(reference, logits, k)
         steps = torch.cat([first_logits[:, None].to(logits.device, logits.dtype), logits], dim=1)  # after ref[:j]
         agree = (steps[:, :k].argmax(-1).cpu() == torch.tensor(ref_tokens)).tolist()
         tokens, why, going, agreed = [None] * rows, [None] * rows, [], []
@@ -589,8 +585,17 @@ class Engine:
             return [0.0] * rows, [1.0] * rows
         forced = torch.tensor([ref_tokens[:-1]]).expand(rows, -1)
         logits = self.teacher_forced_logits(cache, forced, n, press)  # predicts steps 1..k-1
-        pairs = [kl_and_top1(reference[1 : len(ref_tokens)], logits[r]) for r in range(rows)]
-        return [p[0] for p in pairs], [p[1] for p in pairs]
+        return _answer_fidelity(reference, logits, len(ref_tokens))
+
+
+def _answer_fidelity(reference: torch.Tensor, logits: torch.Tensor, k: int) -> tuple[list, list]:
+    """Per row of the teacher-forced ``logits`` ``[rows, >= k - 1, vocab]``: KL and top-1 agreement
+    with the full cache's ``reference`` over answer steps 1..k-1 (step 0 is the shared prefill's)."""
+    rows = logits.shape[0]
+    if k < 2:
+        return [0.0] * rows, [1.0] * rows
+    pairs = [kl_and_top1(reference[1:k], logits[r, : k - 1]) for r in range(rows)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def check_batch(batch) -> None:
