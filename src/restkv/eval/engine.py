@@ -410,7 +410,7 @@ class Engine:
             cache = self._quantized(cache)
             self._answer_each(record, [config], cache, questions, refs, outcomes, eos_ids, press, compress_s)
         longest = max(q.shape[1] + max_new for q, max_new, _ in questions)
-        for group in self._groups(record, batched, batch, longest):
+        for group in self._groups(record, batched, batch, longest) if batched else ():  # no record when all stream
             built = self.compressed_caches(record, group, memo, window)  # sharing the group's attention
             stacked = stack_caches([b[0] for b in built], self.model.device)
             sizes = [_sizes(b[0]) for b in built]
