@@ -68,17 +68,8 @@ def _grouped_sdpa(query, key, value, mask, scaling):
     b, heads, _, d = query.shape
     kv_heads = key.shape[1]
     grouped = query.reshape(b, kv_heads, heads // kv_heads, d)
-    if GROUPED_KERNEL == "sdpa":
-        out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=mask, scale=scaling)
-    else:  # plain products: no parallel region of its own for a few rows (see the benchmark's profile)
-        scale = scaling if scaling is not None else d**-0.5
-        weights = torch.matmul(grouped, key.transpose(-1, -2)) * scale + mask
-        out = torch.matmul(torch.softmax(weights.float(), dim=-1).to(value.dtype), value)
+    out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=mask, scale=scaling)
     return out.reshape(b, heads, 1, d).transpose(1, 2)
-
-
-#: how one new token attends on static buffers: "sdpa" or "matmul" (two products and a softmax; slower in an A/B here)
-GROUPED_KERNEL = "sdpa"
 
 
 AttentionInterface.register(STATIC_ATTENTION, _static_attention)

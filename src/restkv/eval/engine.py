@@ -257,12 +257,8 @@ class Engine:
             )
             # the compiled step has no text reader inside it: the answer stop is applied to its
             # tokens afterwards, so rows read as the eager loop's (which stops at the same token)
-            stopped = "eos" if tokens[-1] in eos_ids else "limit"
-            for i in range(len(tokens)) if answer is not None else ():
-                if tokens[i] not in eos_ids and answer.complete(self.text(tokens[: i + 1])):
-                    tokens, seen, stopped = tokens[: i + 1], seen[: i + 1], "answer"
-                    break
-            return [tokens], seen, ms, [stopped]
+            last, stopped = self._stop_within(tokens, eos_ids, answer, max_new_tokens) or (len(tokens) - 1, "limit")
+            return [tokens[: last + 1]], seen[: last + 1], ms, [stopped]
         reserve(cache, max_new_tokens)  # append in place: no copy of every layer per token
         tokens: list[list[int]] = [list(p) for p in prefixes] if prefixes is not None else [[] for _ in range(rows)]
         active = list(range(rows))  # the original row of each row still in the batch
@@ -276,14 +272,10 @@ class Engine:
                 chosen = logits.argmax(-1)
                 for i, r in enumerate(active):
                     if not done[r]:
-                        token = int(chosen[i])
-                        tokens[r].append(token)
-                        if token in eos_ids:
-                            done[r], stopped[r] = True, "eos"
-                        elif answer is not None and answer.complete(self.text(tokens[r])):
-                            done[r], stopped[r] = True, "answer"
-                        elif len(tokens[r]) >= max_new_tokens:
-                            done[r] = True  # stopped by the limit
+                        tokens[r].append(int(chosen[i]))
+                        why = self._stop_reason(tokens[r], eos_ids, answer, max_new_tokens)
+                        if why is not None:
+                            done[r], stopped[r] = True, why
                 going = [i for i, r in enumerate(active) if not done[r]]
                 if not going:
                     break
@@ -514,16 +506,21 @@ class Engine:
                 tokens[r], why[r] = decoded[j], stopped[j]
         return tokens, why, kl, top1
 
+    def _stop_reason(self, tokens: list[int], eos_ids, answer, max_new: int) -> str | None:
+        """Why decoding stops after the last of ``tokens`` (``"eos"``, ``"answer"``, ``"limit"``), or None."""
+        if tokens[-1] in eos_ids:
+            return "eos"
+        if answer is not None and answer.complete(self.text(tokens)):
+            return "answer"
+        return "limit" if len(tokens) >= max_new else None
+
     def _stop_within(self, tokens: list[int], eos_ids, answer, max_new: int):
         """``(index, reason)`` of the first of ``tokens`` at which decoding stops, as :meth:`decode`
         would stop there; None when none does."""
-        for i, token in enumerate(tokens):
-            if token in eos_ids:
-                return i, "eos"
-            if answer is not None and answer.complete(self.text(tokens[: i + 1])):
-                return i, "answer"
-            if i + 1 >= max_new:
-                return i, "limit"
+        for i in range(len(tokens)):
+            why = self._stop_reason(tokens[: i + 1], eos_ids, answer, max_new)
+            if why is not None:
+                return i, why
         return None
 
     @torch.inference_mode()
