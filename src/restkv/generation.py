@@ -17,7 +17,7 @@ from .cache import cache_entries
 from .checks import check_int
 from .press import KVPress
 from .state import ensure_state, get_state
-from .static_decode import check_compile, fallback_reason, static_greedy
+from .static_decode import check_compile, decodes_static, static_greedy
 from .window import question_window
 
 
@@ -170,7 +170,7 @@ def decode(
     seen so far (used only when no press keeps positions). ``press`` and ``compile``: see
     :func:`greedy_decode` (with static buffers the given ``cache`` is left as prefill left it)."""
     check_compile(compile)
-    if compile and max_new_tokens > 1 and fallback_reason(cache, press) is None:
+    if decodes_static(compile, cache, press, max_new_tokens):
         generated, ms, _ = static_greedy(model, cache, logits, max_new_tokens, eos_ids, press, compile is True)
         return generated, ms
     generated: list[int] = []

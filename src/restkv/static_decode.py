@@ -367,9 +367,13 @@ def check_compile(compile) -> None:
         raise ValueError(f'compile must be True, False or "static", got {compile!r}')
 
 
-def fallback_reason(cache, press=None) -> str | None:
-    """Like :func:`static_unsupported`, and warns with the reason when there is one."""
+def decodes_static(compile, cache, press, max_new_tokens: int) -> bool:
+    """Whether decoding ``max_new_tokens`` from ``cache`` runs on static buffers: ``compile`` asks
+    for them, there is more than one token to feed, and the cache can be made static (when it
+    cannot, a warning says why and decoding stays in the eager loop)."""
+    if not compile or max_new_tokens <= 1:
+        return False
     reason = static_unsupported(cache, press)
     if reason is not None:
         warnings.warn(f"compiled decoding falls back to the eager loop: {reason}", stacklevel=3)
-    return reason
+    return reason is None

@@ -58,8 +58,8 @@ def run_latency(
     """
     task = "bench-latency"
     paths = ("eager", "compiled") if compile else ("eager",)
+    labels = ("", "+compiled") if compile else ("",)  # the method suffix of each path's rows
     for length in tqdm(lengths, desc="latency", unit="length"):
-        labels = ("", "+compiled") if compile else ("",)
         todo = [
             c
             for c in configs

@@ -47,7 +47,7 @@ from ..press import KVPress, hooks_only_press
 from ..quantized import check_press_on_quantized, quantize_cache
 from ..specs import MethodConfig
 from ..state import PressStats, SequenceState, set_state
-from ..static_decode import check_compile, fallback_reason, static_greedy
+from ..static_decode import check_compile, decodes_static, static_greedy
 
 #: with ``batch="auto"`` the compressed caches decoded as one batch hold at most this many bytes
 #: together, or as many as the full cache when that is more (the prefill held it anyway)
@@ -244,13 +244,7 @@ class Engine:
         if answer is not None and self.text is None:
             raise ValueError("answer stops need the engine's text reader (Engine(..., text=prediction_reader(...)))")
         rows = first_logits.shape[0]
-        if (
-            self.compile
-            and rows == 1
-            and prefixes is None
-            and max_new_tokens > 1
-            and fallback_reason(cache, press) is None
-        ):
+        if rows == 1 and prefixes is None and decodes_static(self.compile, cache, press, max_new_tokens):
             compiled = self.compile is True
             tokens, ms, seen = static_greedy(
                 self.model, cache, first_logits, max_new_tokens, eos_ids, press, compiled, keep_logits=True
