@@ -1,4 +1,4 @@
-"""benchmarks/speculative_lookup.py: the lookup draft and the replay that counts verification steps."""
+"""benchmarks/profiling/speculative_lookup.py: the lookup draft and the replay that counts verification steps."""
 
 import importlib.util
 import sys

@@ -1,6 +1,6 @@
 """Decode ms/token of ours (eager loop, static buffers compiled) beside OpenVINO GenAI, interleaved.
 
-.venv/bin/python benchmarks/decode_vs_openvino.py --lengths 1024,8192,4096 --decode-tokens 32 --rounds 2 \\
+.venv/bin/python benchmarks/peers/decode_vs_openvino.py --lengths 1024,8192,4096 --decode-tokens 32 --rounds 2 \\
     --peer-python /work/wt/openvino/benchmarks/peers/openvino/.venv/bin/python \\
     --peer-script /work/wt/openvino/benchmarks/peers/openvino/measure.py --out benchmarks/results/decode-compiled
 

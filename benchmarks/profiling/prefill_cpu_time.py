@@ -12,9 +12,9 @@ than native, too slow for repeats.
 The presses take turns within each repeat (after one warm-up each), as ``restkv bench latency``
 does, and the prompt is the same random-token prompt that command uses.
 
-    .venv/bin/python benchmarks/prefill_cpu_time.py --lengths 4096,8192 --repeats 5 \\
+    .venv/bin/python benchmarks/profiling/prefill_cpu_time.py --lengths 4096,8192 --repeats 5 \\
         --out benchmarks/results/bench-prefill-interleaved/cpu_time_smollm2.json
-    .venv/bin/python benchmarks/prefill_cpu_time.py --shape llama-3.1-8b --layers 1 --dtype float32 \\
+    .venv/bin/python benchmarks/profiling/prefill_cpu_time.py --shape llama-3.1-8b --layers 1 --dtype float32 \\
         --lengths 4096,8192 --repeats 5 --out .../cpu_time_llama8b_1L.json
 """
 

@@ -1,6 +1,6 @@
 """Profile of the compiled budget-128 decoding step (SmolLM2, 1K-sized cache, 2 threads).
 
-.venv/bin/python benchmarks/profile_compiled_decode.py
+.venv/bin/python benchmarks/profiling/profile_compiled_decode.py
 """
 
 import time

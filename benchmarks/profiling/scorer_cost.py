@@ -9,8 +9,8 @@ Run it twice to compare two versions of the library: once as is, once with ``PYT
 pointing at the other version's ``src`` (SnapKV's scorer is the same in both, so its column
 shows whether the two runs saw the same machine).
 
-    .venv/bin/python benchmarks/scorer_cost.py --out runs/scorer_cost_new.json
-    PYTHONPATH=/path/to/old/src .venv/bin/python benchmarks/scorer_cost.py --out runs/scorer_cost_old.json
+    .venv/bin/python benchmarks/profiling/scorer_cost.py --out runs/scorer_cost_new.json
+    PYTHONPATH=/path/to/old/src .venv/bin/python benchmarks/profiling/scorer_cost.py --out runs/scorer_cost_old.json
 """
 
 from __future__ import annotations

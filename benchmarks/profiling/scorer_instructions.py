@@ -7,8 +7,8 @@ a small library loaded by ctypes), so importing torch and building the tensors a
 counted. Each call is dumped to its own file; the totals are read back from them.
 
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=runs/cg/out.%p \\
-        .venv/bin/python benchmarks/scorer_instructions.py --dir runs/cg --out runs/cg/new.json
-    .venv/bin/python benchmarks/scorer_instructions.py --dir runs/cg --out runs/cg/new.json --collect
+        .venv/bin/python benchmarks/profiling/scorer_instructions.py --dir runs/cg --out runs/cg/new.json
+    .venv/bin/python benchmarks/profiling/scorer_instructions.py --dir runs/cg --out runs/cg/new.json --collect
 
 Valgrind does not emulate AVX-512, so torch and oneDNN run their AVX2 kernels under it: the
 counts are of those code paths (the ratio between scorers is what is meant to carry over).

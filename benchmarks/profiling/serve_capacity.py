@@ -12,7 +12,7 @@ Measured per run: the peak number of requests decoding at the same time (from th
 every batch), re-prefills (requests the scheduler had to throw out and prefill again because the
 pool ran dry), wall time and generated tokens per second.
 
-    .venv/bin/python benchmarks/serve_capacity.py [--requests 8] [--prompt-tokens 1024] [--blocks 320]
+    .venv/bin/python benchmarks/profiling/serve_capacity.py [--requests 8] [--prompt-tokens 1024] [--blocks 320]
         [--budget 256] [--new-tokens 32] [--repeats 1] [--out benchmarks/results/serve-capacity]
 """
 

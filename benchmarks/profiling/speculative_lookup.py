@@ -18,7 +18,7 @@ A step of ``k + 1`` tokens pays when ``cost(R, k + 1) / cost(R, 1)`` is below th
 yields. The large forward's ms per row-token is what the batched decode would cost per token if
 its small steps ran as efficiently as big ones: a floor for this machine.
 
-    .venv/bin/python benchmarks/speculative_lookup.py [--samples 12] [--out FILE]
+    .venv/bin/python benchmarks/profiling/speculative_lookup.py [--samples 12] [--out FILE]
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def main() -> None:
     found = capture_rows(loaded, args.samples)
     costs = step_costs(loaded.model)
     lines = [
-        f"Command: `.venv/bin/python benchmarks/speculative_lookup.py --samples {args.samples}`; "
+        f"Command: `.venv/bin/python benchmarks/profiling/speculative_lookup.py --samples {args.samples}`; "
         f"{torch.get_num_threads()} threads; load before: `{load}`",
         "",
         "| draft tokens k | tokens per verification step | "

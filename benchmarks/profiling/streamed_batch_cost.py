@@ -1,7 +1,7 @@
 """Would batching several streamed configurations save prefill time? Two prompt chunks through
 gemma-3-270m (bfloat16, one thread) one after the other, then as one batch of two rows.
 
-    python benchmarks/streamed_batch_cost.py --chunk 2048 --repeats 2
+    python benchmarks/profiling/streamed_batch_cost.py --chunk 2048 --repeats 2
 
 Batching reads the weights once for both rows; it only pays off where reading weights, not
 arithmetic, bounds a forward pass. Prints both wall times per repeat and the ratio of the minima.

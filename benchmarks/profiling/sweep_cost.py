@@ -6,9 +6,10 @@ answer-complete stops (:mod:`restkv.eval.tasks.stops`), batched 8 at a time (the
 before ``--batch auto``) and, with stops, all 18 compressed caches in one batch (what
 ``--batch auto`` does here). Also reports where the sweep's time goes, how many tokens each row
 decoded, and whether any prediction's score changed with stops (it must not) or its tokens
-stopped being a prefix of the unstopped ones.
+stopped being a prefix of the unstopped ones. The steps are the phases the engine marks
+(:mod:`restkv.timing`).
 
-    .venv/bin/python benchmarks/sweep_cost.py [--samples 6] [--length 1024] [--out FILE]
+    .venv/bin/python benchmarks/profiling/sweep_cost.py [--samples 6] [--length 1024] [--out FILE]
 """
 
 from __future__ import annotations
@@ -24,51 +25,27 @@ from pathlib import Path
 
 import torch
 
-import restkv.eval.engine as engine_module
 from restkv.eval.engine import Engine
 from restkv.eval.tasks import ruler
 from restkv.eval.tasks.stops import AnswerStop, prediction_reader
 from restkv.generation import encode_prompt, eos_ids
 from restkv.models import load_model
 from restkv.specs import MethodConfig
+from restkv.timing import record_phases
 
 METHODS = ["restkv", "snapkv", "pyramidkv", "h2o", "tova", "streamingllm"]
 TASKS = ["niah_single_1", "niah_multikey_2", "vt", "cwe", "fwe", "niah_multivalue"]
-STEPS = ("prefill", "full-cache decode", "compress", "stack", "compressed decode", "fidelity (teacher forcing)")
-
-
-class Clock:
-    """Seconds per step of the engine's work, collected by wrapping its methods."""
-
-    def __init__(self):
-        self.seconds = defaultdict(float)
-        self.active = False
-
-    def wrap(self, owner, name: str, step):
-        original = getattr(owner, name)
-
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                if self.active:
-                    label = step(args, kwargs) if callable(step) else step
-                    self.seconds[label] += time.perf_counter() - start
-
-        setattr(owner, name, timed)
-
-
-def instrument(clock: Clock) -> None:
-    clock.wrap(Engine, "prefill", "prefill")
-    clock.wrap(Engine, "compressed_caches", "compress")
-    clock.wrap(engine_module, "stack_caches", "stack")
-    # the reference decode is the one without a press (args: self, cache, logits, start, max, eos[, press])
-    press_of = lambda a, k: k.get("press", a[6] if len(a) > 6 else None)  # noqa: E731
-    clock.wrap(Engine, "decode", lambda a, k: "full-cache decode" if press_of(a, k) is None else "compressed decode")
-    # batched rows teacher-force the reference first and decode only what leaves it; rows decoded
-    # alone teacher-force after decoding: either way this is the fidelity's forward
-    clock.wrap(Engine, "teacher_forced_logits", "fidelity (teacher forcing)")
+#: the table's steps, each one of the engine's phases; decoding without a press is the full
+#: cache's reference, and batched rows teacher-force the reference before decoding what leaves
+#: it (rows decoded alone teacher-force after decoding): either way that is the fidelity's forward
+STEPS = {
+    "prefill": "prefill",
+    "full-cache decode": "full_decode",
+    "compress": "compress",
+    "stack": "stack",
+    "compressed decode": "decode",
+    "fidelity (teacher forcing)": "teacher_forcing",
+}
 
 
 def uptime() -> str:
@@ -79,7 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=6)
     parser.add_argument("--length", type=int, default=1024)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "sweep_cost_run.md"))
+    parser.add_argument("--out", default=str(Path(__file__).parents[1] / "results" / "sweep_cost_run.md"))
     args = parser.parse_args()
     loaded = load_model()
     count = lambda t: encode_prompt(loaded.tokenizer, t).shape[1]  # noqa: E731
@@ -92,8 +69,6 @@ def main() -> None:
     full_only = Engine(loaded.model, [MethodConfig.make("full")], text=read)
     configs = [MethodConfig.make("full")] + [MethodConfig.make(m, b) for m in METHODS for b in (128, 256, 512)]
     sweep = Engine(loaded.model, configs, text=read)
-    clock = Clock()
-    instrument(clock)
     runs = (  # label, engine, batch, with stops
         ("full only, no stops", full_only, 1, False),
         ("full only, stops", full_only, 1, True),
@@ -114,14 +89,12 @@ def main() -> None:
         predictions = {}
         for label, engine, batch, stops in runs:
             answer = AnswerStop.of(s) if stops else None
-            clock.seconds.clear()
-            clock.active = True
-            start = time.perf_counter()
-            outcomes = engine.run(ids, s.max_new_tokens, eos, batch=batch, answer=answer)
-            times[label].append(time.perf_counter() - start)
-            clock.active = False
-            for step, seconds in clock.seconds.items():
-                steps[label][step] += seconds
+            with record_phases() as phases:
+                start = time.perf_counter()
+                outcomes = engine.run(ids, s.max_new_tokens, eos, batch=batch, answer=answer)
+                times[label].append(time.perf_counter() - start)
+            for step, name in STEPS.items():
+                steps[label][step] += phases.seconds[name]
             for o in outcomes:
                 tokens[label] += len(o.token_ids)
                 stopped[label][o.stopped] += 1
@@ -145,7 +118,7 @@ def main() -> None:
         f"## Interleaved run: {len(configs)} configs vs the full cache alone "
         f"({args.length} tokens, {args.samples} RULER prompts, {torch.get_num_threads()} threads)",
         "",
-        "Command: `.venv/bin/python benchmarks/sweep_cost.py "
+        "Command: `.venv/bin/python benchmarks/profiling/sweep_cost.py "
         + f"--samples {args.samples} --length {args.length}` ({wall:.0f} s wall)",
         "",
         f"Load before: `{load_before}`; after: `{uptime()}` ({os.cpu_count()} CPUs)",

@@ -1,6 +1,6 @@
 """bf16 against fp32 on RULER prompts, a task family the bf16 decision was not made on (pass key).
 
-.venv/bin/python benchmarks/bf16_kl_ruler.py [--length 1024] [--tokens 32]
+.venv/bin/python benchmarks/studies/bf16_kl_ruler.py [--length 1024] [--tokens 32]
 
 One prompt each of six RULER tasks (our generators, ``ruler.ruler_samples``, seed = task index).
 The fp32 full-cache greedy answer is teacher-forced through the fp32 and the bf16 model (weights

@@ -1,6 +1,6 @@
 """Eager against compiled decoding on the demo's prompts: the same greedy tokens for every prompt?
 
-.venv/bin/python benchmarks/compiled_demo_tokens.py [--samples 20] [--out FILE.jsonl]
+.venv/bin/python benchmarks/studies/compiled_demo_tokens.py [--samples 20] [--out FILE.jsonl]
 
 The demo's pass-key prompts (``restkv.demo``: 20 samples of about 470 tokens, seed 0) on the
 embedded SmolLM2, each decoded by ``greedy_decode`` in the eager loop and with ``compile=True``

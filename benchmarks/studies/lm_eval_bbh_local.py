@@ -1,6 +1,6 @@
 """Write BBH multiple-choice tasks as local lm-evaluation-harness tasks, for ``restkv lm-eval``.
 
-    python benchmarks/lm_eval_bbh_local.py --tasks date_understanding,logical_deduction_three_objects \
+    python benchmarks/studies/lm_eval_bbh_local.py --tasks date_understanding,logical_deduction_three_objects \
         --limit 40 --out runs/lm-eval-tasks
     restkv lm-eval --include-path runs/lm-eval-tasks --tasks bbh_local_date_understanding \
         --method restkv --budget 128 --out runs/lm-eval/restkv-128

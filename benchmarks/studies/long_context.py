@@ -5,11 +5,11 @@ The needles are the same at every length (same code, depth and essay start; only
 length changes), so a method's found rate at 128K or 256K can be set against the full cache's
 at 4K on the same needles.
 
-    python benchmarks/long_context.py run --out benchmarks/results/long-context \\
+    python benchmarks/studies/long_context.py run --out benchmarks/results/long-context \\
         --lengths 32768 --needles 3 --methods "restkv,snapkv,streamingllm" --budget 1024 --chunk-size 4096
-    python benchmarks/long_context.py run --out ... --lengths 4096 --methods full      # the reference
-    python benchmarks/long_context.py report --out benchmarks/results/long-context
-    python benchmarks/long_context.py write --length 262144 --file haystack.txt   # for restkv generate
+    python benchmarks/studies/long_context.py run --out ... --lengths 4096 --methods full      # the reference
+    python benchmarks/studies/long_context.py report --out benchmarks/results/long-context
+    python benchmarks/studies/long_context.py write --length 262144 --file haystack.txt   # for restkv generate
 
 Compressing methods run with ``chunk_size``, ``window_size="auto"`` (the question probes every
 chunk) and ``rerotate=True`` added to their own parameters. Rows go to ``rows.jsonl``; a run that
@@ -130,46 +130,35 @@ def first_line(text: str) -> str:
 def answer(loaded, ids, press, max_new_tokens: int, window, chunk_size) -> dict:
     """Greedy answer under ``press`` with what the study reads: the first answer token's
     log-probabilities, the prompt tokens each compressed layer kept, and the time spent
-    compressing (``restkv.press.recompress_chunk``: query projection, scoring, selection,
-    gathering and re-indexing). The full cache is prefilled in ``chunk_size`` pieces (the same
-    result as one pass, without a whole-prompt attention matrix)."""
+    compressing (the library's ``chunk_compress`` phase, :mod:`restkv.timing`: query projection,
+    scoring, selection, gathering and re-indexing of each chunk). The full cache is prefilled in
+    ``chunk_size`` pieces (the same result as one pass, without a whole-prompt attention matrix)."""
     import torch
     from transformers import DynamicCache
 
-    import restkv.press
     from restkv.cache import cache_entries
     from restkv.generation import decode, eos_ids, prefill
     from restkv.origins import track_origins
     from restkv.press import KVPress
     from restkv.state import ensure_state
+    from restkv.timing import record_phases
 
     press = press or KVPress(None)
     model, stop = loaded.model, eos_ids(loaded.tokenizer, loaded.model)
     cache = DynamicCache(config=model.config)
     origins = track_origins(cache)
     ensure_state(cache).window = window
-    compress = restkv.press.recompress_chunk
-    spent = [0.0]
-
-    def timed(*a, **k):
-        t = time.perf_counter()
-        compress(*a, **k)
-        spent[0] += time.perf_counter() - t
-
-    restkv.press.recompress_chunk = timed
-    try:
-        with torch.inference_mode(), press(model):
+    with torch.inference_mode(), press(model):
+        with record_phases() as phases:
             t = time.perf_counter()
             question = window if press.question_aware and window is not None else 0
             logits = prefill(model, ids, cache, press.chunk_size or chunk_size, False, question)
             prefill_s = time.perf_counter() - t
-            kept, first = cache_entries(cache), torch.log_softmax(logits[0].float(), -1)
-            tokens, decode_ms = decode(model, cache, logits, ids.shape[1], max_new_tokens, stop)
-    finally:
-        restkv.press.recompress_chunk = compress
+        kept, first = cache_entries(cache), torch.log_softmax(logits[0].float(), -1)
+        tokens, decode_ms = decode(model, cache, logits, ids.shape[1], max_new_tokens, stop)
     text = loaded.tokenizer.decode([t for t in tokens if t not in stop], skip_special_tokens=True)
     return {"text": text, "first": first, "kept": kept, "origins": origins, "prefill_s": prefill_s,
-            "decode_ms": decode_ms, "compress_s": spent[0]}  # fmt: skip
+            "decode_ms": decode_ms, "compress_s": phases.seconds["chunk_compress"]}  # fmt: skip
 
 
 def write(args) -> None:

@@ -1,6 +1,6 @@
 """Quality against bytes: eviction alone, quantization alone, and both, from one results store.
 
-    python benchmarks/quantization_table.py runs/quantization
+    python benchmarks/studies/quantization_table.py runs/quantization
 
 Rows of ``restkv eval ... --kv-quant B:N`` are labelled ``<method>+<B><N>``; rows without it are
 full precision. Prints markdown: per method, budget and quantization, the mean score, the

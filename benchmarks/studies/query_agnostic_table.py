@@ -1,6 +1,6 @@
 """Query-aware against query-agnostic, side by side, from two results stores of the same sweep.
 
-    python benchmarks/query_agnostic_table.py runs/query-agnostic/aware runs/query-agnostic/agnostic
+    python benchmarks/studies/query_agnostic_table.py runs/query-agnostic/aware runs/query-agnostic/agnostic
 
 Prints markdown: mean score per task family (the pass key; RULER's tasks averaged), prompt
 length, budget and method in each mode, and ReST-KV's lead over the best other compressed

@@ -1,6 +1,6 @@
 """RULER's own prompts against our hand-written ones: the same methods, tasks and length.
 
-    python benchmarks/ruler_side_by_side.py runs/ruler-official-vs-handwritten/ruler \
+    python benchmarks/studies/ruler_side_by_side.py runs/ruler-official-vs-handwritten/ruler \
         runs/ruler-official-vs-handwritten/ruler-handwritten > table.md
 
 Per task, the full cache's score on each generator's prompts; then, per method and ratio, the

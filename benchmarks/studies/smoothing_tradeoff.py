@@ -2,7 +2,7 @@
 
 Three measurements, each a subcommand, and a report that joins them with the two eval runs
 (fidelity and RULER, made by ``restkv eval`` with the same twelve method specs; see
-``benchmarks/run_smoothing_tradeoff.sh``):
+``benchmarks/suites/run_smoothing_tradeoff.sh``):
 
 ``latency``  the scorer's own time per layer (``select`` on random tensors of the default
              model's attention shape), for every setting and SnapKV, at several lengths; fastest
@@ -13,9 +13,9 @@ Three measurements, each a subcommand, and a report that joins them with the two
              layers and KV heads). Rows append to a JSONL file; finished rows are skipped.
 ``report``   benchmarks/smoothing_tradeoff_results.md-style tables and plots.
 
-    .venv/bin/python benchmarks/smoothing_tradeoff.py latency --out runs/smoothing/latency.json
-    .venv/bin/python benchmarks/smoothing_tradeoff.py niah --lengths 32768 --out runs/smoothing/niah.jsonl
-    .venv/bin/python benchmarks/smoothing_tradeoff.py report --runs runs/smoothing --out benchmarks/results/smoothing
+    .venv/bin/python benchmarks/studies/smoothing_tradeoff.py latency --out runs/smoothing/latency.json
+    .venv/bin/python benchmarks/studies/smoothing_tradeoff.py niah --lengths 32768 --out runs/smoothing/niah.jsonl
+    .venv/bin/python benchmarks/studies/smoothing_tradeoff.py report --runs runs/smoothing --out benchmarks/results/smoothing
 """
 
 from __future__ import annotations

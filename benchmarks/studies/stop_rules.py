@@ -5,7 +5,7 @@ SmolLM2 tokenizer; the Gemma rows' token counts are therefore approximate) and c
 first holds on its decoded prefix; the cut prediction is scored with the task's metric
 (``string_match_all``, ``string_match_part`` for QA) and compared with the recorded one.
 
-    .venv/bin/python benchmarks/stop_rules.py benchmarks/results/*/results.sqlite ... [--out FILE]
+    .venv/bin/python benchmarks/studies/stop_rules.py benchmarks/results/*/results.sqlite ... [--out FILE]
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 # against restkv, snapkv and streamingllm at compression ratios 0.5 and 0.75.
 # Wall time goes to benchmarks/results/bbh/wall_times.txt.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 RESTKV=${RESTKV:-.venv/bin/restkv}
 OUT=${OUT:-runs/bbh}
 SAMPLES=${SAMPLES:-3}

@@ -2,7 +2,7 @@
 # Latency and memory measurements recorded under benchmarks/results/ (issue: efficiency).
 # Ratios (ReST-KV vs SnapKV prefill, compressed vs full decode and memory) come from the same run.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 RESTKV=${RESTKV:-.venv/bin/restkv}
 log=benchmarks/results/bench_wall_times.txt
 run() {

@@ -2,7 +2,7 @@
 # The evaluation runs recorded under benchmarks/results/ (issue: evaluation engine).
 # Each command's wall time goes to benchmarks/results/eval_wall_times.txt.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 RESTKV=${RESTKV:-.venv/bin/restkv}
 METHODS=full,restkv,snapkv,pyramidkv,h2o,tova,streamingllm
 log=benchmarks/results/eval_wall_times.txt

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The long-context smoothing study (benchmarks/smoothing_tradeoff.md, "Beyond 200K tokens"):
+# The long-context smoothing study (benchmarks/studies/smoothing_tradeoff.md, "Beyond 200K tokens"):
 # two lanes of one-thread runs on a 2-core machine. Rows go to benchmarks/results/long-context/rows.jsonl;
 # rerunning skips the runs already there.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 OUT=benchmarks/results/long-context
 QUEUE=${QUEUE:-/tmp/restkv-long-context-queue.txt}
@@ -14,7 +14,7 @@ settings() {  # the 12 smoothing settings of one temporal rule, kernel 15 for th
 lane() {  # one lane: every task for the given methods at the given lengths and prompts
   local lengths=$1 methods=$2 first=$3 count=$4
   for task in niah bbh; do
-    $PY benchmarks/long_context.py run "${COMMON[@]}" --task "$task" --lengths "$lengths" --methods "$methods" \
+    $PY benchmarks/studies/long_context.py run "${COMMON[@]}" --task "$task" --lengths "$lengths" --methods "$methods" \
       --first-needle "$first" --needles "$count"
   done
 }
@@ -24,7 +24,7 @@ worker() {  # take jobs ("task length method prompt") from a shared queue file u
     job=$(flock "$queue.lock" sh -c 'head -n 1 "$0" && sed -i 1d "$0"' "$queue")
     [ -z "$job" ] && return 0
     read -r task length method prompt <<<"$job"
-    $PY benchmarks/long_context.py run "${COMMON[@]}" --task "$task" --lengths "$length" --methods "$method" \
+    $PY benchmarks/studies/long_context.py run "${COMMON[@]}" --task "$task" --lengths "$length" --methods "$method" \
       --first-needle "$prompt" --needles 1
   done
 }
@@ -39,7 +39,7 @@ case "${1:-}" in
   32k-a) lane 32768 "$(settings ema)$(settings mean)snapkv[kernel_size=15],streamingllm" 0 3 ;;
   32k-b) lane 32768 "$(settings last)restkv,tova,snapkv,full" 0 3 ;;
   # the full cache at 4K on the 256K needles (the reference the found rate is set against)
-  4k-full) $PY benchmarks/long_context.py run "${COMMON[@]}" --task niah --lengths 4096 --methods full --first-needle 3 --needles 3 ;;
+  4k-full) $PY benchmarks/studies/long_context.py run "${COMMON[@]}" --task niah --lengths 4096 --methods full --first-needle 3 --needles 3 ;;
   # queue the 256K jobs for the given methods (the paper setting, then the two best at 32K), then run two workers
   256k-queue) shift; long_jobs "$@" >> "$QUEUE" ;;
   worker) worker "$QUEUE" ;;

@@ -4,7 +4,7 @@
 # The two modes run side by side, one thread each; wall times go to
 # benchmarks/results/query-agnostic/wall_times.txt, the table to table.md beside it.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 RESTKV=${RESTKV:-.venv/bin/restkv}
 OUT=${OUT:-runs/query-agnostic}
 SAMPLES=${SAMPLES:-3}
@@ -24,4 +24,4 @@ lane() {  # $1: aware or agnostic; the rest: extra flags
   done
 }
 lane aware & lane agnostic --query-agnostic & wait
-.venv/bin/python benchmarks/query_agnostic_table.py "$OUT/aware" "$OUT/agnostic" > benchmarks/results/query-agnostic/table.md
+.venv/bin/python benchmarks/studies/query_agnostic_table.py "$OUT/aware" "$OUT/agnostic" > benchmarks/results/query-agnostic/table.md

@@ -5,7 +5,7 @@
 # the 11 synthetic tasks (RULER's QA generators cannot build prompts under 2K tokens).
 # Wall times go to benchmarks/results/ruler-official-4k/wall_times.txt.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 RESTKV=${RESTKV:-.venv/bin/restkv}
 OUT=${OUT:-runs}
 SAMPLES=${SAMPLES:-3}

@@ -29,6 +29,7 @@ import torch
 
 from .adapters import LayerContext, last_queries, layer_context, project_queries, rotate_keys
 from .state import LayerState, SequenceState
+from .timing import phased
 
 
 def context_of(module, state: SequenceState, inv_freq: torch.Tensor | None = None) -> LayerContext:
@@ -61,6 +62,7 @@ def observe_and_evict(press, module, layer, query, state: SequenceState, inv_fre
     keep(layer, idx, state, context, press.rerotate, target=press.decode_budget)
 
 
+@phased("chunk_compress")
 def recompress_chunk(press, scorer, module, layer, hidden, position_embeddings, state, inv_freq=None) -> None:
     """Chunked prefill: after a chunk's attention, cut the layer back to its budget.
 

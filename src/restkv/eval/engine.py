@@ -48,6 +48,7 @@ from ..quantized import check_press_on_quantized, quantize_cache
 from ..specs import MethodConfig
 from ..state import PressStats, SequenceState, set_state
 from ..static_decode import check_compile, decodes_static, static_greedy
+from ..timing import phased
 
 #: with ``batch="auto"`` the compressed caches decoded as one batch hold at most this many bytes
 #: together, or as many as the full cache when that is more (the prefill held it anyway)
@@ -127,6 +128,7 @@ class Engine:
         return self.presses[config].chunk_size is not None
 
     # -- the shared prefill -----------------------------------------------------------------
+    @phased("prefill")
     @torch.inference_mode()
     def prefill(self, input_ids: torch.Tensor) -> PrefillRecord:
         n = input_ids.shape[1]
@@ -157,6 +159,7 @@ class Engine:
         """
         return self.compressed_caches(record, [config], memo, window)[0]
 
+    @phased("compress")
     def compressed_caches(
         self, record: PrefillRecord, configs: list[MethodConfig], memo: dict | None = None, window=None
     ) -> list[tuple[DynamicCache, PressStats, float]]:
@@ -207,6 +210,7 @@ class Engine:
             out.append((cache, stats, seconds))
         return out
 
+    @phased("prefill")
     @torch.inference_mode()
     def stream(self, input_ids: torch.Tensor, config: MethodConfig, window: int | None):
         """``config``'s cache, prefilled through its press chunk by chunk; returns the cache, the
@@ -221,6 +225,7 @@ class Engine:
         return cache, logits.float(), time.perf_counter() - start
 
     # -- decoding -----------------------------------------------------------------------------
+    @phased(lambda call: "full_decode" if call["press"] is None else "decode")
     @torch.inference_mode()
     def decode(
         self, cache, first_logits, start_pos: int, max_new_tokens: int, eos_ids, press: KVPress | None = None,
@@ -283,6 +288,7 @@ class Engine:
             ms = (time.perf_counter() - start) * 1000 / max(steps, 1)
         return tokens, torch.stack(seen), ms, stopped
 
+    @phased("teacher_forcing")
     @torch.inference_mode()
     def teacher_forced_logits(self, cache, tokens: torch.Tensor, start_pos: int, press: KVPress | None = None):
         """Logits ``[rows, len, vocab]`` after each of ``tokens`` ``[rows, len]`` fed at once."""
