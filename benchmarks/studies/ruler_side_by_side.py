@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from restkv.eval.report import _fmt, aggregate, family_means, point, point_label
+from restkv.eval.report import aggregate, family_means, format_cell, point, point_label
 from restkv.eval.store import ResultStore
 
 
@@ -30,7 +30,7 @@ def cell(a: dict | None) -> str:
     if a is None:
         return "-"
     agreement = None if a.get("agreement") is None else 100 * a["agreement"]
-    return f"{_fmt(a['score'])} / {_fmt(agreement)} / {_fmt(a['kl'], 4)}"
+    return f"{format_cell(a['score'])} / {format_cell(agreement)} / {format_cell(a['kl'], 4)}"
 
 
 def main(official: Path, handwritten: Path) -> str:
@@ -44,7 +44,8 @@ def main(official: Path, handwritten: Path) -> str:
     for name in sorted(full_new.keys() & full_old.keys()):
         o, n = full_old[name], full_new[name]
         lines.append(
-            f"| {name} | {_fmt(o['prompt_tokens'], 0)} / {_fmt(n['prompt_tokens'], 0)} | {_fmt(o['score'])} | {_fmt(n['score'])} |"
+            f"| {name} | {format_cell(o['prompt_tokens'], 0)} / {format_cell(n['prompt_tokens'], 0)} "
+            f"| {format_cell(o['score'])} | {format_cell(n['score'])} |"
         )
     lines += [
         "",

@@ -127,7 +127,7 @@ def report(args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from restkv.eval.report import _fmt  # the reports' own cell format: "-" for missing
+    from restkv.eval.report import format_cell  # the reports' own cell format: "-" for missing
     from restkv.eval.store import ResultStore
 
     runs, out = Path(args.runs), Path(args.out)
@@ -153,8 +153,8 @@ def report(args) -> None:
         for n in lengths:
             ms, base = lat["ms_per_layer"][n][spec], lat["ms_per_layer"][n]["snapkv"]
             cells.append(f"{ms:.1f} (+{ms - base:.1f})")
-        cells.append(_fmt(quality.get("fidelity", {}).get(spec), 4))
-        cells.append(_fmt(quality.get("ruler", {}).get(spec), 1))
+        cells.append(format_cell(quality.get("fidelity", {}).get(spec), 4))
+        cells.append(format_cell(quality.get("ruler", {}).get(spec), 1))
         for n in niah_lengths:
             row = next((r for r in needle if r["setting"] == spec and r["requested_length"] == n), None)
             cells.append("-" if row is None else f"{'yes' if row['score'] else 'no'} / {row['needle_kept']:.2f}")

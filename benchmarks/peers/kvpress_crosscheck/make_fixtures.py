@@ -4,7 +4,7 @@ Run in a separate virtual environment (kvpress 0.5.x needs transformers < 5.3):
 
     python3 -m venv /tmp/kvpress-venv
     /tmp/kvpress-venv/bin/pip install torch==2.13.0 kvpress==0.5.5
-    /tmp/kvpress-venv/bin/python benchmarks/kvpress_crosscheck/make_fixtures.py tests/fixtures/kvpress
+    /tmp/kvpress-venv/bin/python benchmarks/peers/kvpress_crosscheck/make_fixtures.py tests/fixtures/kvpress
 
 It builds a tiny random-weight Llama (GQA, 4 query / 2 KV heads) and saves it next to the
 fixtures, so restkv's tests load exactly the same weights under their own transformers. For
