@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 
@@ -30,22 +31,27 @@ def capture(length: str, out: str) -> None:
 
     from restkv.generation import prefill
     from restkv.models import load_model
-    from restkv.press import get_press
+    from restkv.press import KVPress, get_press
     from restkv.scorers.restkv import RestKVScorer
 
     torch.set_num_threads(1)
     model = load_model().model
-    saved, original = [], RestKVScorer.prefix_scores
+    saved = []
 
-    def keep(self, queries, keys, values, **kw):
-        saved.append({"q": queries.clone(), "k": keys.clone(), "v": values.clone(), "o_proj": kw["o_proj"].clone(),
-                      "budget": kw["budget"], "scaling": kw["scaling"]})  # fmt: skip
-        return original(self, queries, keys, values, **kw)
+    class Capturing(RestKVScorer):
+        """ReST-KV as the press runs it, keeping a copy of every layer's scorer inputs."""
 
-    RestKVScorer.prefix_scores = keep
+        def prefix_scores(self, queries, keys, values, **kw):
+            saved.append({"q": queries.clone(), "k": keys.clone(), "v": values.clone(), "o_proj": kw["o_proj"].clone(),
+                          "budget": kw["budget"], "scaling": kw["scaling"]})  # fmt: skip
+            return super().prefix_scores(queries, keys, values, **kw)
+
+    paper = get_press("restkv", budget=128)  # its scorer's settings, copied onto the capturing one
+    settings = {f.name: getattr(paper.scorer, f.name) for f in dataclasses.fields(paper.scorer) if f.init}
+    press = KVPress(Capturing(**settings), budget=128)
     n = int(length)
     ids = torch.randint(3, model.config.vocab_size, (1, n), generator=torch.Generator().manual_seed(n))
-    with torch.inference_mode(), get_press("restkv", budget=128)(model):
+    with torch.inference_mode(), press(model):
         prefill(model, ids, DynamicCache(config=model.config))
     torch.save(saved, out)
     print(f"{len(saved)} layers saved to {out}")

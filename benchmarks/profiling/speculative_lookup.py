@@ -8,8 +8,8 @@ steps, but more rows x tokens per step. This measures both sides in one run:
 
 1. the sweep of the README's 6 methods x 3 budgets (one batch, answer stops) on ``--samples``
    RULER prompts (seeds from 100, not the ones ``sweep_cost.py`` reports on), keeping each
-   batched row's tokens after it leaves the full cache's answer (what
-   ``Engine._decode_from_reference`` still decodes);
+   batched row's tokens (the engine decodes a row only from where it leaves the full cache's
+   answer; the replay counts from there too);
 2. replayed against lookup drafts of ``k`` tokens: accepted tokens per verification step;
 3. one forward of R rows x T new tokens on caches of 300 entries, R and T taking turns, and one
    of 18 rows x 44 tokens (a sweep's teacher forcing: the machine's rate on large forwards).
@@ -82,26 +82,15 @@ def capture_rows(loaded, samples: int) -> list[tuple[str, list[int], list[int], 
     eos = eos_ids(loaded.tokenizer, loaded.model)
     configs = [MethodConfig.make("full")] + [MethodConfig.make(m, b) for m in METHODS for b in (128, 256, 512)]
     engine = Engine(loaded.model, configs, text=prediction_reader(loaded.tokenizer, eos))
-    seen, original = [], Engine._decode_from_reference
-
-    def keep(self, cache, first_logits, ref_tokens, *args, **kwargs):
-        out = original(self, cache, first_logits, ref_tokens, *args, **kwargs)
-        seen.append((list(ref_tokens), out[0]))
-        return out
-
-    Engine._decode_from_reference = keep
     found = []
-    try:
-        for i in range(samples):
-            task = TASKS[i % len(TASKS)]
-            s = ruler.ruler_samples(task, 1, 1024, count, seed=100 + i)[0]
-            ids = encode_prompt(loaded.tokenizer, s.prompt, answer_prefix=s.answer_prefix)
-            seen.clear()
-            engine.run(ids, s.max_new_tokens, eos, batch="auto", answer=AnswerStop.of(s))
-            found += [(task, ids[0].tolist(), ref, rows) for ref, rows in seen]
-            print(f"sweep {i + 1}/{samples} ({task})", flush=True)
-    finally:
-        Engine._decode_from_reference = original
+    for i in range(samples):
+        task = TASKS[i % len(TASKS)]
+        s = ruler.ruler_samples(task, 1, 1024, count, seed=100 + i)[0]
+        ids = encode_prompt(loaded.tokenizer, s.prompt, answer_prefix=s.answer_prefix)
+        outcomes = engine.run(ids, s.max_new_tokens, eos, batch="auto", answer=AnswerStop.of(s))
+        reference = next(o.token_ids for o in outcomes if o.config.method == "full")
+        found.append((task, ids[0].tolist(), reference, [o.token_ids for o in outcomes if o.config.method != "full"]))
+        print(f"sweep {i + 1}/{samples} ({task})", flush=True)
     return found
 
 
