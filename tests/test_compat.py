@@ -178,7 +178,12 @@ def test_the_allocator_pool_and_ledger_have_the_methods_paged_eviction_calls():
     assert parameters(CachePool.free_blocks) == ["self", "index", "block_ids"]
     assert parameters(CachePool.count_free_blocks) == ["self", "index"]
     assert isinstance(CachePool.num_free_sectors, property)
-    assert parameters(FullAttentionCacheAllocator.get_read_indices) == ["self", "request_id", "past_length", "query_length"]
+    assert parameters(FullAttentionCacheAllocator.get_read_indices) == [
+        "self",
+        "request_id",
+        "past_length",
+        "query_length",
+    ]
     assert parameters(FullAttentionCacheAllocator.get_cache_for_block_table) == ["self", "layer_idx"]
 
 
@@ -233,7 +238,9 @@ class _Allocator:
     def __init__(self):
         self.block_table = {"r": [7, 8, 9, 10]}
         self.released, self.freed = [], []
-        self.ledger = type("Ledger", (), {"release": lambda _, block, no_cache: self.released.append(block) or block != 9})()
+        self.ledger = type(
+            "Ledger", (), {"release": lambda _, block, no_cache: self.released.append(block) or block != 9}
+        )()
         self.pool = type("Pool", (), {"free_blocks": lambda _, index, blocks: self.freed.extend(blocks)})()
 
 

@@ -121,7 +121,7 @@ def test_the_compat_package_is_where_the_private_names_are():
         assert expected in found, expected
 
 
-PLANTED = '''
+PLANTED = """
 import sys
 import torch._dynamo
 from transformers.cache_utils import _private_helper
@@ -142,9 +142,9 @@ def use(config, layer, module, other):
     family = sys.modules[type(module).__module__]
     importlib.import_module("torch._inductor.config")
     return limit, name, payload, family
-'''
+"""
 
-CLEAN = '''
+CLEAN = """
 from transformers import DynamicCache
 
 class Mine:
@@ -158,7 +158,7 @@ class Mine:
 
 def use(other: Mine, cache: DynamicCache):
     return other._helper(), other._lengths, getattr(other, "_lengths"), cache.layers
-'''
+"""
 
 
 def test_the_walker_catches_each_kind_of_planted_violation():
