@@ -96,6 +96,21 @@ def test_the_seam_itself_raises_when_the_version_is_out_of_range(monkeypatch):
         transformers_serving.blocks_of(None, "r")
 
 
+def test_the_cli_says_the_sentence_and_exits_2(monkeypatch, capsys):
+    import restkv.cli.methods
+    from restkv.cli import EXIT_USAGE, main
+
+    def run(args):
+        transformers_serving.check()
+
+    monkeypatch.setattr(restkv.cli.methods, "run", run)
+    monkeypatch.setattr(versions, "installed_version", lambda name: "7.0")
+    assert main(["methods"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "restkv: error: restkv's paged eviction inside transformers' continuous batching was written for" in err
+    assert "Traceback" not in err
+
+
 # -- transformers: config --------------------------------------------------------------------------
 def test_the_attention_implementation_is_read_and_switched_on_the_config():
     model = tiny_model("llama", attn="eager")
