@@ -25,12 +25,14 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
+from ._compat.transformers_config import name_or_path
 from .adapters import resident_weight
 from .cache import VarlenLayer, cache_entries, fork_cache
 from .checks import check_int
 from .generation import decode, eos_ids, forward_step, prefill
 from .options import check
 from .press import KVPress, get_press
+from .probes import probe_for
 from .state import LayerState, SequenceState, get_state, set_state
 from .version import __version__
 
@@ -144,8 +146,10 @@ def compress_context(
 
     Args:
         press: e.g. ``get_press("restkv", budget=256)``; None keeps the full cache. Its
-            observation window is the end of the context, so ``window_size="auto"`` (the
-            question as window) is refused. With ``chunk_size`` the context streams in chunks.
+            observation window is the end of the context, or, with ``probe="reconstruct"``, the
+            context re-read after a repeat instruction (:mod:`restkv.probes`); so
+            ``window_size="auto"`` (the question as window) is refused. With ``chunk_size`` the
+            context streams in chunks.
         chat: wrap context and questions in the tokenizer's chat template when it has one.
         progress: a bar over the chunks of a chunked prefill.
     """
@@ -155,7 +159,7 @@ def compress_context(
     cache = DynamicCache(config=model.config)
     start = time.perf_counter()
     with press(model):
-        prefill(model, ids.to(model.device), cache, press.chunk_size, progress)
+        prefill(model, ids.to(model.device), cache, press.chunk_size, progress, probe=probe_for(press, tokenizer, ids))
     return CompressedContext(model, tokenizer, press, cache, ids, suffix, time.perf_counter() - start)
 
 
@@ -198,7 +202,7 @@ def model_fingerprint(model) -> dict:
     config = getattr(model.config, "text_config", None) or model.config
     weights = resident_weight(model.get_input_embeddings())[:8].detach().float().cpu().numpy().tobytes()
     return {
-        "name": getattr(model.config, "_name_or_path", "") or config.model_type,
+        "name": name_or_path(model.config) or config.model_type,
         "type": config.model_type,
         "layers": config.num_hidden_layers,
         "hidden": config.hidden_size,
