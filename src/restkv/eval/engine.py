@@ -29,7 +29,14 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from ..adapters import attention_modules, check_supported, is_sliding, last_queries, rope_frequencies
+from ..adapters import (
+    attention_modules,
+    check_supported,
+    is_sliding,
+    last_queries,
+    needs_frequencies,
+    rope_frequencies,
+)
 from ..cache import (
     cache_bytes,
     cache_entries,
@@ -119,8 +126,8 @@ class Engine:
         scorers = [p.scorer for p in self.presses.values() if p.scorer is not None]
         self.needs_all_queries = any(s.query_span == "all" for s in scorers)
         self.window = max([s.window_size for s in scorers] + [1])
-        rerotate = any(p.rerotate for p in self.presses.values())
-        self.frequencies = rope_frequencies(model) if rerotate else {}
+        rotary = any(needs_frequencies(p) for p in self.presses.values())
+        self.frequencies = rope_frequencies(model) if rotary else {}
 
     def streamed(self, config: MethodConfig) -> bool:
         """Whether ``config`` prefills in chunks (then it never reads the shared full prefill)."""

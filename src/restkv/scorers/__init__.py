@@ -12,8 +12,10 @@ import dataclasses
 from .adakv import AdaKVScorer
 from .base import Scorer, top_positions
 from .cam import CaMScorer
+from .expected_attention import ExpectedAttentionScorer
 from .full import FullScorer
 from .h2o import H2OScorer
+from .keydiff import KeyDiffScorer
 from .knorm import KnormScorer
 from .lacache import LaCacheScorer
 from .pyramidkv import PyramidKVScorer
@@ -37,6 +39,8 @@ SCORERS: dict[str, type[Scorer]] = {
         TOVAScorer,
         StreamingLLMScorer,
         KnormScorer,
+        KeyDiffScorer,
+        ExpectedAttentionScorer,
         RandomScorer,
     )
 }
