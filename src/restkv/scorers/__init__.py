@@ -18,6 +18,7 @@ from .h2o import H2OScorer
 from .keydiff import KeyDiffScorer
 from .knorm import KnormScorer
 from .lacache import LaCacheScorer
+from .lagkv import LagKVScorer
 from .pyramidkv import PyramidKVScorer
 from .random import RandomScorer
 from .restkv import RestKVScorer
@@ -41,6 +42,7 @@ SCORERS: dict[str, type[Scorer]] = {
         KnormScorer,
         KeyDiffScorer,
         ExpectedAttentionScorer,
+        LagKVScorer,
         RandomScorer,
     )
 }
