@@ -5,6 +5,7 @@ import torch
 from transformers import DynamicCache
 
 from restkv import get_press
+from restkv.generation import prefill as generation_prefill
 from restkv.scorers import available, get_scorer
 from test_press import hand_masked_logits, kept_positions, prefill
 from tiny_models import plain_copy, prompt_ids, tiny_model
@@ -166,6 +167,16 @@ def test_expected_attention_undoes_the_rotary_embedding_and_looks_ahead():
                         use_covariance=False, use_vnorm=False)  # fmt: skip
     idx = scorer.select(queries, keys, keys, budget=12, inv_freq=inv_freq)
     assert idx[0, 0].tolist() == sorted(expected.topk(8).indices.tolist()) + [26, 27, 28, 29]
+
+
+def test_expected_attention_refuses_what_it_cannot_estimate():
+    model = tiny_model("llama", layers=2)
+    ids = prompt_ids(100)
+    with pytest.raises(ValueError, match="no decoding-time rule"):
+        prefill(model, ids, get_press("expected_attention", budget=30, window_size=W, decode_budget=30))
+    chunked = get_press("expected_attention", budget=30, window_size=W, chunk_size=40)
+    with pytest.raises(ValueError, match="needs the queries of every key"), torch.no_grad(), chunked(model):
+        generation_prefill(model, ids, DynamicCache(config=model.config), chunked.chunk_size)
 
 
 def test_lagkv_by_hand():

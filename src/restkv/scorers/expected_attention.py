@@ -11,10 +11,11 @@ of that over the non-sink keys, averaged over a GQA group's heads, times the val
 first ``sinks`` keys are always kept. The question is never read: the method is query-agnostic.
 
 The scorer is handed the post-RoPE queries of the whole prompt and undoes their rotation with
-the layer's rotary frequencies; that assumes the last ``q`` queries sit at positions
-``n - q .. n - 1`` of the ``n`` keys, as in a prompt compressed in one prefill (by the press or
-the evaluation engine). Rotary embeddings that scale their output (YaRN, LongRoPE) are not
-undone; the supported families scale by 1.
+the layer's rotary frequencies, so query ``i`` must sit at position ``i``: the prompt is
+compressed in one prefill (by the press or the evaluation engine), with as many queries as
+keys. Chunked prefill (later chunks see compressed keys at unknown positions) and
+decoding-time eviction have no such queries and are refused. Rotary embeddings that scale
+their output (YaRN, LongRoPE) are not undone; the supported families scale by 1.
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ class ExpectedAttentionScorer(Scorer):
 
     def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap, inv_freq, **context):
         b, kv_heads, n, d = keys.shape
+        if queries.shape[-2] != n:
+            raise ValueError(
+                f"{self.name} needs the queries of every key ({n}), got {queries.shape[-2]}: it compresses a "
+                "prompt in one prefill (no chunk_size)"
+            )
         sinks = min(self.sinks, n)
         mean, cov = self.query_statistics(queries, n, inv_freq, key_mask)
         scale = d**-0.5 if scaling is None else scaling
@@ -66,15 +72,17 @@ class ExpectedAttentionScorer(Scorer):
         scores = torch.cat([scores.new_full((*scores.shape[:2], sinks), float("inf")), scores], dim=-1)
         return scores[..., : n - min(self.window_size, n)]
 
+    def remember(self, queries, keys, kept, context):
+        raise ValueError(f"{self.name} has no decoding-time rule: use it without decode_budget")
+
     def query_statistics(self, queries, n: int, inv_freq: torch.Tensor, key_mask):
         """Mean ``[b, H, d]`` and covariance ``[b, H, d, d]`` (None without ``use_covariance``) of
         the prompt's queries before rotary embedding, moved to the next ``future_positions``."""
-        q = queries.shape[-2]
-        positions = torch.arange(n - q, n, device=queries.device)
+        positions = torch.arange(n, device=queries.device)
         plain = _rotate(queries.float(), -positions, inv_freq.to(queries.device))  # undo the rotary embedding
         used = (positions >= self.sinks).to(plain.dtype)[None, None, :, None]  # sinks' queries are outliers
         if key_mask is not None:  # padding queries are no queries
-            used = used * key_mask[:, None, n - q :, None].to(plain.device, plain.dtype)
+            used = used * key_mask[:, None, :, None].to(plain.device, plain.dtype)
         count = used.sum(dim=-2, keepdim=True).clamp_min(1)
         mean = (plain * used).sum(dim=-2, keepdim=True) / count
         cov = None
