@@ -11,9 +11,9 @@ of that over the non-sink keys, averaged over a GQA group's heads, times the val
 first ``sinks`` keys are always kept. The question is never read: the method is query-agnostic.
 
 The scorer is handed the post-RoPE queries of the whole prompt and undoes their rotation with
-the layer's rotary frequencies, so query ``i`` must sit at position ``i``: the prompt is
-compressed in one prefill (by the press or the evaluation engine), with as many queries as
-keys. Chunked prefill (later chunks see compressed keys at unknown positions) and
+the layer's rotary frequencies, so it must know their positions: the prompt is compressed in
+one prefill (by the press or the evaluation engine), with as many queries as keys, and a row's
+left padding takes no position (as ``generate`` numbers a padded batch). Chunked prefill (later chunks see compressed keys at unknown positions) and
 decoding-time eviction have no such queries and are refused. Rotary embeddings that scale
 their output (YaRN, LongRoPE) are not undone; the supported families scale by 1.
 """
@@ -56,53 +56,58 @@ class ExpectedAttentionScorer(Scorer):
                 f"{self.name} needs the queries of every key ({n}), got {queries.shape[-2]}: it compresses a "
                 "prompt in one prefill (no chunk_size)"
             )
-        sinks = min(self.sinks, n)
-        mean, cov = self.query_statistics(queries, n, inv_freq, key_mask)
+        real = torch.ones(b, n, dtype=torch.bool, device=keys.device) if key_mask is None else key_mask.to(keys.device)
+        # left padding takes no position (the positions generate() gives a padded batch), so a
+        # padded row is scored as when it runs alone
+        positions = (real.long().cumsum(-1) - 1).clamp_min(0)
+        sink = real & (positions < self.sinks)
+        mean, cov = self.query_statistics(queries, positions, real & ~sink, real.sum(-1), inv_freq)
         scale = d**-0.5 if scaling is None else scaling
-        k = keys[..., sinks:, :].float().repeat_interleave(queries.shape[1] // kv_heads, dim=1)  # [b, H, n-s, d]
+        group = queries.shape[1] // kv_heads
+        k = keys.float().repeat_interleave(group, dim=1)  # [b, H, n, d]
         logits = scale * (k @ mean[..., None])[..., 0]
         if cov is not None:
             logits = logits + scale**2 / 2 * ((k @ cov) * k).sum(-1)
-        if key_mask is not None:
-            logits = logits.masked_fill(~key_mask[:, None, sinks:].to(logits.device), float("-inf"))
-        scores = logits.softmax(dim=-1)
+        scores = logits.masked_fill(~(real & ~sink)[:, None, :], float("-inf")).softmax(dim=-1).nan_to_num(0.0)
         if self.use_vnorm:
-            norms = values[..., sinks:, :].float().norm(dim=-1).repeat_interleave(queries.shape[1] // kv_heads, dim=1)
-            scores = (scores + self.epsilon) * norms
-        scores = torch.cat([scores.new_full((*scores.shape[:2], sinks), float("inf")), scores], dim=-1)
+            scores = (scores + self.epsilon) * values.float().norm(dim=-1).repeat_interleave(group, dim=1)
+        # the sinks are always kept: above every other score, and finite like them
+        top = scores.masked_fill(sink[:, None, :], float("-inf")).amax(dim=-1, keepdim=True).clamp_min(0)
+        scores = torch.where(sink[:, None, :], top + 1, scores)
         return scores[..., : n - min(self.window_size, n)]
 
     def remember(self, queries, keys, kept, context):
         raise ValueError(f"{self.name} has no decoding-time rule: use it without decode_budget")
 
-    def query_statistics(self, queries, n: int, inv_freq: torch.Tensor, key_mask):
+    def query_statistics(self, queries, positions, used, start, inv_freq):
         """Mean ``[b, H, d]`` and covariance ``[b, H, d, d]`` (None without ``use_covariance``) of
-        the prompt's queries before rotary embedding, moved to the next ``future_positions``."""
-        positions = torch.arange(n, device=queries.device)
-        plain = _rotate(queries.float(), -positions, inv_freq.to(queries.device))  # undo the rotary embedding
-        used = (positions >= self.sinks).to(plain.dtype)[None, None, :, None]  # sinks' queries are outliers
-        if key_mask is not None:  # padding queries are no queries
-            used = used * key_mask[:, None, :, None].to(plain.device, plain.dtype)
-        count = used.sum(dim=-2, keepdim=True).clamp_min(1)
-        mean = (plain * used).sum(dim=-2, keepdim=True) / count
+        the ``used`` queries before rotary embedding (``positions`` ``[b, n]`` their positions),
+        moved to the ``future_positions`` after ``start`` ``[b]``."""
+        inv_freq = inv_freq.to(queries.device).float()
+        plain = _rotate(queries.float(), -positions, inv_freq)  # undo the rotary embedding
+        weight = used[:, None, :, None].to(plain.dtype)
+        count = weight.sum(dim=-2, keepdim=True).clamp_min(1)
+        mean = (plain * weight).sum(dim=-2, keepdim=True) / count
         cov = None
         if self.use_covariance:
-            centred = (plain - mean) * used
+            centred = (plain - mean) * weight
             cov = centred.transpose(-1, -2) @ centred / count
-        cos, sin = self.average_rotation(n, inv_freq.to(plain.device))
+        cos, sin = self.average_rotation(start, inv_freq)  # [b, d]
         mean = mean[..., 0, :]
-        moved = mean * cos + _rotate_half(mean) * sin
+        moved = mean * cos[:, None] + _rotate_half(mean) * sin[:, None]
         if cov is not None:
-            rotation = torch.diag(cos) + sin[:, None] * _rotate_half_matrix(cos.shape[-1], cos.device)
-            cov = rotation @ cov @ rotation.T
+            rotation = torch.diag_embed(cos) + sin[..., None] * _rotate_half_matrix(cos.shape[-1], cos.device)
+            rotation = rotation[:, None]  # [b, 1, d, d]
+            cov = rotation @ cov @ rotation.transpose(-1, -2)
         return moved, cov
 
-    def average_rotation(self, start: int, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rotary cosines and sines ``[d]`` averaged over positions ``start .. start + future_positions - 1``."""
-        positions = torch.arange(start, start + self.future_positions, device=inv_freq.device, dtype=torch.float32)
-        angles = positions[:, None] * inv_freq.float()[None, :]
+    def average_rotation(self, start: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rotary cosines and sines ``[b, d]`` averaged over positions ``start .. start + future_positions - 1``."""
+        ahead = torch.arange(self.future_positions, device=inv_freq.device)
+        positions = (start.to(inv_freq.device)[:, None] + ahead).float()  # [b, F]
+        angles = positions[..., None] * inv_freq  # [b, F, d/2]
         angles = torch.cat([angles, angles], dim=-1)
-        return angles.cos().mean(dim=0), angles.sin().mean(dim=0)
+        return angles.cos().mean(dim=-2), angles.sin().mean(dim=-2)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -117,7 +122,7 @@ def _rotate_half_matrix(d: int, device) -> torch.Tensor:
 
 
 def _rotate(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """``x`` ``[..., q, d]`` rotated by ``positions`` ``[q]`` (negative: the rotation undone), in float32."""
-    angles = positions.float()[:, None] * inv_freq.float()[None, :]
+    """``x`` ``[b, H, q, d]`` rotated by ``positions`` ``[b, q]`` (negative: the rotation undone), in float32."""
+    angles = positions.float()[:, None, :, None] * inv_freq.float()
     angles = torch.cat([angles, angles], dim=-1)
     return x * angles.cos() + _rotate_half(x) * angles.sin()
