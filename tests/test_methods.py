@@ -5,7 +5,6 @@ import torch
 from transformers import DynamicCache
 
 from restkv import get_press
-from restkv.generation import prefill as generation_prefill
 from restkv.scorers import available, get_scorer
 from test_press import hand_masked_logits, kept_positions, prefill
 from tiny_models import plain_copy, prompt_ids, tiny_model
@@ -170,13 +169,14 @@ def test_expected_attention_undoes_the_rotary_embedding_and_looks_ahead():
 
 
 def test_expected_attention_refuses_what_it_cannot_estimate():
-    model = tiny_model("llama", layers=2)
-    ids = prompt_ids(100)
-    with pytest.raises(ValueError, match="no decoding-time rule"):
-        prefill(model, ids, get_press("expected_attention", budget=30, window_size=W, decode_budget=30))
-    chunked = get_press("expected_attention", budget=30, window_size=W, chunk_size=40)
-    with pytest.raises(ValueError, match="needs the queries of every key"), torch.no_grad(), chunked(model):
-        generation_prefill(model, ids, DynamicCache(config=model.config), chunked.chunk_size)
+    for option in ({"decode_budget": 30}, {"chunk_size": 40}):
+        with pytest.raises(ValueError, match=f"{next(iter(option))} is not supported with expected_attention"):
+            get_press("expected_attention", budget=30, window_size=W, **option)
+    assert get_press("keydiff", budget=30, window_size=W, decode_budget=30, chunk_size=40) is not None
+    # called directly with fewer queries than keys, the scorer cannot place them
+    q, k = torch.randn(1, 2, 10, 4), torch.randn(1, 2, 20, 4)
+    with pytest.raises(ValueError, match="needs the queries of every key"):
+        get_scorer("expected_attention", window_size=2).select(q, k, k, budget=8, inv_freq=torch.ones(2))
 
 
 def test_lagkv_by_hand():

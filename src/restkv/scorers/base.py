@@ -47,6 +47,9 @@ class Scorer:
     #: whether the method reads the layer's rotary frequencies ``inv_freq`` (Expected Attention
     #: moves its estimated queries to future positions); the press then reads them from the model
     needs_rotary: ClassVar[bool] = False
+    #: whether the method scores once, from every prompt query at its position (Expected
+    #: Attention): presses refuse chunked prefill and decoding-time eviction for it
+    one_prefill_only: ClassVar[bool] = False
     #: whether the scores depend on the budget (then they cannot be shared between budgets)
     budget_dependent: ClassVar[bool] = False
     #: the layer allocator a press uses with this scorer unless told otherwise

@@ -13,9 +13,10 @@ first ``sinks`` keys are always kept. The question is never read: the method is 
 The scorer is handed the post-RoPE queries of the whole prompt and undoes their rotation with
 the layer's rotary frequencies, so it must know their positions: the prompt is compressed in
 one prefill (by the press or the evaluation engine), with as many queries as keys, and a row's
-left padding takes no position (as ``generate`` numbers a padded batch). Chunked prefill (later chunks see compressed keys at unknown positions) and
-decoding-time eviction have no such queries and are refused. Rotary embeddings that scale
-their output (YaRN, LongRoPE) are not undone; the supported families scale by 1.
+left padding takes no position (as ``generate`` numbers a padded batch). Chunked prefill and
+decoding-time eviction see compressed keys at positions it cannot know, so presses refuse
+them (``one_prefill_only``). Rotary embeddings that scale their output (YaRN, LongRoPE) are
+not undone; the supported families scale by 1.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class ExpectedAttentionScorer(Scorer):
     name = "expected_attention"
     query_span = "all"
     needs_rotary = True
+    one_prefill_only = True
 
     def __post_init__(self):
         super().__post_init__()

@@ -1,8 +1,6 @@
 """KeyDiff: keep the tokens whose keys point away from the layer's average key direction.
 
-Follows Park et al., "KeyDiff: Key Similarity-Based KV Cache Eviction for Long-Context LLM
-Inference in Resource-Constrained Environments" (2025, arXiv 2504.15364), as NVIDIA
-``kvpress``'s ``KeyDiffPress`` scores it: the anchor is the mean of the unit-normalised keys
+Follows KeyDiff (arXiv 2504.15364), as NVIDIA ``kvpress``'s ``KeyDiffPress`` scores it: the anchor is the mean of the unit-normalised keys
 of a head, and a token scores the negative cosine similarity of its key to that anchor. The
 scores read no queries, so the method is query-agnostic. The paper evicts block by block; this
 scores the whole prompt at once (kvpress's press, not its ``BlockPress`` wrapping).

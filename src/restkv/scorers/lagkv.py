@@ -1,7 +1,6 @@
 """LagKV: score each token against the next partition of the prompt, which plays the queries' part.
 
-Follows Liang et al., "LagKV: Lag-Relative Information of the KV Cache Tells Which Tokens Are
-Important" (2025, arXiv 2504.04704), as NVIDIA ``kvpress``'s ``LagKVPress`` scores it. After
+Follows LagKV (arXiv 2504.04704), as NVIDIA ``kvpress``'s ``LagKVPress`` scores it. After
 ``sinks`` tokens the prompt is cut into partitions of ``lag_size``; each channel of a partition's
 keys is min-max normalised by the range of that channel over the *next* partition, and a token
 scores the spread (standard deviation over channels) of its normalised key, softmaxed over its
