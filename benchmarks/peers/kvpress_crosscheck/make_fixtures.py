@@ -16,12 +16,21 @@ from __future__ import annotations
 
 import json
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
-import kvpress
 import torch
 import transformers
-from kvpress import KnormPress, ObservedAttentionPress, SnapKVPress, StreamingLLMPress, TOVAPress
+from kvpress import (
+    ExpectedAttentionPress,
+    KeyDiffPress,
+    KnormPress,
+    LagKVPress,
+    ObservedAttentionPress,
+    SnapKVPress,
+    StreamingLLMPress,
+    TOVAPress,
+)
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 N_TOKENS = 96
@@ -77,11 +86,17 @@ def main(out_dir: str) -> None:
         "tova": (TOVAPress(compression_ratio=RATIO), "sdpa"),
         "knorm": (KnormPress(compression_ratio=RATIO), "sdpa"),
         "observed_attention": (ObservedAttentionPress(compression_ratio=RATIO), "eager"),
+        # the query-agnostic presses of kvpress's leaderboard, at their defaults
+        "keydiff": (KeyDiffPress(compression_ratio=RATIO), "sdpa"),
+        "expected_attention": (ExpectedAttentionPress(compression_ratio=RATIO), "sdpa"),
+        # lag 16: 4 full partitions are ranked and 16 of their 64 tokens kept, 4 per rank level,
+        # so the kept set never depends on how equal ranks of different partitions are ordered
+        "lagkv": (LagKVPress(compression_ratio=RATIO, n_sink=4, lag_size=16), "sdpa"),
     }
     model = tiny_model("sdpa")
     model.save_pretrained(out / "tiny-llama")
     fixtures = {
-        "kvpress_version": kvpress.__version__ if hasattr(kvpress, "__version__") else "0.5.x",
+        "kvpress_version": version("kvpress"),
         "transformers_version": transformers.__version__,
         "input_ids": ids[0].tolist(),
         "compression_ratio": RATIO,
