@@ -1,5 +1,7 @@
 """Run NVIDIA kvpress presses on exported prompts, with restkv's decoding loop and fidelity measure.
 
+restkv's loop itself (``src/restkv/decoding.py``) is loaded by file path, as it needs only torch.
+
 Runs in kvpress's own environment (kvpress 0.5.x needs transformers < 5.3):
 
     /tmp/kvpress-venv/bin/python benchmarks/peers/run_kvpress.py prompts.jsonl \
@@ -15,8 +17,11 @@ recorded with its error instead of a prediction.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 from kvpress import (
@@ -29,6 +34,24 @@ from kvpress import (
     TOVAPress,
 )
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+
+def _load_decoding():
+    """restkv's decoding loop, loaded by file path: this environment has kvpress's transformers,
+    not restkv installed, and ``restkv/decoding.py`` imports only torch and the standard library."""
+    here = Path(__file__).resolve().parent
+    found = next((d / "src" / "restkv" / "decoding.py" for d in (here, *here.parents)
+                  if (d / "src" / "restkv" / "decoding.py").is_file()), None)  # fmt: skip
+    if found is None:
+        raise SystemExit(f"run_kvpress: no src/restkv/decoding.py above {here}")
+    spec = importlib.util.spec_from_file_location("restkv_decoding", found)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+decoding = _load_decoding()
 
 PRESSES = {
     "SnapKVPress": (lambda r: SnapKVPress(compression_ratio=r, window_size=32), "sdpa"),
@@ -48,14 +71,14 @@ def step(model, cache, tokens, start):
 
 
 def decode(model, cache, first, n, max_new, eos):
-    tokens, logits = [], first
-    for i in range(max_new):
-        token = int(logits.argmax())
-        tokens.append(token)
-        if token in eos or i == max_new - 1:
-            break
-        logits = step(model, cache, [token], n + i)[-1]
-    return tokens
+    """restkv's greedy loop and stop rule, with a step at explicit positions ``n, n + 1, ...``."""
+    fed = []
+
+    def one(ids):  # [1, 1] -> [1, vocab]
+        fed.append(int(ids[0, 0]))
+        return step(model, cache, fed[-1:], n + len(fed) - 1)[-1:]
+
+    return decoding.greedy(one, first[None], decoding.StopRule(max_new, eos)).tokens[0]
 
 
 def prefill(model, ids, press=None):
