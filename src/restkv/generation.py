@@ -1,8 +1,8 @@
 """Greedy generation with a press, for users and the CLI.
 
-The loop is written out rather than delegated to ``model.generate`` so that the timings it
-reports separate prefill (where the press acts) from decoding, and so that decoding runs on
-exactly the cache the press left.
+Decoding runs restkv's own loop (:func:`restkv.decoding.greedy`, with :class:`CacheStep` as
+its step) rather than ``model.generate``, so that the timings it reports separate prefill (where
+the press acts) from decoding, and so that decoding runs on exactly the cache the press left.
 """
 
 from __future__ import annotations

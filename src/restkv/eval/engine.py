@@ -238,6 +238,10 @@ class Engine:
         ``prefixes``: per row, tokens it has already generated and ``cache`` already holds; they
         count towards ``max_new_tokens`` and the answer, and lead the returned tokens.
 
+        The loop and its stop rule are :func:`restkv.decoding.greedy` and
+        :class:`~restkv.decoding.StopRule`, as everywhere; the step is
+        :class:`restkv.generation.CacheStep` (or, for one row with ``compile``, the static one).
+
         Returns the tokens per row (up to and including its end token, or the token that
         completed its answer), the logits of each step ``[steps, rows, vocab]``, the
         milliseconds per decoding step, and per row what stopped it (``"eos"``, ``"answer"``
