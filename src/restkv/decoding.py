@@ -18,8 +18,8 @@ file path and decode exactly as restkv does.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
