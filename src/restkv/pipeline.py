@@ -127,14 +127,15 @@ class Pipeline:
         return out
 
     @torch.inference_mode()
-    def stream(self, input_ids: torch.Tensor, press, window: int | None):
+    def stream(self, input_ids: torch.Tensor, press, window: int | None, probe: torch.Tensor | None = None):
         """``press``'s cache, prefilled through the press chunk by chunk (question-aware when it has
-        an auto window and ``window`` is the question's length); returns the cache, the last
-        position's logits ``[1, vocab]`` and the prefill seconds."""
+        an auto window and ``window`` is the question's length) or followed by its ``probe``;
+        returns the cache, the last prompt position's logits ``[1, vocab]`` and the prefill seconds."""
         cache = DynamicCache(config=self.model.config)
         set_state(cache, SequenceState(window=window))
         question = window if press.question_aware and window is not None else 0
         start = time.perf_counter()
         with press(self.model):
-            logits = prefill(self.model, input_ids.to(self.model.device), cache, press.chunk_size, False, question)
+            ids = input_ids.to(self.model.device)
+            logits = prefill(self.model, ids, cache, press.chunk_size, False, question, probe)
         return cache, logits.float(), time.perf_counter() - start

@@ -42,6 +42,7 @@ from ..generation import CacheStep, next_positions
 from ..options import check, refusal
 from ..pipeline import Pipeline, PrefillRecord
 from ..press import KVPress, hooks_only_press
+from ..probes import reconstruction_probe
 from ..quantized import quantize_cache
 from ..specs import MethodConfig
 from ..state import PressStats
@@ -83,6 +84,8 @@ class Engine:
         kv_quant: tuple[str, int] | None = None,
         text=None,
         compile: bool | str = False,
+        repeat_prompt: torch.Tensor | None = None,
+        bos_id: int | None = None,
     ):
         """``kv_quant``: ``(backend, bits)`` to quantize every config's cache after its
         compression (see :mod:`restkv.quantized`); the full-precision full cache stays the
@@ -91,7 +94,9 @@ class Engine:
         ``text``: how a row's token ids read as the prediction that is scored
         (:func:`restkv.eval.tasks.stops.prediction_reader`); needed for answer stops.
         ``compile``: decode caches of one row on static buffers, through ``torch.compile`` when
-        True (see :func:`restkv.generation.greedy_decode`); batches of rows keep the eager loop."""
+        True (see :func:`restkv.generation.greedy_decode`); batches of rows keep the eager loop.
+        ``repeat_prompt``: the tokenizer's repeat instruction (:func:`restkv.probes.repeat_prompt_ids`)
+        and ``bos_id`` its begin token, for configs with a reconstruction probe."""
         check_supported(model)
         check_compile(compile)
         self.compile = compile
@@ -105,10 +110,17 @@ class Engine:
                 check("quantized cache", press)
         self.modules = attention_modules(model)
         self.pipeline = Pipeline(model, list(self.presses.values()))
+        self.repeat_prompt, self.bos_id = repeat_prompt, bos_id
+        probed = [c.label for c in self.configs if self.presses[c].probe is not None]
+        if probed and repeat_prompt is None:
+            raise ValueError(f"{probed[0]} reads a reconstruction probe, which needs the engine's repeat_prompt "
+                             "(Engine(..., repeat_prompt=restkv.probes.repeat_prompt_ids(tokenizer)))")  # fmt: skip
 
     def streamed(self, config: MethodConfig) -> bool:
-        """Whether ``config`` prefills in chunks (then it never reads the shared full prefill)."""
-        return self.presses[config].chunk_size is not None
+        """Whether ``config`` prefills through its own press, in chunks or followed by a probe (then
+        it never reads the shared full prefill)."""
+        press = self.presses[config]
+        return press.chunk_size is not None or press.probe is not None
 
     # -- the pipeline: one recorded prefill, a cache per config, or a streamed prefill ------------
     def prefill(self, input_ids: torch.Tensor) -> PrefillRecord:
@@ -129,8 +141,13 @@ class Engine:
         return self.pipeline.derive(record, presses, memo, [_window_for(p, window) for p in presses])
 
     def stream(self, input_ids: torch.Tensor, config: MethodConfig, window: int | None):
-        """``config``'s cache, prefilled through its press chunk by chunk (:meth:`restkv.pipeline.Pipeline.stream`)."""
-        return self.pipeline.stream(input_ids, self.presses[config], window)
+        """``config``'s cache, prefilled through its press chunk by chunk or followed by its probe
+        (:meth:`restkv.pipeline.Pipeline.stream`)."""
+        press = self.presses[config]
+        probe = None
+        if press.probe is not None:
+            probe = reconstruction_probe(input_ids, self.repeat_prompt, self.bos_id)
+        return self.pipeline.stream(input_ids, press, window, probe)
 
     # -- decoding -----------------------------------------------------------------------------
     @torch.inference_mode()
