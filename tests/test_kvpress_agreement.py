@@ -1,7 +1,7 @@
 """Agreement with NVIDIA kvpress 0.5.5 on the same tiny model and prompt.
 
 The fixtures (kept positions per layer and KV head, and the tiny model's weights) were made by
-``benchmarks/kvpress_crosscheck/make_fixtures.py`` in a separate environment with kvpress
+``benchmarks/peers/kvpress_crosscheck/make_fixtures.py`` in a separate environment with kvpress
 0.5.5 and transformers 5.2. Settings are matched where the defaults differ by design:
 
 * kvpress's ``compression_ratio`` keeps ``int(n * (1 - ratio))`` entries: our ``budget``;
