@@ -52,36 +52,31 @@ def prompts(loaded, lengths, seed=0):
 def ours(model, cache, logits, press, steps: int, compile: bool) -> dict:
     """Decode ``steps`` tokens greedily (no end token) from a fork of ``cache``; per-step times."""
     from restkv.cache import fork_cache
-    from restkv.generation import forward_step
+    from restkv.decoding import StopRule, greedy
+    from restkv.generation import CacheStep
     from restkv.static_decode import StaticDecoder
 
     cache = fork_cache(cache)
-    walls, cpus, tokens = [], [], []
-    token = logits.argmax(-1)[:, None]
+    walls, cpus, first = [], [], []
     began = time.perf_counter()
-    first = None
     with press(model):
         if compile:
-            decoder = StaticDecoder(model, cache, steps + 1, press, compile=True)
-            step_fn = decoder.step
+            step = StaticDecoder(model, cache, steps + 1, press, compile=True).step
         else:
-            start = int(cache.get_seq_length())
+            step = CacheStep(model, cache, int(cache.get_seq_length()))
 
-            def step_fn(ids, _pos=[start]):  # noqa: B006 (a counter)
-                out = forward_step(model, cache, ids, _pos[0])[:, -1]
-                _pos[0] += 1
-                return out
-
-        for _ in range(steps):
+        def timed(ids):  # each step's wall and process CPU time, and when the first one ended
             w, c = time.perf_counter(), time.process_time()
-            logits = step_fn(token)
+            out = step(ids)
             walls.append(time.perf_counter() - w)
             cpus.append(time.process_time() - c)
-            token = logits.argmax(-1)[:, None]
-            tokens.append(int(token[0, 0]))
-            if first is None:
-                first = time.perf_counter() - began  # building the buffers (compiling) and the first step
-    return {"first_step_s": first, "decode_ms_median": 1000 * statistics.median(walls[1:]),
+            if not first:
+                first.append(time.perf_counter() - began)  # building the buffers (compiling) and the first step
+            return out
+
+        # the prefill's token, then ``steps`` steps; the tokens recorded are the steps' choices
+        tokens = greedy(timed, logits, StopRule(steps + 1)).tokens[0][1:]
+    return {"first_step_s": first[0] if first else None, "decode_ms_median": 1000 * statistics.median(walls[1:]),
             "decode_ms_mean": 1000 * statistics.mean(walls[1:]), "decode_cpu_ms_median": 1000 * statistics.median(cpus[1:]),
             "tokens": tokens}  # fmt: skip
 

@@ -1,5 +1,8 @@
 """Run NVIDIA kvpress presses on exported prompts, with restkv's decoding loop and fidelity measure.
 
+restkv's loop and metrics (``src/restkv/decoding.py``, ``src/restkv/eval/metrics.py``) are loaded by file path,
+as they need only torch and the standard library.
+
 Runs in kvpress's own environment (kvpress 0.5.x needs transformers < 5.3):
 
     /tmp/kvpress-venv/bin/python benchmarks/peers/run_kvpress.py prompts.jsonl \
@@ -15,8 +18,11 @@ recorded with its error instead of a prediction.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 from kvpress import (
@@ -29,6 +35,26 @@ from kvpress import (
     TOVAPress,
 )
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+
+def _load_restkv(relative: str, name: str):
+    """A restkv module loaded by file path (``relative`` under ``src/restkv``): this environment
+    has kvpress's transformers, not restkv installed, and the modules loaded so import only torch
+    and the standard library."""
+    here = Path(__file__).resolve().parent
+    found = next((d / "src" / "restkv" / relative for d in (here, *here.parents)
+                  if (d / "src" / "restkv" / relative).is_file()), None)  # fmt: skip
+    if found is None:
+        raise SystemExit(f"run_kvpress: no src/restkv/{relative} above {here}")
+    spec = importlib.util.spec_from_file_location(name, found)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+decoding = _load_restkv("decoding.py", "restkv_decoding")  # the greedy loop and its stop rule
+metrics = _load_restkv("eval/metrics.py", "restkv_metrics")  # KL and top-1 agreement
 
 PRESSES = {
     "SnapKVPress": (lambda r: SnapKVPress(compression_ratio=r, window_size=32), "sdpa"),
@@ -48,14 +74,14 @@ def step(model, cache, tokens, start):
 
 
 def decode(model, cache, first, n, max_new, eos):
-    tokens, logits = [], first
-    for i in range(max_new):
-        token = int(logits.argmax())
-        tokens.append(token)
-        if token in eos or i == max_new - 1:
-            break
-        logits = step(model, cache, [token], n + i)[-1]
-    return tokens
+    """restkv's greedy loop and stop rule, with a step at explicit positions ``n, n + 1, ...``."""
+    fed = []
+
+    def one(ids):  # [1, 1] -> [1, vocab]
+        fed.append(int(ids[0, 0]))
+        return step(model, cache, fed[-1:], n + len(fed) - 1)[-1:]
+
+    return decoding.greedy(one, first[None], decoding.StopRule(max_new, eos)).tokens[0]
 
 
 def prefill(model, ids, press=None):
@@ -114,9 +140,7 @@ def main() -> None:
                         )
                         if ref_logits is not None:
                             logits = step(models[attn], forced, reference[:-1], n)
-                            ref_logp, logp = torch.log_softmax(ref_logits, -1), torch.log_softmax(logits, -1)
-                            row["kl"] = float((ref_logp.exp() * (ref_logp - logp)).sum(-1).clamp_min(0).mean())
-                            row["top1"] = float((ref_logits.argmax(-1) == logits.argmax(-1)).float().mean())
+                            row["kl"], row["top1"] = metrics.kl_and_top1(ref_logits, logits)
                     except Exception as err:  # a failing press is a result too
                         row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                     out.write(json.dumps(row) + "\n")

@@ -1,8 +1,8 @@
 """Greedy generation with a press, for users and the CLI.
 
-The loop is written out rather than delegated to ``model.generate`` so that the timings it
-reports separate prefill (where the press acts) from decoding, and so that decoding runs on
-exactly the cache the press left.
+Decoding runs restkv's own loop (:func:`restkv.decoding.greedy`, with :class:`CacheStep` as
+its step) rather than ``model.generate``, so that the timings it reports separate prefill (where
+the press acts) from decoding, and so that decoding runs on exactly the cache the press left.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from .cache import cache_entries
+from .cache import cache_entries, select_rows
 from .checks import check_int
+from .decoding import StopRule, greedy
 from .plan import STEP_KEYWORD, PrefillPlan
 from .press import KVPress
 from .probes import probe_for
@@ -156,6 +157,25 @@ def greedy_decode(
     return generated, kept, prefill_s, decode_ms
 
 
+class CacheStep:
+    """The eager decoding step on a cache, for :func:`restkv.decoding.greedy`: one forward of a
+    token per row at the next positions (see :func:`next_positions`; ``start``, the tokens seen
+    so far, counts on from there with every call when no press keeps positions). Run it inside
+    the press block that filled the cache, so its hooks mask and evict."""
+
+    def __init__(self, model, cache, start: int):
+        self.model, self.cache, self.start, self.calls = model, cache, start, 0
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        logits = forward_step(self.model, self.cache, ids.to(self.model.device), self.start + self.calls)[:, -1]
+        self.calls += 1
+        return logits
+
+    def drop_rows(self, keep: list[int]) -> bool:
+        """Keep only batch rows ``keep`` of the cache (:func:`restkv.cache.select_rows`)."""
+        return select_rows(self.cache, keep)
+
+
 @torch.inference_mode()
 def decode(
     model, cache, logits: torch.Tensor, start: int, max_new_tokens: int, eos_ids=(), press=None, compile=False
@@ -165,18 +185,12 @@ def decode(
     seen so far (used only when no press keeps positions). ``press`` and ``compile``: see
     :func:`greedy_decode` (with static buffers the given ``cache`` is left as prefill left it)."""
     check_compile(compile)
+    stop = StopRule(max_new_tokens, eos_ids)
     if decodes_static(compile, cache, press, max_new_tokens):
-        generated, ms, _ = static_greedy(model, cache, logits, max_new_tokens, eos_ids, press, compile is True)
-        return generated, ms
-    generated: list[int] = []
-    began = time.perf_counter()
-    for step in range(max_new_tokens):
-        token = int(logits.argmax(-1)[0])
-        generated.append(token)
-        if token in eos_ids or step == max_new_tokens - 1:
-            break
-        logits = forward_step(model, cache, torch.tensor([[token]], device=model.device), start + step)[:, -1]
-    return generated, (time.perf_counter() - began) * 1000 / max(len(generated) - 1, 1)
+        done = static_greedy(model, cache, logits, stop, press, compile is True)
+    else:
+        done = greedy(CacheStep(model, cache, start), logits, stop)
+    return done.tokens[0], done.ms_per_step
 
 
 def full_cache_entries(model, n: int) -> int:

@@ -40,6 +40,7 @@ from ._compat.torch_inductor import inductor_config_patch, raise_recompile_limit
 from ._compat.transformers_config import attention_implementation, set_attention_implementation
 from .adapters import attention_function, attention_modules
 from .decode_eviction import observe_and_evict
+from .decoding import Decoded, StopRule, greedy
 from .options import refusal
 from .state import get_state, set_state
 
@@ -319,26 +320,15 @@ class StaticDecoder:
 
 
 @torch.inference_mode()
-def static_greedy(model, cache, logits: torch.Tensor, max_new_tokens: int, eos_ids=(), press=None,
-                  compile: bool = False, keep_logits: bool = False):  # fmt: skip
-    """Greedy tokens from the next-token ``logits`` ``[1, vocab]`` of a filled ``cache``, decoded on
-    static buffers. Returns the tokens, decode ms per token and (``keep_logits``) every step's
-    logits ``[steps + 1, 1, vocab]`` including the given ones. Building the buffers is timed;
-    a first compilation is too (call once before timing to leave it out)."""
+def static_greedy(model, cache, logits: torch.Tensor, stop: StopRule, press=None, compile: bool = False,
+                  keep_logits: bool = False) -> Decoded:  # fmt: skip
+    """Greedy decoding (:func:`restkv.decoding.greedy` under ``stop``) from the next-token
+    ``logits`` ``[1, vocab]`` of a filled ``cache``, with :meth:`StaticDecoder.step` as the step.
+    Building the buffers counts as decoding time; a first compilation does too (call once
+    before timing to leave it out)."""
     began = time.perf_counter()
-    decoder = StaticDecoder(model, cache, max_new_tokens, press, compile)
-    generated: list[int] = []
-    seen = [logits] if keep_logits else None
-    for step in range(max_new_tokens):
-        token = int(logits.argmax(-1)[0])
-        generated.append(token)
-        if token in eos_ids or step == max_new_tokens - 1:
-            break
-        logits = decoder.step(torch.tensor([[token]], device=logits.device))
-        if keep_logits:
-            seen.append(logits.to(seen[0].dtype))
-    ms = (time.perf_counter() - began) * 1000 / max(len(generated) - 1, 1)
-    return generated, ms, (torch.stack(seen) if keep_logits else None)
+    decoder = StaticDecoder(model, cache, stop.max_new_tokens, press, compile)
+    return greedy(decoder.step, logits, stop, keep_logits=keep_logits, started=began)
 
 
 def check_compile(compile) -> None:

@@ -17,7 +17,8 @@ import torch
 from transformers import DynamicCache
 
 from ..adapters import attention_modules, is_sliding
-from ..generation import prefill
+from ..decoding import StopRule, greedy
+from ..generation import CacheStep, prefill
 from ..press import KVPress, hooks_only_press
 from ..state import LayerState, SequenceState, set_state
 
@@ -103,37 +104,34 @@ def measure_decode_paths(model, length: int, entries: int | None, steps: int, re
     from ..static_decode import StaticDecoder
 
     hooks = KVPress(None) if entries is None else hooks_only_press()
-    token = torch.tensor([[3]], device=model.device)
+    vocab = model.config.get_text_config().vocab_size
+    first = torch.zeros(1, vocab, device=model.device)
+    first[0, 3] = 1.0  # the first token fed is 3; the step time does not depend on which
+    stop = StopRule(steps + 1)  # ``steps`` calls of the step after the first token, no end token
     out: dict = {path: [] for path in paths}
 
     def eager():
         cache = synthetic_cache(model, length, entries)
         with hooks(model):
-            start = time.perf_counter()
-            for step in range(steps):
-                model(input_ids=token, cache=cache, position_ids=torch.tensor([[length + step]], device=model.device))
-            return time.perf_counter() - start
+            return greedy(CacheStep(model, cache, length), first, stop).ms_per_step
 
     def static(compile):
         cache = synthetic_cache(model, length, entries)
         began = time.perf_counter()
         decoder = StaticDecoder(model, cache, steps + 1, None, compile=compile)
-        decoder.step(token)  # not part of the per-step timing: it may compile
-        first = time.perf_counter() - began
-        start = time.perf_counter()
-        for _ in range(steps):
-            decoder.step(token)
-        return time.perf_counter() - start, first
+        logits = decoder.step(first.argmax(-1, keepdim=True))  # not part of the per-step timing: it may compile
+        first_s = time.perf_counter() - began
+        return greedy(decoder.step, logits, stop).ms_per_step, first_s
 
     for round in range(repeats + 1):  # the first round warms up
         for path in paths:
             if path == "eager":
-                elapsed = eager()
+                ms = eager()
             else:
-                elapsed, first = static(path == "compiled")
-                out.setdefault(f"{path}_first_s", first)  # the first round's: compile included
+                ms, first_s = static(path == "compiled")
+                out.setdefault(f"{path}_first_s", first_s)  # the first round's: compile included
             if round:
-                out[path].append(1000 * elapsed / steps)
+                out[path].append(ms)
     return out
 
 

@@ -62,7 +62,8 @@ def probe(spec: dict) -> dict:
     from transformers import DynamicCache
 
     from ..cache import cache_bytes
-    from ..generation import prefill
+    from ..decoding import StopRule, greedy
+    from ..generation import CacheStep, prefill
     from ..press import get_press
 
     device = spec.get("device", "cpu")
@@ -105,10 +106,8 @@ def probe(spec: dict) -> dict:
         prefill_peak = _peak_mib(device)
         kv_bytes = cache_bytes(cache)
         _reset(device)
-        token = logits.argmax(-1, keepdim=True)
-        for step in range(spec.get("decode_tokens", 8)):
-            position = torch.tensor([[spec["length"] + step]], device=device)
-            token = model(input_ids=token, cache=cache, position_ids=position).logits[:, -1].argmax(-1, keepdim=True)
+        # decode_tokens steps after the prefill's token, no end token: the same count for every method
+        greedy(CacheStep(model, cache, spec["length"]), logits, StopRule(spec.get("decode_tokens", 8) + 1))
         decode_peak = _peak_mib(device)
     return {
         "baseline_mib": baseline,

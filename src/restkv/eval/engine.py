@@ -37,7 +37,8 @@ from ..cache import (
     stack_caches,
 )
 from ..compress import plan_budgets
-from ..generation import next_positions
+from ..decoding import StopRule, greedy
+from ..generation import CacheStep, next_positions
 from ..options import check, refusal
 from ..pipeline import Pipeline, PrefillRecord
 from ..press import KVPress, hooks_only_press
@@ -47,6 +48,7 @@ from ..specs import MethodConfig
 from ..state import PressStats
 from ..static_decode import check_compile, decodes_static, static_greedy
 from ..timing import phased
+from .metrics import answer_fidelity, kl_and_top1, perplexity
 
 #: with ``batch="auto"`` the compressed caches decoded as one batch hold at most this many bytes
 #: together, or as many as the full cache when that is more (the prefill held it anyway)
@@ -168,6 +170,10 @@ class Engine:
         ``prefixes``: per row, tokens it has already generated and ``cache`` already holds; they
         count towards ``max_new_tokens`` and the answer, and lead the returned tokens.
 
+        The loop and its stop rule are :func:`restkv.decoding.greedy` and
+        :class:`~restkv.decoding.StopRule`, as everywhere; the step is
+        :class:`restkv.generation.CacheStep` (or, for one row with ``compile``, the static one).
+
         Returns the tokens per row (up to and including its end token, or the token that
         completed its answer), the logits of each step ``[steps, rows, vocab]``, the
         milliseconds per decoding step, and per row what stopped it (``"eos"``, ``"answer"``
@@ -175,45 +181,16 @@ class Engine:
         """
         if answer is not None and self.text is None:
             raise ValueError("answer stops need the engine's text reader (Engine(..., text=prediction_reader(...)))")
-        rows = first_logits.shape[0]
-        if rows == 1 and prefixes is None and decodes_static(self.compile, cache, press, max_new_tokens):
-            compiled = self.compile is True
-            tokens, ms, seen = static_greedy(
-                self.model, cache, first_logits, max_new_tokens, eos_ids, press, compiled, keep_logits=True
-            )
-            # the compiled step has no text reader inside it: the answer stop is applied to its
-            # tokens afterwards, so rows read as the eager loop's (which stops at the same token)
-            last, stopped = self._stop_within(tokens, eos_ids, answer, max_new_tokens) or (len(tokens) - 1, "limit")
-            return [tokens[: last + 1]], seen[: last + 1], ms, [stopped]
-        reserve(cache, max_new_tokens)  # append in place: no copy of every layer per token
-        tokens: list[list[int]] = [list(p) for p in prefixes] if prefixes is not None else [[] for _ in range(rows)]
-        active = list(range(rows))  # the original row of each row still in the batch
-        done = [False] * rows
-        stopped = ["limit"] * rows
-        logits, seen = first_logits, [first_logits]
-        steps = 0
-        with self._hooks(press):
-            start = time.perf_counter()
-            for step in range(max_new_tokens):
-                chosen = logits.argmax(-1)
-                for i, r in enumerate(active):
-                    if not done[r]:
-                        tokens[r].append(int(chosen[i]))
-                        why = self._stop_reason(tokens[r], eos_ids, answer, max_new_tokens)
-                        if why is not None:
-                            done[r], stopped[r] = True, why
-                going = [i for i, r in enumerate(active) if not done[r]]
-                if not going:
-                    break
-                if len(going) < len(active) and select_rows(cache, going):  # finished rows leave the batch
-                    active, chosen = [active[i] for i in going], chosen[going]
-                logits = self._step(cache, chosen[:, None], start_pos + step)[:, -1]
-                step_logits = seen[-1].clone()  # a finished row keeps its last logits
-                step_logits[active] = logits
-                seen.append(step_logits)
-                steps += 1
-            ms = (time.perf_counter() - start) * 1000 / max(steps, 1)
-        return tokens, torch.stack(seen), ms, stopped
+        stop = StopRule(max_new_tokens, eos_ids, answer, self.text)
+        alone = first_logits.shape[0] == 1 and prefixes is None  # static buffers hold one row from its start
+        if alone and decodes_static(self.compile, cache, press, max_new_tokens):
+            done = static_greedy(self.model, cache, first_logits, stop, press, self.compile is True, keep_logits=True)
+        else:
+            reserve(cache, max_new_tokens)  # append in place: no copy of every layer per token
+            step = CacheStep(self.model, cache, start_pos)
+            with self._hooks(press):
+                done = greedy(step, first_logits, stop, prefixes=prefixes, drop_rows=step.drop_rows, keep_logits=True)
+        return done.tokens, done.logits, done.ms_per_step, done.stopped
 
     @phased("teacher_forcing")
     @torch.inference_mode()
@@ -406,15 +383,16 @@ class Engine:
         stopped it, KL and top-1 agreement (as :meth:`_fidelity`).
         """
         rows, k = first_logits.shape[0], len(ref_tokens)
+        stop = StopRule(max_new, eos_ids, answer, self.text)
         forced = torch.tensor([ref_tokens]).expand(rows, -1)
         logits = self.teacher_forced_logits(cache, forced, seen, press)  # [rows, k, vocab]: after ref[: j + 1]
-        kl, top1 = _answer_fidelity(reference, logits, k)
+        kl, top1 = answer_fidelity(reference, logits, k)
         steps = torch.cat([first_logits[:, None].to(logits.device, logits.dtype), logits], dim=1)  # after ref[:j]
         agree = (steps[:, :k].argmax(-1).cpu() == torch.tensor(ref_tokens)).tolist()
         tokens, why, going, agreed = [None] * rows, [None] * rows, [], []
         for r in range(rows):
             d = agree[r].index(False) if False in agree[r] else k
-            end = self._stop_within(ref_tokens[:d], eos_ids, answer, max_new)
+            end = stop.first_stop(ref_tokens[:d])
             if end is None:
                 going.append(r)
                 agreed.append(d)
@@ -430,23 +408,6 @@ class Engine:
             for j, r in enumerate(going):
                 tokens[r], why[r] = decoded[j], stopped[j]
         return tokens, why, kl, top1
-
-    def _stop_reason(self, tokens: list[int], eos_ids, answer, max_new: int) -> str | None:
-        """Why decoding stops after the last of ``tokens`` (``"eos"``, ``"answer"``, ``"limit"``), or None."""
-        if tokens[-1] in eos_ids:
-            return "eos"
-        if answer is not None and answer.complete(self.text(tokens)):
-            return "answer"
-        return "limit" if len(tokens) >= max_new else None
-
-    def _stop_within(self, tokens: list[int], eos_ids, answer, max_new: int):
-        """``(index, reason)`` of the first of ``tokens`` at which decoding stops, as :meth:`decode`
-        would stop there; None when none does."""
-        for i in range(len(tokens)):
-            why = self._stop_reason(tokens[: i + 1], eos_ids, answer, max_new)
-            if why is not None:
-                return i, why
-        return None
 
     @torch.inference_mode()
     def _ask(self, cache, first_logits, question: torch.Tensor, n: int, press: KVPress | None):
@@ -475,7 +436,7 @@ class Engine:
         forced = torch.tensor([continuation[:-1]])
         targets = torch.tensor(continuation[1:])
         reference = self.teacher_forced_logits(fork_cache(record.cache), forced, n)[0]
-        ppl_full = _perplexity(reference, targets)
+        ppl_full = perplexity(reference, targets)
         full, extra = _sizes(record.cache), {"ppl": ppl_full, "ppl_full": ppl_full}
         outcomes = {c: _outcome(c, record, full, 0.0, extra=extra) for c in configs if c.method == "full"}
         for config in [c for c in configs if self.streamed(c)]:
@@ -483,7 +444,7 @@ class Engine:
             sizes = _sizes(cache)
             logits = self.teacher_forced_logits(cache, forced, n, self.presses[config])[0]
             kl, top1 = kl_and_top1(reference, logits)
-            extra = {"ppl": _perplexity(logits, targets), "ppl_full": ppl_full}
+            extra = {"ppl": perplexity(logits, targets), "ppl_full": ppl_full}
             streamed = PrefillRecord(None, {}, logits[:1], n, prefill_s)
             outcomes[config] = _outcome(config, streamed, sizes, 0.0, kl=kl, top1=top1, extra=extra)
         pending = [c for c in configs if c.method != "full" and not self.streamed(c)]
@@ -496,7 +457,7 @@ class Engine:
             logits = self.teacher_forced_logits(stacked, forced.expand(len(group), -1), n, press)
             for r, (config, (cache, _, compress_s)) in enumerate(zip(group, built)):
                 kl, top1 = kl_and_top1(reference, logits[r])
-                extra = {"ppl": _perplexity(logits[r], targets), "ppl_full": ppl_full}
+                extra = {"ppl": perplexity(logits[r], targets), "ppl_full": ppl_full}
                 outcomes[config] = _outcome(config, record, _sizes(cache), compress_s, kl=kl, top1=top1, extra=extra)
         return [outcomes[c] for c in configs]
 
@@ -507,17 +468,7 @@ class Engine:
             return [0.0] * rows, [1.0] * rows
         forced = torch.tensor([ref_tokens[:-1]]).expand(rows, -1)
         logits = self.teacher_forced_logits(cache, forced, n, press)  # predicts steps 1..k-1
-        return _answer_fidelity(reference, logits, len(ref_tokens))
-
-
-def _answer_fidelity(reference: torch.Tensor, logits: torch.Tensor, k: int) -> tuple[list, list]:
-    """Per row of the teacher-forced ``logits`` ``[rows, >= k - 1, vocab]``: KL and top-1 agreement
-    with the full cache's ``reference`` over answer steps 1..k-1 (step 0 is the shared prefill's)."""
-    rows = logits.shape[0]
-    if k < 2:
-        return [0.0] * rows, [1.0] * rows
-    pairs = [kl_and_top1(reference[1:k], logits[r, : k - 1]) for r in range(rows)]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
+        return answer_fidelity(reference, logits, len(ref_tokens))
 
 
 def check_batch(batch) -> None:
@@ -560,17 +511,3 @@ def _outcome(
         extra=extra or {},
         stopped=stopped,
     )
-
-
-def _perplexity(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    nll = torch.nn.functional.cross_entropy(logits.float(), targets.to(logits.device))
-    return float(torch.exp(nll))
-
-
-def kl_and_top1(reference_logits: torch.Tensor, logits: torch.Tensor) -> tuple[float, float]:
-    """Mean KL(reference || other) per row and share of rows with the same argmax."""
-    ref_logp = torch.log_softmax(reference_logits.float(), -1)
-    logp = torch.log_softmax(logits.float(), -1)
-    kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1).clamp_min(0)
-    top1 = (reference_logits.argmax(-1) == logits.argmax(-1)).float()
-    return float(kl.mean()), float(top1.mean())

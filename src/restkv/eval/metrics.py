@@ -7,6 +7,10 @@ Differences: ROUGE-L is the sentence-level LCS F1 on whitespace tokens (LongBenc
 ``rouge`` package, whose ROUGE-L F differs slightly on multi-sentence texts); code similarity is
 ``difflib``'s ratio, which is what ``fuzzywuzzy`` itself falls back to without
 python-Levenshtein.
+
+The last section compares next-token distributions (the engine's fidelity numbers): KL
+divergence and top-1 agreement against the full cache, and perplexity. They take tensors but
+import torch only when called, so the answer metrics (and ``restkv report``) load without it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ import difflib
 import re
 import string
 from collections import Counter
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
@@ -91,3 +99,39 @@ def code_similarity(prediction: str, reference: str, **_) -> float:
 def best_of(metric, prediction: str, references: list[str], **kwargs) -> float:
     """The metric against the closest of several references."""
     return max((metric(prediction, r, **kwargs) for r in references), default=0.0)
+
+
+# -- next-token distributions -----------------------------------------------------------------
+
+
+def kl_and_top1(reference_logits: torch.Tensor, logits: torch.Tensor) -> tuple[float, float]:
+    """Mean KL(reference || other) per row and share of rows with the same argmax.
+
+    Both are ``[steps, vocab]`` (or any leading shape, the same for both), compared in float32.
+    """
+    ref_logp = reference_logits.float().log_softmax(-1)
+    logp = logits.float().log_softmax(-1)
+    kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1).clamp_min(0)
+    top1 = (reference_logits.argmax(-1) == logits.argmax(-1)).float()
+    return float(kl.mean()), float(top1.mean())
+
+
+def perplexity(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Perplexity of ``targets`` ``[steps]`` under ``logits`` ``[steps, vocab]``: the exponential of
+    the mean cross-entropy, in float32."""
+    import torch  # here, not at the top: the answer metrics above load without torch
+
+    nll = torch.nn.functional.cross_entropy(logits.float(), targets.to(logits.device))
+    return float(torch.exp(nll))
+
+
+def answer_fidelity(reference: torch.Tensor, logits: torch.Tensor, k: int) -> tuple[list, list]:
+    """Per row of the teacher-forced ``logits`` ``[rows, >= k - 1, vocab]``: KL and top-1 agreement
+    with the full cache's ``reference`` ``[>= k, vocab]`` over answer steps 1..k-1 (step 0 is
+    predicted by the shared prefill, the same for every cache). An answer of fewer than two
+    tokens leaves nothing to compare: KL 0 and agreement 1 for every row."""
+    rows = logits.shape[0]
+    if k < 2:
+        return [0.0] * rows, [1.0] * rows
+    pairs = [kl_and_top1(reference[1:k], logits[r, : k - 1]) for r in range(rows)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
