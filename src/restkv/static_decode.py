@@ -34,8 +34,9 @@ import warnings
 
 import torch
 from transformers import AttentionInterface
-from transformers.cache_utils import BaseQuantizedLayer, Cache, CacheLayerMixin, DynamicLayer
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
 
+from ._compat.transformers_layers import BaseQuantizedLayer
 from .adapters import attention_function, attention_modules
 from .cache import VarlenLayer
 from .decode_eviction import observe_and_evict
