@@ -96,14 +96,21 @@ def test_version_check_names_the_range():
 def test_cpu_layout_read_and_write_round_trip():
     blocks, heads, size, d = 6, 3, 4, 2
     cache = torch.zeros(blocks, heads, size, 2 * d)
-    view = compat.cpu_kv_view(cache)
     table = [4, 1, 3]  # a request's blocks, out of order
     keys = torch.randn(1, heads, 10, d)
     values = torch.randn(1, heads, 10, d)
     compat.write_kv_cpu(cache, table, keys, values)
-    # slot 5 = second block of the table (block 1), offset 1; keys before values in its interior
-    assert torch.equal(view[1, :, 0, 1], keys[0, :, 5])
-    assert torch.equal(view[1, :, 1, 1], values[0, :, 5])
+    # slot 5 = second block of the table (block 1), offset 1; per block and head the memory holds
+    # the keys dimension-major, then the values token-major
+    interior = cache[1].reshape(heads, 2, size * d)
+    assert torch.equal(interior[:, 0].reshape(heads, d, size)[:, :, 1], keys[0, :, 5])
+    assert torch.equal(interior[:, 1].reshape(heads, size, d)[:, 1], values[0, :, 5])
     assert cache[0].abs().sum() == 0 and cache[2].abs().sum() == 0  # other blocks untouched
     k, v = compat.read_kv_cpu(cache, table, 10)
     assert torch.equal(k, keys) and torch.equal(v, values)
+
+
+def test_unchecked_cpu_kernels_are_refused():
+    compat.check_cpu_isa("vec")
+    with pytest.raises(ValueError, match="'amx', whose layout has not been checked"):
+        compat.check_cpu_isa("amx")

@@ -20,8 +20,9 @@ here, behind one version check. The seams, with their place in vLLM 0.32.0:
   ``CachedRequestState.block_ids`` (``runner.requests[id].block_ids``, one list per KV cache
   group): a request's keys and values in the pool.
 * The CPU backend's layout (``v1/attention/backends/cpu_attn.py:411``): a layer's cache is
-  ``[num_blocks, H_kv, block_size, 2 * head_size]`` whose interior per block and head is
-  ``[2, block_size, head_size]``, keys first.
+  ``[num_blocks, H_kv, block_size, 2 * head_size]``; per block and head its memory holds the keys
+  then the values, the keys dimension-major ``[head_size, block_size]`` (found by reading them
+  back against transformers' keys; the ``vec`` kernels) and the values ``[block_size, head_size]``.
 """
 
 from __future__ import annotations
@@ -118,6 +119,22 @@ def layer_index(layer) -> int:
     return extract_layer_index(layer.layer_name)
 
 
+def linear_weight(linear) -> torch.Tensor:
+    """A vLLM linear layer's weight ``[out, in]`` (this rank's shard), also once packed.
+
+    On CPU, ``UnquantizedLinearMethod.process_weights_after_loading`` (``model_executor/layers/
+    linear.py:216``) hands the weight to a packed GEMM and leaves ``weight`` empty; applying the
+    layer's own method (no all-reduce) to the identity gives it back.
+    """
+    weight = linear.weight
+    if weight.numel() > 0:
+        return weight
+    size = linear.input_size_per_partition
+    eye = torch.eye(size, dtype=linear.params_dtype, device=weight.device)
+    with torch.no_grad():
+        return linear.quant_method.apply(linear, eye, bias=None).t().contiguous()
+
+
 def attention_layers(model) -> dict[int, object]:
     """The model's vLLM ``Attention`` modules by decoder-layer index."""
     attention = attention_class()
@@ -125,29 +142,51 @@ def attention_layers(model) -> dict[int, object]:
 
 
 # -- the CPU backend's KV layout -------------------------------------------------------------------
-def cpu_kv_view(kv_cache: torch.Tensor) -> torch.Tensor:
-    """A layer's CPU cache as ``[num_blocks, H_kv, 2, block_size, head_size]`` (keys at ``[:, :, 0]``)."""
+#: the CPU kernels' instruction sets whose block interior was checked against transformers' keys
+CHECKED_ISAS = ("vec",)
+
+
+def check_cpu_isa(isa: str) -> None:
+    """Refuse a CPU attention ISA whose block interior has not been checked (one sentence)."""
+    if isa not in CHECKED_ISAS:
+        raise ValueError(
+            f"the plugin reads the CPU attention cache as laid out by the {', '.join(CHECKED_ISAS)} kernels; "
+            f"this machine's kernels are {isa!r}, whose layout has not been checked"
+        )
+
+
+def cpu_blocks(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer's CPU cache as keys ``[blocks, H_kv, d, block_size]`` and values ``[blocks, H_kv, block_size, d]``.
+
+    Per block and KV head the cache holds ``block_size * d`` key entries, then as many value
+    entries; the keys are stored dimension-major (token fastest), the values token-major.
+    """
+    if not kv_cache.is_contiguous():  # another KVCacheLayout than the CPU backend's LBHNC
+        raise ValueError("the CPU backend's KV cache was expected contiguous [blocks, H_kv, block_size, 2d]")
     num_blocks, heads, block_size, twice = kv_cache.shape
-    return kv_cache.view(num_blocks, heads, 2, block_size, twice // 2)
+    d = twice // 2
+    halves = kv_cache.view(num_blocks, heads, 2, block_size * d)
+    return halves[:, :, 0].view(num_blocks, heads, d, block_size), halves[:, :, 1].view(num_blocks, heads, block_size, d)
 
 
 def read_kv_cpu(kv_cache: torch.Tensor, blocks: list[int], length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys and values ``[1, H_kv, length, d]`` of a request's first ``length`` slots."""
-    view = cpu_kv_view(kv_cache)
+    key_blocks, value_blocks = cpu_blocks(kv_cache)
     index = torch.tensor(blocks, dtype=torch.long, device=kv_cache.device)
-    picked = view.index_select(0, index)  # [blocks, H_kv, 2, block_size, d]
-    picked = picked.permute(2, 1, 0, 3, 4).reshape(2, view.shape[1], -1, view.shape[-1])[:, :, :length]
-    return picked[0][None], picked[1][None]
+    keys = key_blocks.index_select(0, index).permute(1, 0, 3, 2)  # [H_kv, blocks, block_size, d]
+    values = value_blocks.index_select(0, index).transpose(0, 1)
+    heads, d = keys.shape[0], keys.shape[-1]
+    return keys.reshape(heads, -1, d)[None, :, :length], values.reshape(heads, -1, d)[None, :, :length]
 
 
 def write_kv_cpu(kv_cache: torch.Tensor, blocks: list[int], keys: torch.Tensor, values: torch.Tensor) -> None:
     """Write ``[1, H_kv, m, d]`` keys and values to a request's first ``m`` slots."""
-    view = cpu_kv_view(kv_cache)
-    block_size = view.shape[3]
+    key_blocks, value_blocks = cpu_blocks(kv_cache)
+    block_size = value_blocks.shape[2]
     m = keys.shape[-2]
     slots = torch.arange(m, device=kv_cache.device)
     block = torch.tensor(blocks, dtype=torch.long, device=kv_cache.device)[slots // block_size]
     offset = slots % block_size
-    for which, data in ((0, keys), (1, values)):
-        # advanced indices on dims 0 and 3 with a slice between: result dims [m, H_kv, d]
-        view[block, :, which, offset] = data[0].transpose(0, 1).to(view.dtype)
+    # advanced indices on dims 0 and 2 or 3, a slice between: the indexed result is [m, H_kv, d]
+    key_blocks[block, :, :, offset] = keys[0].transpose(0, 1).to(kv_cache.dtype)
+    value_blocks[block, :, offset] = values[0].transpose(0, 1).to(kv_cache.dtype)

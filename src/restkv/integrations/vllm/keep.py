@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..._compat import vllm as compat
 from ...blocks import block_positions
 
 
@@ -30,7 +31,7 @@ class LayerInfo:
         impl = attention.impl
         softcap = getattr(impl, "logits_soft_cap", None) or None  # vLLM stores "none" as 0
         return cls(
-            attention, parent.o_proj.weight, attention.num_heads, attention.head_size, float(impl.scale), softcap
+            attention, compat.linear_weight(parent.o_proj), attention.num_heads, attention.head_size, float(impl.scale), softcap
         )
 
 

@@ -116,6 +116,7 @@ class RunnerObserver:
             blocks = compat.block_ids(self.runner, request_id)
             kept = {}
             for index, info in sorted(self.layers.items()):
+                compat.check_cpu_isa(getattr(info.module, "isa", None))
                 keys, values = compat.read_kv_cpu(info.module.kv_cache, blocks, n)
                 q = torch.cat(queries[index], dim=-2).to(keys.dtype)
                 kept[index] = kept_indices(setting, q, keys, values, info, (index, len(self.layers)))[0][0]
