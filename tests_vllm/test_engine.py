@@ -125,8 +125,9 @@ def test_kept_indices_match_restkv_on_transformers(llm, prompts, model_path):
             overlaps.append(len(mine & theirs) / BUDGET)
             exact += mine == theirs
     print(f"kept sets equal in {exact}/{len(overlaps)} (layer, head) pairs; mean overlap {sum(overlaps) / len(overlaps):.4f}")
-    assert sum(overlaps) / len(overlaps) >= 0.97
-    assert exact >= 0.8 * len(overlaps)
+    # 90/90 equal on this machine; a near-tie may flip elsewhere
+    assert sum(overlaps) / len(overlaps) >= 0.99
+    assert exact >= 0.95 * len(overlaps)
 
 
 def test_a_request_naming_an_unobserving_method_is_refused(llm, prompts):
