@@ -29,7 +29,7 @@ def test_an_observing_method_builds_its_press():
     [
         ({"method": "restkv", "budget": 64}, "observe_only=true"),
         ({"method": "nope"}, "unknown method 'nope'"),
-        ({**OBSERVE, "allocator": "pyramid"}, "only the uniform allocator"),
+        ({**OBSERVE, "allocator": "pyramid"}, "uniform allocator only"),
         ({**OBSERVE, "bogus": 1}, "no parameter bogus"),
         ({"method": "full", "budget": 3}, "full takes no parameters"),
         ({**OBSERVE, "decode_budget": 48}, "does not support decode_budget"),

@@ -29,7 +29,9 @@ from .adapters import resident_weight
 from .cache import VarlenLayer, cache_entries, fork_cache
 from .checks import check_int
 from .generation import decode, eos_ids, forward_step, prefill
+from .options import check
 from .press import KVPress, get_press
+from .probes import probe_for
 from .state import LayerState, SequenceState, get_state, set_state
 from .version import __version__
 
@@ -143,22 +145,20 @@ def compress_context(
 
     Args:
         press: e.g. ``get_press("restkv", budget=256)``; None keeps the full cache. Its
-            observation window is the end of the context, so ``window_size="auto"`` (the
-            question as window) is refused. With ``chunk_size`` the context streams in chunks.
+            observation window is the end of the context, or, with ``probe="reconstruct"``, the
+            context re-read after a repeat instruction (:mod:`restkv.probes`); so
+            ``window_size="auto"`` (the question as window) is refused. With ``chunk_size`` the
+            context streams in chunks.
         chat: wrap context and questions in the tokenizer's chat template when it has one.
         progress: a bar over the chunks of a chunked prefill.
     """
     press = press or KVPress(None)
-    if press.window_range is not None:
-        raise ValueError(
-            'compress_context compresses without the question, so window_size="auto" (the question as the '
-            "observation window) does not apply; use a fixed window_size"
-        )
+    check("query-agnostic", press)
     ids, suffix = split_prompt(tokenizer, context, chat)
     cache = DynamicCache(config=model.config)
     start = time.perf_counter()
     with press(model):
-        prefill(model, ids.to(model.device), cache, press.chunk_size, progress)
+        prefill(model, ids.to(model.device), cache, press.chunk_size, progress, probe=probe_for(press, tokenizer, ids))
     return CompressedContext(model, tokenizer, press, cache, ids, suffix, time.perf_counter() - start)
 
 
@@ -219,7 +219,6 @@ def _state_to_dict(state: SequenceState | None) -> dict | None:
         "prompt_mask": state.prompt_mask,
         "budgets": state.budgets,
         "memory": state.memory,
-        "prompt_length": state.prompt_length,
     }
 
 
@@ -233,5 +232,4 @@ def _state_from_dict(data: dict | None) -> SequenceState | None:
         prompt_mask=data["prompt_mask"],
         budgets=data["budgets"],
         memory=data["memory"],
-        prompt_length=data["prompt_length"],
     )

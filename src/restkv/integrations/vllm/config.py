@@ -85,26 +85,12 @@ def _parse(key: str, where: str) -> Setting:
 
 
 def check_press(press, where: str) -> None:
-    """Presses a compression after prefill inside vLLM cannot run, in one sentence."""
-    if press.allocator != "uniform":
-        raise ValueError(
-            f"{where}: vLLM shares one block table across layers, so only the uniform allocator works, "
-            f"got {press.allocator!r}"
-        )
-    unsupported = [
-        name
-        for name, on in (
-            ("decode_budget", press.decode_budget is not None),
-            ("chunk_size", press.chunk_size is not None),
-            ('window_size="auto"', press.window_range is not None),
-            ("rerotate", press.rerotate),
-        )
-        if on
-    ]
-    if unsupported:
-        raise ValueError(f"{where}: the vLLM plugin does not support {unsupported[0]} (it compresses once, after prefill)")
-    if press.scorer.query_span == "all":
-        raise ValueError(f"{where}: {press.name} reads every prompt query; the plugin keeps only the window's")
+    """Presses a compression after prefill cannot serve: the serving rules of :mod:`restkv.options`."""
+    from ...options import refusal
+
+    sentence = refusal("serving", press)
+    if sentence is not None:
+        raise ValueError(f"{where}: {sentence}")
 
 
 def engine_refusal(vllm_config) -> str | None:

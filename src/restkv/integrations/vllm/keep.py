@@ -1,9 +1,5 @@
-"""What a compression keeps of one layer: the single place the plugin calls the scorer API.
-
-This mirrors ``restkv.serve.paged``'s selection (token-level ``scorer.select``, or block-aligned
-``restkv.blocks.block_positions``) until the pipeline's own ``keep`` lands; then this function
-becomes a call to it.
-"""
+"""What a compression keeps of one vLLM layer: the plugin's one call into :mod:`restkv.keep`
+(the scorer's selection or whole blocks, then the method's value hook and the gather)."""
 
 from __future__ import annotations
 
@@ -12,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..._compat import vllm as compat
-from ...blocks import block_positions
+from ...keep import Blocks, kept_entries, kept_positions
 
 
 @dataclass(frozen=True)
@@ -36,20 +32,14 @@ class LayerInfo:
 
 
 def kept_indices(setting, queries, keys, values, info: LayerInfo, position: tuple[int, int]):
-    """Kept positions ``[1, H_kv, kept]`` (sorted) and the values to store there ``[1, H_kv, n, d]``.
+    """Kept positions ``[1, H_kv, kept]`` (sorted) and the keys and values kept there ``[1, H_kv, kept, d]``.
 
     ``queries`` ``[1, H, w, d]`` are the prompt's last ``w`` post-RoPE queries; ``keys`` and
     ``values`` ``[1, H_kv, n, d]`` the prompt's, read back from vLLM's cache.
     """
     press, scorer = setting.press, setting.press.scorer
-    n = keys.shape[-2]
-    budget = setting.budget(n)
-    context = {"o_proj": info.o_proj, "scaling": info.scaling, "softcap": info.softcap, "layer": position}
-    if press.block_size is not None:
-        window = min(scorer.window_size, n)
-        scores = scorer.score(queries, keys, values, budget=budget, **context)
-        idx = block_positions(scores, budget, window, press.block_size, press.block_reduce)
-    else:
-        idx = scorer.select(queries, keys, values, budget=budget, **context)
-    kept_values = scorer.kept_values(queries, keys, values, idx, scaling=info.scaling, softcap=info.softcap)
-    return idx, kept_values
+    budget = setting.budget(keys.shape[-2])
+    observed = {"o_proj": info.o_proj, "scaling": info.scaling, "softcap": info.softcap, "layer": position}
+    idx = kept_positions(scorer, queries, keys, values, budget, observed, blocks=Blocks.of(press))
+    new_keys, new_values = kept_entries(idx, keys, values, scorer=scorer, queries=queries, observed=observed)
+    return idx, new_keys, new_values
