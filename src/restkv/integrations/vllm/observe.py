@@ -22,7 +22,7 @@ from collections import deque
 import torch
 
 from ..._compat import vllm as compat
-from . import config
+from .config import Setting, engine_setting, request_setting
 from .keep import LayerInfo, kept_indices
 
 #: the last requests' kept indices: (request id, prompt length, {layer: [H_kv, kept]})
@@ -46,15 +46,15 @@ class RunnerObserver:
 
     def __init__(self, runner):
         self.runner = runner
-        self.default = config.engine_setting(runner.vllm_config)
+        self.default = engine_setting(runner.vllm_config)
         self.layers: dict[int, LayerInfo] | None = None
         self.window_rows: list[tuple[str, int, int]] = []
         self.finishing: list[str] = []
         self.queries: dict[str, dict[int, list[torch.Tensor]]] = {}
 
-    def setting(self, request_id: str) -> config.Setting:
+    def setting(self, request_id: str) -> Setting:
         state = compat.request_state(self.runner, request_id)
-        return config.request_setting(state.sampling_params, self.default)
+        return request_setting(state.sampling_params, self.default)
 
     def hook_model(self) -> None:
         if self.layers is not None:
