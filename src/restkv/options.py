@@ -20,8 +20,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from transformers.cache_utils import BaseQuantizedLayer, DynamicLayer
+from transformers.cache_utils import DynamicLayer
 
+from ._compat.transformers_layers import BaseQuantizedLayer
 from .adapters import attention_modules, is_sliding
 from .blocks import min_block_budget
 from .cache import VarlenLayer

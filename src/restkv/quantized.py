@@ -21,9 +21,10 @@ import copy
 
 import torch
 from transformers import QuantizedCache
-from transformers.cache_utils import BaseQuantizedLayer, DynamicLayer, HQQQuantizedLayer, QuantoQuantizedLayer
+from transformers.cache_utils import DynamicLayer, HQQQuantizedLayer, QuantoQuantizedLayer
 
 from ._compat.transformers_cache import quantized_keys_shape, quantized_payload
+from ._compat.transformers_layers import BaseQuantizedLayer
 from .state import get_state, set_state
 
 #: bits each backend offers (transformers' own limits, so an unsupported pair is refused up front)

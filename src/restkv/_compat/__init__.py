@@ -16,6 +16,8 @@ package touches a private name of transformers, torch, lm-eval, accelerate or uv
 * :mod:`.lm_eval` -- lm-eval's ``HFLM``, whose private generation method the harness overrides
 * :mod:`.accelerate_hooks` -- accelerate's offloading hook on a module
 * :mod:`.uvicorn_server` -- the port a started uvicorn server listens on
+* :mod:`.vllm` -- vLLM's engine arguments, input processor, V1 model runner and CPU KV layout
+* :mod:`.transformers_layers` -- the quantized cache layer's base class under its names across versions
 
 This package is the lowest layer: it imports nothing else of restkv's.
 """

