@@ -6,9 +6,8 @@ import sys
 
 
 def main(model: str, prompts_file: str, out_file: str) -> None:
-    from vllm import LLM, SamplingParams
-
     from engine_settings import ENGINE, SAMPLING
+    from vllm import LLM, SamplingParams
 
     prompts = json.load(open(prompts_file))
     llm = LLM(model=model, **ENGINE)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from engine_settings import ENGINE, SAMPLING
 
 HERE = Path(__file__).parent
