@@ -129,6 +129,8 @@ class Engine:
     # -- the shared prefill -----------------------------------------------------------------
     @torch.inference_mode()
     def prefill(self, input_ids: torch.Tensor) -> PrefillRecord:
+        """Prefill ``input_ids`` once with the full cache, recording the queries the scorers read
+        (each layer's last ``window`` queries, or all of them when a scorer needs every query)."""
         n = input_ids.shape[1]
         span = n if self.needs_all_queries else min(self.window, n)
         queries: dict[int, torch.Tensor] = {}
