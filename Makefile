@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint clean
+.PHONY: demo test docs lint clean
 
 $(BIN)/restkv: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,12 @@ demo: $(BIN)/restkv
 test: $(BIN)/restkv
 	$(BIN)/python -m pytest
 
+# the documentation site into site/; --strict fails on a broken link or an undocumented public object
+docs: $(BIN)/restkv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
+
 lint: $(BIN)/restkv
 	$(BIN)/pip install -q ruff && $(BIN)/ruff check src tests
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site
