@@ -67,7 +67,7 @@ def test_several_questions_share_one_compression_and_answer_as_if_alone():
 
 def test_an_auto_window_needs_the_question_and_is_refused():
     engine = Engine(tiny_model("llama"), [MethodConfig.make("restkv", 24, window_size="auto")])
-    with pytest.raises(ValueError, match="window_size=auto takes the question"):
+    with pytest.raises(ValueError, match="window_size=\"auto\" takes the question"):
         engine.run_agnostic(prompt_ids(50), [(prompt_ids(5), 3)])
 
 

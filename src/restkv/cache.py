@@ -215,9 +215,7 @@ def select_rows(cache, rows: list[int]) -> bool:
         def pick(t):
             return None if t is None else t.index_select(0, index.to(t.device))
 
-        state.next_pos, state.prompt_mask, state.next_after = map(
-            pick, (state.next_pos, state.prompt_mask, state.next_after)
-        )
+        state.next_pos, state.prompt_mask = pick(state.next_pos), pick(state.prompt_mask)
         # new records, not edits: forks of this cache share the old ones
         state.layers = {i: dataclasses.replace(ls, valid=pick(ls.valid)) for i, ls in state.layers.items()}
         state.memory = {i: pick(m) for i, m in state.memory.items()}

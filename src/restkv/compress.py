@@ -13,11 +13,11 @@ import torch
 
 from .adapters import LayerContext, is_sliding
 from .attention import sharing
-from .blocks import block_positions
 from .budgets import layer_budgets
 from .cache import VarlenLayer
-from .decode_eviction import context_of, reindexed_keys, remember
-from .scorers.base import top_positions
+from .decode_eviction import context_of, remember
+from .keep import Blocks, Reindex, keep, kept_positions, record_uncompressed
+from .plan import PrefillStep
 from .select import head_adaptive_positions
 from .state import LayerState, PressStats, SequenceState
 
@@ -56,6 +56,7 @@ class _Job:
     queries: torch.Tensor
     state: SequenceState
     memo: dict | None
+    step: PrefillStep | None = None
 
     @property
     def key_mask(self) -> torch.Tensor | None:
@@ -63,12 +64,14 @@ class _Job:
         mask = self.state.prompt_mask
         return None if mask is None else mask.to(self.queries.device)
 
-    def observed(self, budget: int) -> dict:
-        return {"budget": budget, "key_mask": self.key_mask, **self.context.scorer_kwargs()}
+    @property
+    def observed(self) -> dict:
+        """What the scorer reads besides the tensors and the budget."""
+        return {"key_mask": self.key_mask, **self.context.scorer_kwargs()}
 
     def scores(self, keys, values, budget: int) -> torch.Tensor:
         """``scorer.score``, computed once per layer for scorers whose scores ignore the budget."""
-        compute = lambda: self.scorer.score(self.queries, keys, values, **self.observed(budget))  # noqa: E731
+        compute = lambda: self.scorer.score(self.queries, keys, values, budget=budget, **self.observed)  # noqa: E731
         if self.memo is None or self.scorer.budget_dependent:
             return compute()
         key = (type(self.scorer), tuple(sorted(self.scorer.params().items())), self.context.index)
@@ -86,6 +89,7 @@ def compress_layer(
     stats: PressStats,
     memo: dict | None = None,
     inv_freq: torch.Tensor | None = None,
+    step: PrefillStep | None = None,
 ) -> None:
     """Shrink the layer's cache to its planned budget (in place, or by a per-head-length layer).
 
@@ -94,9 +98,10 @@ def compress_layer(
     passes the same to every configuration) shares scores that do not depend on the budget
     between budgets, and, under its :data:`SHARED_ATTENTION` entry, observation attention
     computed on the same queries and keys between methods (:func:`restkv.attention.sharing`).
-    ``inv_freq`` (the layer's rotary frequencies) is needed with ``press.rerotate``.
+    ``inv_freq`` (the layer's rotary frequencies) is needed with ``press.rerotate``, and then
+    ``step`` (the forward's, or the engine's compression's) receives the next position.
     """
-    job = _Job(press, effective_scorer(press, state), context_of(module, state, inv_freq), queries, state, memo)
+    job = _Job(press, effective_scorer(press, state), context_of(module, state, inv_freq), queries, state, memo, step)
     index = job.context.index
     layer = cache.layers[index]
     kv_heads, n = layer.keys.shape[1], layer.keys.shape[-2]
@@ -105,7 +110,7 @@ def compress_layer(
     if n <= budget:
         # nothing to evict, but the layer is registered so decoding builds its mask like the others'
         stats.entries_per_layer[index] = n * kv_heads
-        state.layers[index] = LayerState(prompt_tokens=n, kept=n, valid=_kept_valid(state, None, kv_heads))
+        record_uncompressed(state, index, n, kv_heads)
         remember(press, job.scorer, queries, layer.keys, None, job.context, state)
         return
     with sharing(None if memo is None else memo.setdefault(SHARED_ATTENTION, {})):
@@ -113,41 +118,25 @@ def compress_layer(
 
 
 def _keep_dense(job: _Job, cache, budget: int, stats: PressStats) -> None:
-    """Every KV head keeps ``budget`` entries; the layer stays a dense tensor."""
+    """Every KV head keeps ``budget`` entries (or fewer, as whole blocks); the layer stays dense."""
     index, scorer = job.context.index, job.scorer
     layer = cache.layers[index]
     keys, values = layer.keys, layer.values
-    kv_heads, n = keys.shape[1], keys.shape[-2]
     row_budgets = None
     if job.press.compression_ratio is not None and job.state.prompt_mask is not None:
         row_budgets = _row_budgets(job, budget)
-    if job.press.block_size is not None:  # whole blocks shared by the layer's heads (the rows share the budget)
-        window = min(scorer.window_size, n)
-        idx = block_positions(job.scores(keys, values, budget), budget, window, job.press.block_size,
-                              job.press.block_reduce)  # fmt: skip
-    elif row_budgets is not None and len(set(row_budgets)) > 1:
-        idx = _select_per_row(job, keys, values, budget, row_budgets)
-    elif job.memo is not None and not scorer.budget_dependent:
-        idx = top_positions(job.scores(keys, values, budget), budget)
-    else:
-        idx = scorer.select(job.queries, keys, values, **job.observed(budget))
-    ctx = job.context
-    values = scorer.kept_values(
-        job.queries, keys, values, idx, scaling=ctx.scaling, key_mask=job.key_mask, softcap=ctx.softcap
-    )
-    gather = idx[..., None].expand(-1, -1, -1, keys.shape[-1])
-    if job.state.origins is not None:
-        job.state.origins.update(index, n, idx)
-    if job.press.rerotate:
-        target = max(job.state.budgets.values())
-        layer.keys, job.state.next_after = reindexed_keys(keys, idx, job.state, ctx, target)
-    else:
-        layer.keys = keys.gather(2, gather)
-    layer.values = values.gather(2, gather)
-    kept = idx.shape[-1]  # the budget, or less when whole blocks are kept
-    stats.entries_per_layer[index] = kept * kv_heads
-    job.state.layers[index] = LayerState(prompt_tokens=n, kept=kept, valid=_kept_valid(job.state, idx, kv_heads))
-    remember(job.press, scorer, job.queries, keys, idx, ctx, job.state)
+    shared = job.memo is not None and not scorer.budget_dependent
+    blocks = Blocks.of(job.press)
+    scores = job.scores(keys, values, budget) if blocks is not None or shared else None
+    observed = job.observed
+    idx = kept_positions(scorer, job.queries, keys, values, budget, observed, scores=scores, blocks=blocks,
+                         row_budgets=row_budgets)  # fmt: skip
+    reindex = Reindex(max(job.state.budgets.values())) if job.press.rerotate else None
+    keep(layer, idx, job.state, job.context, scorer=scorer, queries=job.queries, observed=observed, reindex=reindex)
+    if reindex is not None:
+        job.step.next_after = reindex.next_after
+    stats.entries_per_layer[index] = idx.shape[-1] * keys.shape[1]  # the budget, or less as whole blocks
+    remember(job.press, scorer, job.queries, keys, idx, job.context, job.state)
 
 
 def _keep_per_head(job: _Job, cache, budget: int, stats: PressStats) -> None:
@@ -174,18 +163,6 @@ def _row_budgets(job: _Job, budget: int) -> list[int]:
     real = job.state.prompt_mask.sum(-1).tolist()
     return [min(layer_budgets(press.allocator, n, count, None, press.compression_ratio, window)[position], budget)
             for n in real]  # fmt: skip
-
-
-def _select_per_row(job: _Job, keys, values, budget: int, row_budgets: list[int]) -> torch.Tensor:
-    """Each row selects its own budget as if alone, then is topped up to the layer's ``budget``
-    with its (left) padding, which stays masked (``_kept_valid``)."""
-    rows = []
-    for r, own in enumerate(row_budgets):
-        observed = {**job.observed(own), "key_mask": job.key_mask[r : r + 1]}
-        idx = job.scorer.select(job.queries[r : r + 1], keys[r : r + 1], values[r : r + 1], **observed)
-        padding = torch.arange(budget - own, device=idx.device).expand(1, idx.shape[1], -1)
-        rows.append(torch.cat([padding, idx], dim=-1))
-    return torch.cat(rows)
 
 
 #: how a layer keeps its entries, by allocator (the allocator decides how many per layer and head)

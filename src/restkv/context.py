@@ -29,6 +29,7 @@ from .adapters import resident_weight
 from .cache import VarlenLayer, cache_entries, fork_cache
 from .checks import check_int
 from .generation import decode, eos_ids, forward_step, prefill
+from .options import check
 from .press import KVPress, get_press
 from .state import LayerState, SequenceState, get_state, set_state
 from .version import __version__
@@ -150,11 +151,7 @@ def compress_context(
         progress: a bar over the chunks of a chunked prefill.
     """
     press = press or KVPress(None)
-    if press.window_range is not None:
-        raise ValueError(
-            'compress_context compresses without the question, so window_size="auto" (the question as the '
-            "observation window) does not apply; use a fixed window_size"
-        )
+    check("query-agnostic", press)
     ids, suffix = split_prompt(tokenizer, context, chat)
     cache = DynamicCache(config=model.config)
     start = time.perf_counter()
@@ -220,7 +217,6 @@ def _state_to_dict(state: SequenceState | None) -> dict | None:
         "prompt_mask": state.prompt_mask,
         "budgets": state.budgets,
         "memory": state.memory,
-        "prompt_length": state.prompt_length,
     }
 
 
@@ -234,5 +230,4 @@ def _state_from_dict(data: dict | None) -> SequenceState | None:
         prompt_mask=data["prompt_mask"],
         budgets=data["budgets"],
         memory=data["memory"],
-        prompt_length=data["prompt_length"],
     )

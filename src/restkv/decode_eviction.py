@@ -28,7 +28,9 @@ import dataclasses
 import torch
 
 from .adapters import LayerContext, last_queries, layer_context, project_queries, rotate_keys
-from .state import LayerState, SequenceState
+from .keep import Reindex, keep, kept_positions
+from .plan import PrefillStep
+from .state import SequenceState
 
 
 def context_of(module, state: SequenceState, inv_freq: torch.Tensor | None = None) -> LayerContext:
@@ -41,15 +43,17 @@ def remember(press, scorer, queries, keys, kept, context: LayerContext, state: S
         state.memory[context.index] = scorer.remember(queries, keys, kept, context)
 
 
-def evict_step(press, module, layer, hidden, position_embeddings, state: SequenceState, inv_freq=None) -> None:
+def evict_step(press, module, layer, hidden, position_embeddings, state: SequenceState, step: PrefillStep,
+               inv_freq=None) -> None:  # fmt: skip
     """After a decoding step's attention: update this layer's memory and evict if due."""
     query = project_queries(module, hidden, position_embeddings)  # [b, H, 1, d]
-    observe_and_evict(press, module, layer, query, state, inv_freq)
+    observe_and_evict(press, module, layer, query, state, inv_freq, step)
 
 
-def observe_and_evict(press, module, layer, query, state: SequenceState, inv_freq=None) -> None:
+def observe_and_evict(press, module, layer, query, state: SequenceState, inv_freq=None, step=None) -> None:
     """Feed this step's post-rotary ``query`` ``[b, H, 1, d]`` to the layer's memory and evict if
-    due (the static decoder calls this between steps, with the query its attention recorded)."""
+    due (the static decoder calls this between steps, with the query its attention recorded;
+    ``step`` is the forward's, where re-indexing leaves the next position)."""
     scorer, context = press.scorer, context_of(module, state, inv_freq)
     memory = scorer.observe_step(state.memory[context.index], query, layer.keys, context)
     state.memory[context.index] = memory
@@ -58,10 +62,14 @@ def observe_and_evict(press, module, layer, query, state: SequenceState, inv_fre
     idx, state.memory[context.index] = scorer.decode_select(
         memory, layer.keys, layer.values, press.decode_budget, context
     )
-    keep(layer, idx, state, context, press.rerotate, target=press.decode_budget)
+    reindex = Reindex(press.decode_budget) if press.rerotate else None
+    keep(layer, idx, state, context, reindex=reindex, prompt=False)
+    if reindex is not None:
+        step.next_after = reindex.next_after
 
 
-def recompress_chunk(press, scorer, module, layer, hidden, position_embeddings, state, inv_freq=None) -> None:
+def recompress_chunk(press, scorer, module, layer, hidden, position_embeddings, state, step: PrefillStep,
+                     inv_freq=None) -> None:  # fmt: skip
     """Chunked prefill: after a chunk's attention, cut the layer back to its budget.
 
     Without a probe, the chunk's last ``window_size`` queries are the observation window (all
@@ -70,84 +78,27 @@ def recompress_chunk(press, scorer, module, layer, hidden, position_embeddings, 
     the window, ``budget`` entries are kept among the others, and the probe is dropped.
     """
     context = context_of(module, state, inv_freq)
-    budget, probe = state.budgets[context.index], state.probe
+    budget, probe = state.budgets[context.index], step.probe
     chunk = hidden.shape[1]
     if probe or scorer.window_size > chunk:
         scorer = dataclasses.replace(scorer, window_size=probe or chunk)
     keys = layer.keys
     queries = last_queries(module, hidden, position_embeddings, scorer.query_count(chunk))
     context_tokens = keys.shape[-2] - probe
+    observed = context.scorer_kwargs()
     idx = None
     if context_tokens > budget:
-        idx = scorer.select(queries, keys, layer.values, budget=budget + probe, **context.scorer_kwargs())
+        idx = kept_positions(scorer, queries, keys, layer.values, budget + probe, observed)
         idx = idx[..., : idx.shape[-1] - probe]  # the window is the probe: drop it
     elif probe or press.rerotate:
         idx = torch.arange(context_tokens, device=keys.device).expand(*keys.shape[:2], context_tokens)
     if idx is not None:
-        keep(layer, idx, state, context, press.rerotate, probe=probe, target=max(state.budgets.values()))
+        reindex = Reindex(max(state.budgets.values())) if press.rerotate else None
+        keep(layer, idx, state, context, scorer=scorer, queries=queries, observed=observed, reindex=reindex,
+             probe=probe, prompt=step.streaming)  # fmt: skip
+        if reindex is not None:
+            step.next_after = reindex.next_after
     remember(press, scorer, queries, keys, idx, context, state)
-
-
-def keep(
-    layer,
-    idx: torch.Tensor,
-    state: SequenceState,
-    context: LayerContext,
-    rerotate: bool,
-    *,
-    target: int,
-    probe: int = 0,
-):
-    """Keep ``idx`` ``[b, H_kv, k]`` of the layer's entries (the last ``probe`` are a probe, dropped).
-
-    With ``rerotate``, the kept keys move to contiguous positions ending right before the new
-    next position, ``min(context end, target)``; every compressed layer computes the same one.
-    """
-    keys = None
-    if state.origins is not None:
-        state.origins.update(context.index, layer.keys.shape[-2], idx, probe, prompt=state.streaming)
-    if rerotate:
-        keys, state.next_after = reindexed_keys(layer.keys, idx, state, context, target, probe)
-    shrink(layer, idx, state, context.index, idx.shape[-1], keys)
-
-
-def reindexed_keys(keys, idx, state: SequenceState, context: LayerContext, target: int, probe: int = 0):
-    """The kept keys at their new contiguous positions, and the new next position ``[b]``.
-
-    Entries of a re-indexed cache always sit at contiguous positions ending right before the
-    next one, so entry ``i`` of ``n`` is at ``end - n + i``.
-    """
-    if context.inv_freq is None:
-        raise ValueError("rerotate needs the layer's rotary frequencies")
-    end = state.next_pos
-    if end is None or bool((end != end[0]).any()):
-        raise ValueError("rerotate needs one next position for every batch row (no padded batches)")
-    end, n, k = int(end[0]), keys.shape[-2], idx.shape[-1]
-    new_end = min(end - probe, target)
-    delta = (new_end - k + torch.arange(k, device=idx.device)) - (end - n + idx)
-    gathered = keys.gather(2, idx[..., None].expand(-1, -1, -1, keys.shape[-1]))
-    return rotate_keys(gathered, delta, context.inv_freq), torch.full_like(state.next_pos, new_end)
-
-
-def shrink(layer, idx: torch.Tensor, state, index: int, kept: int, keys: torch.Tensor | None = None) -> None:
-    """Keep ``idx`` ``[b, H_kv, kept]`` of the layer's entries and update its mask state.
-
-    ``keys``: the kept keys when the caller already gathered (and moved) them.
-    """
-    old_keys, values = layer.keys, layer.values
-    n = old_keys.shape[-2]
-    gather = idx[..., None].expand(-1, -1, -1, old_keys.shape[-1])
-    layer.keys = old_keys.gather(2, gather) if keys is None else keys
-    layer.values = values.gather(2, gather)
-    old = state.layers.get(index)
-    valid = None
-    if old is not None and old.valid is not None:  # entries appended since the last compression are real tokens
-        full = torch.ones(*old.valid.shape[:2], n, dtype=torch.bool, device=old.valid.device)
-        full[..., : old.kept] = old.valid
-        valid = full.gather(2, idx)
-        valid = None if bool(valid.all()) else valid
-    prompt_tokens = old.prompt_tokens if old is not None else n
-    state.layers[index] = LayerState(prompt_tokens=prompt_tokens, kept=kept, valid=valid)
 
 
 def sliding_layers(cache) -> list[tuple[int, object]]:
@@ -156,21 +107,20 @@ def sliding_layers(cache) -> list[tuple[int, object]]:
     return [(index, layer) for index, layer in enumerate(cache.layers) if getattr(layer, "is_sliding", False)]
 
 
-def settle(cache, state: SequenceState, frequencies: dict[int, torch.Tensor]) -> None:
+def settle(cache, state: SequenceState, step: PrefillStep, frequencies: dict[int, torch.Tensor]) -> None:
     """After a forward (or an engine compression): drop a probe from the sliding layers, move
     them like the compressed ones if keys were re-indexed, and set the next position."""
-    if not state.probe and state.next_after is None:
+    if not step.probe and step.next_after is None:
         return
-    end = state.next_pos - state.probe  # the probe's positions are reused by what comes next
-    shift = 0 if state.next_after is None else int(state.next_after[0] - end[0])
+    end = state.next_pos - step.probe  # the probe's positions are reused by what comes next
+    shift = 0 if step.next_after is None else int(step.next_after[0] - end[0])
     for index, layer in sliding_layers(cache):
         if layer.keys is None:
             continue
-        drop_probe(layer, state.probe)
+        drop_probe(layer, step.probe)
         if shift:
             layer.keys = rotate_keys(layer.keys, torch.full(layer.keys.shape[-2:-1], shift), frequencies[index])
-    state.next_pos = end if state.next_after is None else state.next_after
-    state.probe, state.next_after = 0, None
+    state.next_pos = end if step.next_after is None else step.next_after
 
 
 def drop_probe(layer, probe: int) -> None:

@@ -15,6 +15,7 @@ from transformers import DynamicCache
 
 from .cache import cache_entries
 from .checks import check_int
+from .plan import STEP_KEYWORD, PrefillPlan
 from .press import KVPress
 from .state import ensure_state, get_state
 from .static_decode import check_compile, decodes_static, static_greedy
@@ -73,36 +74,22 @@ def prefill(
     every chunk is compressed back to the budget before the next one, so memory stays bounded
     whatever the prompt length. With ``question_tokens`` (the prompt's last tokens, its
     question), the question is kept out of the chunks: it follows each chunk as a probe whose
-    queries choose what that chunk leaves behind, and is fed for real after the last chunk.
-    Positions come from the press's state (they differ from token counts once keys are
-    re-indexed). Only the last position's logits are computed: a full ``[n, vocab]`` logits
-    tensor would dominate memory at long contexts.
+    queries choose what that chunk leaves behind, and is fed for real after the last chunk
+    (:class:`restkv.plan.PrefillPlan` lays the forwards out; each carries its step to the
+    press's hooks). Positions come from the press's state (they differ from token counts once
+    keys are re-indexed). Only the last position's logits are computed: a full
+    ``[n, vocab]`` logits tensor would dominate memory at long contexts.
     """
-    n = input_ids.shape[1]
-    step = chunk_size or n
-    question = question_tokens if chunk_size else 0
-    if question and n - question <= chunk_size:  # the context fits one chunk: one pass, question as window
-        question, step = 0, n
-    context, probe = input_ids[:, : n - question], input_ids[:, n - question :]
-    starts = range(0, context.shape[1], step)
-    state = ensure_state(cache)
-    state.prompt_length, state.streaming = n, len(starts) > 1
-    if progress and len(starts) > 1:
+    plan = PrefillPlan(chunk_size, question_tokens)
+    forwards = plan.forwards(input_ids)
+    count = plan.count(input_ids.shape[1])
+    if progress and count > 1:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc="prefill", unit="chunk")
+        forwards = tqdm(forwards, total=count, desc="prefill", unit="chunk")
     logits = None
-    try:
-        for start in starts:
-            chunk = context[:, start : start + step]
-            if question:
-                chunk, state.probe = torch.cat([chunk, probe], dim=1), question
-            logits = forward_step(model, cache, chunk, start, logits_to_keep=1)
-        state.streaming = False
-        if question:
-            logits = forward_step(model, cache, probe, context.shape[1], logits_to_keep=1)
-    finally:
-        state.streaming, state.probe = False, 0
+    for ids, start, step in forwards:
+        logits = forward_step(model, cache, ids, start, logits_to_keep=1, **{STEP_KEYWORD: step})
     return logits[:, -1]
 
 

@@ -13,6 +13,7 @@ import importlib
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +127,9 @@ def _from_folder(path, gguf_file=None, dtype=None, device="cpu", attn="auto", tr
 def _convert(entry: EmbeddedModel, target: Path) -> None:
     """Dequantize the GGUF once and save it as a plain transformers folder (atomically)."""
     gguf = entry.gguf_path()
-    print(f"restkv: converting {entry.name} from {gguf.name} once (about a minute); cached in {target}", flush=True)
+    # on stderr: the CLI's stdout is its answer, which must read the same on the first run
+    print(f"restkv: converting {entry.name} from {gguf.name} once (about a minute); cached in {target}",
+          file=sys.stderr, flush=True)  # fmt: skip
     model, tokenizer = _from_folder(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # the dequantized weights are plain tensors; without this transformers refuses to save
     model.config.__dict__.pop("quantization_config", None)

@@ -32,13 +32,15 @@ from .adapters import (
     last_queries,
     rope_frequencies,
 )
-from .blocks import BLOCK_REDUCTIONS, min_block_budget
+from .blocks import BLOCK_REDUCTIONS
 from .budgets import ALLOCATORS, validate_budget
 from .checks import check_choice, check_int, check_optional_int, is_int, is_number
 from .compress import compress_layer, compressed_mask, effective_scorer, plan_budgets
 from .decode_eviction import evict_step, recompress_chunk, settle, sliding_layers
+from .options import check
+from .plan import STEP_KEYWORD, PrefillStep, step_of
 from .profiles import load_profile
-from .quantized import check_press_on_quantized, full_precision_layers, is_quantized, requantize
+from .quantized import full_precision_layers, is_quantized, requantize
 from .scorers import Scorer, get_scorer
 from .state import PressStats, SequenceState, ensure_state, get_state, layer_state
 from .static_decode import StaticDecodeCache
@@ -104,13 +106,11 @@ class KVPress:
         self.allocator = check_choice("allocator", self.allocator or default, ALLOCATORS)
         if self.scorer is not None:
             validate_budget(self.budget, self.compression_ratio, self.scorer.window_size)
-        validate_decode_budget(self)
-        validate_chunking(self)
         if not isinstance(self.rerotate, bool):
             raise ValueError(f"rerotate must be True or False, got {self.rerotate!r}")
-        if self.rerotate and self.allocator == "adakv":
-            raise ValueError("rerotate is not supported with the adakv allocator (per-head lengths)")
-        validate_blocks(self)
+        check_optional_int("block_size", self.block_size, 1)
+        check_choice("block_reduce", self.block_reduce, BLOCK_REDUCTIONS)
+        check("press", self)  # which settings combine: restkv.options
 
     @property
     def name(self) -> str:
@@ -222,10 +222,14 @@ class _Session:
         check_cache(cache)
         fresh = cache.get_seq_length() == 0
         if fresh and is_quantized(cache):  # compress at full precision, quantize what is kept (_after_model)
-            check_press_on_quantized(self.press)
+            check("quantized cache", self.press)
             self.quantized = full_precision_layers(cache)
         state = ensure_state(cache)
         q = tokens.shape[1]
+        # what this forward is reaches every layer with it (a forward without a plan is a whole
+        # prompt in one piece, or a decoding step)
+        step = step_of(kwargs) or PrefillStep(prompt_length=q)
+        kwargs[STEP_KEYWORD] = step
         position_ids = kwargs.get("position_ids")
         if position_ids is None and state.layers and state.next_pos is not None:
             position_ids = state.next_pos[:, None] + torch.arange(q, device=state.next_pos.device)
@@ -239,7 +243,7 @@ class _Session:
         mask = kwargs.get("attention_mask")
         if fresh and isinstance(mask, torch.Tensor) and mask.dim() == 2 and not bool(mask.all()):
             state.prompt_mask = mask[:, -q:].bool()
-        if state.probe:  # sliding layers keep the probe's predecessors until it is cut out again
+        if step.probe:  # sliding layers keep the probe's predecessors until it is cut out again
             for _, layer in sliding_layers(cache):
                 layer.record_past = True
         return args, kwargs
@@ -248,8 +252,9 @@ class _Session:
         """Once every layer has run: drop a probe from sliding layers and settle the next position."""
         cache = _cache_of(kwargs)
         state = get_state(cache)
-        if state is not None:
-            settle(cache, state, self.frequencies)
+        step = step_of(kwargs)
+        if state is not None and step is not None:
+            settle(cache, state, step, self.frequencies)
         if self.quantized is not None:
             requantize(cache, self.quantized)
             self.quantized = None
@@ -276,87 +281,37 @@ class _Session:
         if is_sliding(module, layer) or layer.keys is None:
             return None
         inv_freq = self.frequencies.get(module.layer_idx)
+        step = step_of(kwargs) or PrefillStep(prompt_length=hidden.shape[1])
         if hidden.shape[1] == 1:
             state = get_state(cache)
             if self.press.decode_budget is not None and state is not None and module.layer_idx in state.layers:
-                evict_step(self.press, module, layer, hidden, kwargs["position_embeddings"], state, inv_freq)
+                evict_step(self.press, module, layer, hidden, kwargs["position_embeddings"], state, step, inv_freq)
             return None
         state = ensure_state(cache)
         fresh = layer.get_seq_length() == hidden.shape[1]
-        if not (fresh or state.streaming):
+        if not (fresh or step.streaming):
             return None  # tokens fed after a compressed prompt (a question, teacher forcing) stay
-        self._plan(cache, state, layer.keys.shape[-2] - state.probe)
-        if fresh and not state.probe:
+        self._plan(cache, state, step)
+        if fresh and not step.probe:
             scorer = effective_scorer(self.press, state)
             n = layer.keys.shape[-2]
             queries = last_queries(module, hidden, kwargs["position_embeddings"], scorer.query_count(n))
-            compress_layer(self.press, module, cache, queries, state, self.press.last_stats, inv_freq=inv_freq)
+            compress_layer(self.press, module, cache, queries, state, self.press.last_stats, inv_freq=inv_freq, step=step)
         else:  # a chunk of a streamed prompt (the first one too when it carries a probe)
             recompress_chunk(
-                self.press, self.press.scorer, module, layer, hidden, kwargs["position_embeddings"], state, inv_freq
-            )
+                self.press, self.press.scorer, module, layer, hidden, kwargs["position_embeddings"], state, step,
+                inv_freq,
+            )  # fmt: skip
             kept = layer.keys.shape[-2]
             self.press.last_stats.entries_per_layer[module.layer_idx] = kept * layer.keys.shape[1]
             self.press.last_stats.heads_per_layer[module.layer_idx] = layer.keys.shape[1]
         return None
 
-    def _plan(self, cache, state: SequenceState, n: int) -> None:
+    def _plan(self, cache, state: SequenceState, step: PrefillStep) -> None:
         """Budgets for this prompt, planned once (for the whole prompt when it arrives in chunks)."""
         if state.budgets is None:
-            total = state.prompt_length or n
-            state.budgets = plan_budgets(self.press, self.modules, cache, total)
-            self.press.last_stats = PressStats(prompt_tokens=total)
-
-
-def validate_decode_budget(press: KVPress) -> None:
-    if press.decode_budget is None:
-        return
-    if press.scorer is None:
-        raise ValueError("decode_budget needs an eviction method; the full cache keeps everything")
-    window = press.scorer.window_size
-    if not is_int(press.decode_budget) or press.decode_budget <= window:
-        raise ValueError(
-            f"decode_budget must be an integer larger than window_size ({window}), got {press.decode_budget!r}"
-        )
-    if press.allocator == "adakv":
-        raise ValueError("decode_budget is not supported with the adakv allocator (per-head lengths)")
-
-
-def validate_blocks(press: KVPress) -> None:
-    """Block-aligned mode: a positive block size, a known reduction, and combinations it supports."""
-    check_optional_int("block_size", press.block_size, 1)
-    check_choice("block_reduce", press.block_reduce, BLOCK_REDUCTIONS)
-    if press.block_size is None:
-        return
-    if press.scorer is None:
-        raise ValueError("block_size needs an eviction method; the full cache keeps everything")
-    clashes = [name for name, on in (("the adakv allocator", press.allocator == "adakv"),
-                                     ("decode_budget", press.decode_budget is not None),
-                                     ("chunk_size", press.chunk_size is not None),
-                                     ("rerotate", press.rerotate)) if on]  # fmt: skip
-    if clashes:
-        raise ValueError(f"block_size (block-aligned selection at prefill) does not combine with {clashes[0]} yet")
-    least = min_block_budget(press.scorer.window_size, press.block_size)
-    if press.budget is not None and press.budget < least:
-        raise ValueError(
-            f"budget ({press.budget}) must hold the window rounded out to whole blocks: at least {least} "
-            f"(window_size {press.scorer.window_size} + block_size {press.block_size} - 1)"
-        )
-
-
-def validate_chunking(press: KVPress) -> None:
-    if press.chunk_size is None:
-        return
-    if press.scorer is None:
-        raise ValueError("chunk_size needs an eviction method; the full cache keeps everything")
-    if press.allocator == "adakv":
-        raise ValueError("chunk_size is not supported with the adakv allocator (per-head lengths)")
-    if press.budget is None:
-        raise ValueError("chunk_size needs a budget in tokens (a compression ratio of an unknown total is undefined)")
-    if press.chunk_size <= press.scorer.window_size:
-        raise ValueError(
-            f"chunk_size ({press.chunk_size}) must be larger than window_size ({press.scorer.window_size})"
-        )
+            state.budgets = plan_budgets(self.press, self.modules, cache, step.prompt_length)
+            self.press.last_stats = PressStats(prompt_tokens=step.prompt_length)
 
 
 def get_press(name: str, **settings) -> KVPress:

@@ -61,17 +61,6 @@ def is_quantized(cache) -> bool:
     return isinstance(cache, QuantizedCache)
 
 
-def check_press_on_quantized(press) -> None:
-    """One sentence for press settings that rewrite the cache after prefill, which a quantized
-    layer (its entries frozen in the quantizer's layout) cannot follow."""
-    if press.chunk_size is not None:
-        raise ValueError("a quantized cache cannot be prefilled in chunks (chunk_size): it would quantize each chunk")
-    if press.decode_budget is not None:
-        raise ValueError("decode_budget evicts while decoding, which a quantized cache's frozen entries do not allow")
-    if press.allocator == "adakv":
-        raise ValueError("the adakv allocator keeps per-head lengths, which a quantized cache cannot store")
-
-
 def full_precision_layers(cache) -> list:
     """Swap the quantized layers of an empty ``cache`` for plain dynamic ones; returns the
     quantized layers, to be filled by :func:`requantize` after the prefill."""

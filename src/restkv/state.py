@@ -58,15 +58,6 @@ class SequenceState:
     memory: dict[int, torch.Tensor] = field(default_factory=dict)
     #: this prompt's observation window when the press has ``window_size="auto"``
     window: int | None = None
-    #: set by the chunked-prefill driver while the prompt arrives: each later chunk is compressed
-    #: too (without it, tokens fed after a compressed prompt are left as they are)
-    streaming: bool = False
-    #: how many trailing tokens of the current forward are a question probe, removed after it
-    probe: int = 0
-    #: the whole prompt's length, when it arrives in chunks (budgets are planned for it)
-    prompt_length: int | None = None
-    #: the next position once this forward ends, when re-indexing moved the kept entries
-    next_after: torch.Tensor | None = None
     #: the prompt tokens behind the kept entries, when :func:`restkv.origins.track_origins` is on
     origins: object | None = None
 
@@ -84,7 +75,6 @@ class SequenceState:
             budgets=self.budgets,
             memory=dict(self.memory),
             window=self.window,
-            prompt_length=self.prompt_length,
         )
 
 

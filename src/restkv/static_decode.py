@@ -34,11 +34,11 @@ import warnings
 
 import torch
 from transformers import AttentionInterface
-from transformers.cache_utils import BaseQuantizedLayer, Cache, CacheLayerMixin, DynamicLayer
+from transformers.cache_utils import Cache, CacheLayerMixin
 
 from .adapters import attention_function, attention_modules
-from .cache import VarlenLayer
 from .decode_eviction import observe_and_evict
+from .options import refusal
 from .state import get_state, set_state
 
 #: the attention implementation the static step runs under (registered with transformers)
@@ -169,27 +169,9 @@ class StaticDecodeCache(Cache):
 
 
 def static_unsupported(cache, press=None) -> str | None:
-    """Why ``cache`` (under ``press``) cannot decode on static buffers, or None when it can."""
-    state = get_state(cache)
-    for layer in cache.layers:
-        if isinstance(layer, VarlenLayer):
-            return "the adakv allocator's per-head lengths (VarlenLayer) have no static shape"
-        if isinstance(layer, BaseQuantizedLayer):
-            return "a quantized cache dequantizes its layers on every step"
-        if not isinstance(layer, DynamicLayer) or not getattr(layer, "is_initialized", False):
-            return f"cache layer {type(layer).__name__} is not a filled dense layer"
-        if getattr(layer, "is_sliding", False) and layer.record_past:
-            return "a sliding layer is still recording a probe"
-    if state is not None:
-        if state.prompt_mask is not None or any(ls.valid is not None for ls in state.layers.values()):
-            return "a padded batch keeps per-row masks"
-        if state.origins is not None:
-            return "origin tracking follows every compaction eagerly"
-        if state.probe or state.streaming:
-            return "a prompt is still being streamed"
-    if press is not None and press.decode_budget is not None and press.rerotate:
-        return "re-indexing during decoding moves the next position"
-    return None
+    """Why ``cache`` (under ``press``) cannot decode on static buffers, or None when it can
+    (the ``compiled decoding`` rules of :mod:`restkv.options`)."""
+    return refusal("compiled decoding", press, cache=cache)
 
 
 def bucket(n: int) -> int:

@@ -43,8 +43,10 @@ from ..cache import (
 from ..compress import SHARED_ATTENTION, compress_layer, effective_scorer, plan_budgets
 from ..decode_eviction import settle
 from ..generation import next_positions, prefill
+from ..plan import PrefillStep
 from ..press import KVPress, hooks_only_press
-from ..quantized import check_press_on_quantized, quantize_cache
+from ..options import check, refusal
+from ..quantized import quantize_cache
 from ..specs import MethodConfig
 from ..state import PressStats, SequenceState, set_state
 from ..static_decode import check_compile, decodes_static, static_greedy
@@ -114,7 +116,7 @@ class Engine:
         self.kv_quant = kv_quant
         if kv_quant is not None:
             for press in self.presses.values():
-                check_press_on_quantized(press)
+                check("quantized cache", press)
         self.modules = attention_modules(model)
         scorers = [p.scorer for p in self.presses.values() if p.scorer is not None]
         self.needs_all_queries = any(s.query_span == "all" for s in scorers)
@@ -180,30 +182,31 @@ class Engine:
             press = self.presses[config]
             cache, stats = fork_cache(record.cache), PressStats(prompt_tokens=record.prompt_tokens)
             if press.scorer is None:
-                built.append([press, cache, stats, None, 0, 0.0])
+                built.append([press, cache, stats, None, 0, 0.0, None])
                 continue
             start = time.perf_counter()
             next_pos = torch.tensor([record.prompt_tokens], device=self.model.device)
             state = SequenceState(next_pos=next_pos, window=_window_for(press, window))
             state.budgets = plan_budgets(press, self.modules, cache, record.prompt_tokens)
             span = effective_scorer(press, state).query_count(record.prompt_tokens)
-            built.append([press, cache, stats, state, span, time.perf_counter() - start])
+            step = PrefillStep(record.prompt_tokens)  # the recorded prompt, compressed as one piece
+            built.append([press, cache, stats, state, span, time.perf_counter() - start, step])
         for module in self.modules:
             index = module.layer_idx
             for entry in built:
-                press, cache, stats, state, span, _ = entry
+                press, cache, stats, state, span, _, step = entry
                 if state is None or is_sliding(module, cache.layers[index]):
                     continue
                 start = time.perf_counter()
                 queries = record.queries[index][..., -span:, :]
-                compress_layer(press, module, cache, queries, state, stats, memo, self.frequencies.get(index))
+                compress_layer(press, module, cache, queries, state, stats, memo, self.frequencies.get(index), step)
                 entry[5] += time.perf_counter() - start
             memo.pop(SHARED_ATTENTION, None)  # this layer's attention is not needed by the next
         out = []
-        for _, cache, stats, state, _, seconds in built:
+        for _, cache, stats, state, _, seconds, step in built:
             if state is not None:
                 start = time.perf_counter()
-                settle(cache, state, self.frequencies)
+                settle(cache, state, step, self.frequencies)
                 set_state(cache, state)
                 seconds += time.perf_counter() - start
             out.append((cache, stats, seconds))
@@ -346,12 +349,10 @@ class Engine:
 
     def check_agnostic(self, configs=None) -> None:
         """One sentence when a config needs the question to compress (an auto window)."""
-        auto = [c.label for c in (self.configs if configs is None else configs) if self.presses[c].window_range]
-        if auto:
-            raise ValueError(
-                f"{', '.join(auto)}: window_size=auto takes the question as the observation window, which "
-                "query-agnostic evaluation does not show the compression; use a fixed window_size"
-            )
+        for config in self.configs if configs is None else configs:
+            sentence = refusal("query-agnostic", self.presses[config])
+            if sentence is not None:
+                raise ValueError(f"{config.label}: {sentence}")
 
     def _answer(self, context_ids, questions, eos_ids, configs, batch, window) -> list[list[Outcome]]:
         """Each config's cache of ``context_ids`` is built once (from the shared prefill, or

@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers.generation.continuous_batching.requests import RequestStatus
 
-from ..adapters import attention_modules, is_sliding, layer_context, project_queries
-from ..blocks import block_positions
+from ..adapters import attention_modules, layer_context, project_queries
+from ..keep import Blocks, kept_entries, kept_positions
+from ..options import check
 from ..budgets import tokens_to_keep
 
 
@@ -67,30 +68,9 @@ class EvictionStats:
 
 
 def check_servable(press, model) -> None:
-    """One-sentence errors for presses and models the paged eviction cannot serve."""
-    if press is None or press.scorer is None:
-        return
-    if press.allocator != "uniform":
-        raise ValueError(
-            f"serving supports the uniform allocator only (a request's block table is shared by all layers), "
-            f"got {press.allocator!r}"
-        )
-    unsupported = [
-        name
-        for name, on in (
-            ("decode_budget", press.decode_budget is not None),
-            ("chunk_size", press.chunk_size is not None),
-            ('window_size="auto"', press.window_range is not None),
-            ("rerotate", press.rerotate),
-        )
-        if on
-    ]
-    if unsupported:
-        raise ValueError(f"serving does not support {unsupported[0]} yet (compression happens once, after prefill)")
-    if press.scorer.query_span == "all":
-        raise ValueError(f"{press.name} reads every prompt query; serving keeps only the observation window's")
-    if model is not None and any(is_sliding(m, None) for m in attention_modules(model)):
-        raise ValueError("serving with eviction does not support models with sliding-window layers yet")
+    """One-sentence errors for presses and models the paged eviction cannot serve (the
+    ``serving`` rules of :mod:`restkv.options`)."""
+    check("serving", press, model=model)
 
 
 class PagedEviction:
@@ -260,19 +240,10 @@ class PagedEviction:
             keys = k_flat.index_select(0, slots).transpose(0, 1)[None]  # [1, H_kv, n, d]
             values = v_flat.index_select(0, slots).transpose(0, 1)[None]
             q = torch.cat(queries[index], dim=-2).to(keys.dtype)
-            context = layer_context(module, (position, count)).scorer_kwargs()
-            if press.block_size is not None:
-                window = min(scorer.window_size, n)
-                scores = scorer.score(q, keys, values, budget=budget, **context)
-                idx = block_positions(scores, budget, window, press.block_size, press.block_reduce)
-            else:
-                idx = scorer.select(q, keys, values, budget=budget, **context)
-            values = scorer.kept_values(
-                q, keys, values, idx, scaling=context["scaling"], softcap=context["softcap"]
-            )
-            gather = idx[..., None].expand(-1, -1, -1, keys.shape[-1])
-            new_k = keys.gather(2, gather)[0].transpose(0, 1)  # [kept, H_kv, d]
-            new_v = values.gather(2, gather)[0].transpose(0, 1)
+            observed = layer_context(module, (position, count)).scorer_kwargs()
+            idx = kept_positions(scorer, q, keys, values, budget, observed, blocks=Blocks.of(press))
+            new_k, new_v = kept_entries(idx, keys, values, scorer=scorer, queries=q, observed=observed)
+            new_k, new_v = new_k[0].transpose(0, 1), new_v[0].transpose(0, 1)  # [kept, H_kv, d]
             kept = new_k.shape[0]
             if kept_count is not None and kept != kept_count:
                 raise RuntimeError("layers kept different counts; serving needs one count for all layers")
