@@ -51,6 +51,10 @@ def test_the_site_builds_in_strict_mode(tmp_path):
     results = ROOT / "benchmarks" / "results"
     for folder in (p for p in results.iterdir() if p.is_dir()):  # every results folder has its page
         assert (site / "benchmarks" / "results" / folder.name / "index.html").is_file(), folder.name
+    from restkv.options import RULES
+
+    options = (site / "options" / "index.html").read_text()
+    assert options.count("<tr>") == len(RULES) + 1  # the header and one row per rule, from the code
     api = (site / "reference" / "api" / "press" / "index.html").read_text()
     assert 'id="restkv.press.get_press"' in api and ":class:" not in api  # rendered, roles rewritten
 
@@ -88,12 +92,17 @@ class Box:
 '''
 
 
-def tiny_project(tmp_path: Path, module: str = TINY_MODULE, page: str = "") -> Path:
-    """A one-page project with the real site's validation and mkdocstrings settings and its docstring hook."""
+def tiny_project(tmp_path: Path, module: str = TINY_MODULE, page: str = "", options_page: str | None = None) -> Path:
+    """A one-page project with the real site's validation and mkdocstrings settings and its
+    docstring and options hooks (plus an ``options.md`` when ``options_page`` is given)."""
     real = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
     (tmp_path / "docs").mkdir()
     (tmp_path / "tiny.py").write_text(module)
     (tmp_path / "docs" / "index.md").write_text("# Tiny\n\n" + page + "\n\n::: tiny\n")
+    nav = ["index.md"]
+    if options_page is not None:
+        (tmp_path / "docs" / "options.md").write_text(options_page)
+        nav.append("options.md")
     plugin = next(p["mkdocstrings"] for p in real["plugins"] if isinstance(p, dict) and "mkdocstrings" in p)
     python = plugin["handlers"]["python"]
     python["paths"] = ["."]
@@ -105,8 +114,8 @@ def tiny_project(tmp_path: Path, module: str = TINY_MODULE, page: str = "") -> P
         "validation": real["validation"],
         "markdown_extensions": real["markdown_extensions"],
         "plugins": [{"mkdocstrings": {"handlers": {"python": python}}}],
-        "hooks": [str(HOOKS / "docstrings.py")],
-        "nav": ["index.md"],
+        "hooks": [str(HOOKS / "docstrings.py"), str(HOOKS / "options_page.py")],
+        "nav": nav,
     }
     (tmp_path / "mkdocs.yml").write_text(yaml.safe_dump(config))
     return tmp_path / "mkdocs.yml"
@@ -136,3 +145,9 @@ def test_the_strict_build_fails(tmp_path, page, module, message):
     assert built.returncode != 0
     for text in (message,) if isinstance(message, str) else message:
         assert text in built.stdout + built.stderr
+
+
+def test_the_options_page_without_its_marker_fails_the_build(tmp_path):
+    built = mkdocs_build(tiny_project(tmp_path, options_page="# Options\n\nNo table here.\n"), tmp_path / "site")
+    assert built.returncode != 0
+    assert "lost its marker line" in built.stdout + built.stderr
