@@ -15,6 +15,11 @@ from mkdocs.structure.files import File
 
 RESULTS = Path("benchmarks") / "results"
 SITE_FOLDER = "benchmarks/results"  # the same path as in the repository
+ROOT_INTRO = (
+    "Each folder holds one measurement. Its page is the folder's README where it has one (the "
+    "command that produced it, its wall time and what it found), otherwise the list of its files. "
+    "[What we measured](../../measurements.md) summarizes them."
+)
 COPIED = (".md", ".png", ".txt")  # pages, plots and wall-time logs; raw rows stay out
 
 
@@ -39,7 +44,10 @@ def listing(folder: Path, root: Path) -> str:
     """A page for a folder without a README: its subfolders and files, linked where the site has them."""
     rel = folder.relative_to(root)
     title = (RESULTS / rel).as_posix() if rel != Path(".") else RESULTS.as_posix()
-    lines = [f"# `{title}/`", "", "The files of this folder in the repository:", ""]
+    lines = [f"# `{title}/`", ""]
+    if rel == Path("."):
+        lines += [ROOT_INTRO, ""]
+    lines += ["The files of this folder in the repository:", ""]
     for path in sorted(folder.iterdir()):
         if path.is_dir():
             lines.append(f"- [`{path.name}/`]({path.name}/index.md)")
