@@ -32,6 +32,12 @@ PRESS_EXAMPLES = {
     ("block_size", "chunk_size"): ("snapkv", dict(budget=48, block_size=16, chunk_size=64)),
     ("block_size", "rerotate"): ("snapkv", dict(budget=48, block_size=16, rerotate=True)),
     ("block_size", "a budget below window_size + block_size - 1"): ("snapkv", dict(budget=20, block_size=16)),
+    ("block_size", "probe"): ("snapkv", dict(budget=48, block_size=16, probe="reconstruct")),
+    ("probe", "the full cache"): ("full", dict(probe="reconstruct")),
+    ("probe", 'window_size="auto"'): ("snapkv", dict(budget=24, probe="reconstruct", window_size="auto")),
+    ("probe", "chunk_size"): ("snapkv", dict(budget=24, probe="reconstruct", chunk_size=64)),
+    ("probe", "the adakv allocator"): ("snapkv", dict(budget=24, probe="reconstruct", allocator="adakv")),
+    ("probe", "a method that reads every prompt query (h2o)"): ("h2o", dict(budget=24, probe="reconstruct")),
 }
 
 
@@ -50,11 +56,11 @@ def test_a_press_that_breaks_a_rule_is_refused_when_built_with_that_rule_s_sente
         if method == "full":  # get_press("full", ...) refuses every parameter before the table is read
             KVPress(None, **settings)
         else:
-            get_press(method, window_size=W, **settings)
+            get_press(method, **{"window_size": W, **settings})
     fields = dict(decode_budget=None, chunk_size=None, rerotate=False, block_size=None, budget=None)
     fields.update({k: v for k, v in settings.items() if k in fields})
     scorer = None if method == "full" else get_scorer(method, window_size=W)
-    assert str(error.value) == rule.sentence(SimpleNamespace(scorer=scorer, **fields))
+    assert str(error.value) == rule.sentence(SimpleNamespace(scorer=scorer, name=method, **fields))
 
 
 def test_presses_that_break_no_rule_are_built():
@@ -85,6 +91,7 @@ def test_quantized_cache_rules(settings, sentence):
         (dict(chunk_size=64), "chunk_size"),
         (dict(window_size="auto"), 'window_size="auto"'),
         (dict(rerotate=True), "rerotate"),
+        (dict(probe="reconstruct"), "probe"),
     ],
 )
 def test_serving_rules(settings, sentence):

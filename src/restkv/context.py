@@ -31,6 +31,7 @@ from .checks import check_int
 from .generation import decode, eos_ids, forward_step, prefill
 from .options import check
 from .press import KVPress, get_press
+from .probes import probe_for
 from .state import LayerState, SequenceState, get_state, set_state
 from .version import __version__
 
@@ -145,8 +146,10 @@ def compress_context(
 
     Args:
         press: e.g. ``get_press("restkv", budget=256)``; None keeps the full cache. Its
-            observation window is the end of the context, so ``window_size="auto"`` (the
-            question as window) is refused. With ``chunk_size`` the context streams in chunks.
+            observation window is the end of the context, or, with ``probe="reconstruct"``, the
+            context re-read after a repeat instruction (:mod:`restkv.probes`); so
+            ``window_size="auto"`` (the question as window) is refused. With ``chunk_size`` the
+            context streams in chunks.
         chat: wrap context and questions in the tokenizer's chat template when it has one.
         progress: a bar over the chunks of a chunked prefill.
     """
@@ -156,7 +159,7 @@ def compress_context(
     cache = DynamicCache(config=model.config)
     start = time.perf_counter()
     with press(model):
-        prefill(model, ids.to(model.device), cache, press.chunk_size, progress)
+        prefill(model, ids.to(model.device), cache, press.chunk_size, progress, probe=probe_for(press, tokenizer, ids))
     return CompressedContext(model, tokenizer, press, cache, ids, suffix, time.perf_counter() - start)
 
 

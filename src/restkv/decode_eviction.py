@@ -95,7 +95,7 @@ def recompress_chunk(press, scorer, module, layer, hidden, position_embeddings, 
     if idx is not None:
         reindex = Reindex(max(state.budgets.values())) if press.rerotate else None
         keep(layer, idx, state, context, scorer=scorer, queries=queries, observed=observed, reindex=reindex,
-             probe=probe, prompt=step.streaming)  # fmt: skip
+             probe=probe)  # fmt: skip
         if reindex is not None:
             step.next_after = reindex.next_after
     remember(press, scorer, queries, keys, idx, context, state)

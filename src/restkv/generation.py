@@ -17,6 +17,7 @@ from .cache import cache_entries
 from .checks import check_int
 from .plan import STEP_KEYWORD, PrefillPlan
 from .press import KVPress
+from .probes import probe_for
 from .state import ensure_state, get_state
 from .static_decode import check_compile, decodes_static, static_greedy
 from .window import question_window
@@ -67,6 +68,7 @@ def prefill(
     chunk_size: int | None = None,
     progress: bool = False,
     question_tokens: int = 0,
+    probe: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run the prompt through ``model`` into ``cache``; returns the last position's logits ``[b, vocab]``.
 
@@ -78,9 +80,11 @@ def prefill(
     (:class:`restkv.plan.PrefillPlan` lays the forwards out; each carries its step to the
     press's hooks). Positions come from the press's state (they differ from token counts once
     keys are re-indexed). Only the last position's logits are computed: a full
-    ``[n, vocab]`` logits tensor would dominate memory at long contexts.
+    ``[n, vocab]`` logits tensor would dominate memory at long contexts. ``probe``: tokens fed
+    after the prompt in the same forward whose queries are the observation window, then removed
+    (the logits returned are still the prompt's last position's).
     """
-    plan = PrefillPlan(chunk_size, question_tokens)
+    plan = PrefillPlan(chunk_size, question_tokens, probe)
     forwards = plan.forwards(input_ids)
     count = plan.count(input_ids.shape[1])
     if progress and count > 1:
@@ -89,7 +93,9 @@ def prefill(
         forwards = tqdm(forwards, total=count, desc="prefill", unit="chunk")
     logits = None
     for ids, start, step in forwards:
-        logits = forward_step(model, cache, ids, start, logits_to_keep=1, **{STEP_KEYWORD: step})
+        # only the last prompt position's logits (before a probe): its index, or the last one
+        keep = torch.tensor([ids.shape[1] - step.probe - 1], device=ids.device) if step.probe else 1
+        logits = forward_step(model, cache, ids, start, logits_to_keep=keep, **{STEP_KEYWORD: step})
     return logits[:, -1]
 
 
@@ -118,6 +124,7 @@ def greedy_decode(
     progress: bool = False,
     cache=None,
     compile: bool | str = False,
+    probe: torch.Tensor | None = None,
 ):
     """Prefill ``input_ids`` under ``press`` (in chunks if the press has ``chunk_size``), then
     decode greedily. Returns the new ids, the KV entries kept, prefill seconds and decode ms/token.
@@ -130,7 +137,8 @@ def greedy_decode(
     ``window`` is the prompt's observation window for presses with ``window_size="auto"``
     (with ``chunk_size`` as well, those last tokens are the question that probes each chunk).
     ``cache``: an empty cache to fill (default: a new ``DynamicCache``), for callers that read
-    it afterwards, e.g. with :func:`restkv.origins.track_origins` on.
+    it afterwards, e.g. with :func:`restkv.origins.track_origins` on. ``probe``: the tokens of the
+    press's reconstruction probe (:func:`restkv.probes.probe_for`), when it has one.
     """
     press = press or KVPress(None)
     input_ids = input_ids.to(model.device)
@@ -141,7 +149,7 @@ def greedy_decode(
     with press(model):
         start = time.perf_counter()
         question = window if press.question_aware and window is not None else 0
-        logits = prefill(model, input_ids, cache, press.chunk_size, progress, question)
+        logits = prefill(model, input_ids, cache, press.chunk_size, progress, question, probe)
         prefill_s = time.perf_counter() - start
         kept = cache_entries(cache)
         generated, decode_ms = decode(model, cache, logits, n, max_new_tokens, eos_ids, press, compile)
@@ -199,8 +207,9 @@ def generate_with_stats(
         window = question_window(tokenizer, prompt, chat, "", *press.window_range)
     stop = eos_ids(tokenizer, model)
     ids, kept, prefill_s, decode_ms = greedy_decode(
-        model, input_ids, press, max_new_tokens, stop, window, progress, compile=compile
-    )
+        model, input_ids, press, max_new_tokens, stop, window, progress, compile=compile,
+        probe=probe_for(press, tokenizer, input_ids),
+    )  # fmt: skip
     text = tokenizer.decode([t for t in ids if t not in stop], skip_special_tokens=True)
     n = input_ids.shape[1]
     return GenerationResult(text, ids, n, kept, full_cache_entries(model, n), prefill_s, decode_ms)

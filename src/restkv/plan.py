@@ -55,19 +55,29 @@ class PrefillPlan:
             out of the chunks, follows each as a probe, and is fed for real after the last one.
             When the context fits one chunk, the prompt is fed in one forward (the question is
             then simply the end of the prompt).
+        probe: tokens ``[1, p]`` that follow the whole prompt in its forward and are removed after
+            it, their queries being the observation window (a reconstruction probe: the context
+            read again after a repeat instruction, :mod:`restkv.probes`). Not with chunks.
     """
 
     chunk_size: int | None = None
     question_tokens: int = 0
+    probe: torch.Tensor | None = None
 
     def __post_init__(self):
         check_optional_int("chunk_size", self.chunk_size, 1)
         check_int("question_tokens", self.question_tokens, 0)
+        if self.probe is not None and self.chunk_size is not None:
+            raise ValueError("a reconstruction probe follows the whole prompt, so it does not combine with chunks yet")
 
     def forwards(self, input_ids: torch.Tensor) -> Iterator[tuple[torch.Tensor, int, PrefillStep]]:
         """``(ids, start, step)`` per forward: the tokens, the position of the first prompt token
         they continue from, and the step the forward carries."""
         n = input_ids.shape[1]
+        if self.probe is not None:
+            probe = self.probe.to(input_ids.device).expand(input_ids.shape[0], -1)
+            yield torch.cat([input_ids, probe], dim=1), 0, PrefillStep(n, probe=probe.shape[1])
+            return
         question, size = self._layout(n)
         context, probe = input_ids[:, : n - question], input_ids[:, n - question :]
         starts = range(0, context.shape[1], size)
@@ -81,6 +91,8 @@ class PrefillPlan:
 
     def count(self, n: int) -> int:
         """How many forwards a prompt of ``n`` tokens takes."""
+        if self.probe is not None:
+            return 1
         question, size = self._layout(n)
         return -(-(n - question) // size) + (1 if question else 0)
 

@@ -39,6 +39,7 @@ from .compress import compress_layer, compressed_mask, effective_scorer, plan_bu
 from .decode_eviction import evict_step, recompress_chunk, settle, sliding_layers
 from .options import check
 from .plan import STEP_KEYWORD, PrefillStep, step_of
+from .probes import PROBES
 from .profiles import load_profile
 from .quantized import full_precision_layers, is_quantized, requantize
 from .scorers import Scorer, get_scorer
@@ -79,6 +80,10 @@ class KVPress:
             a layer (block-aligned mode, for paged caches that free whole blocks; see
             :mod:`restkv.blocks`); None keeps tokens.
         block_reduce: with ``block_size``, a block's score is the ``sum`` or ``max`` of its tokens'.
+        probe: ``"reconstruct"`` to read a context compressed before its question with a
+            reconstruction probe (the context re-read after a repeat instruction, see
+            :mod:`restkv.probes`): its queries are the observation window, then it is removed.
+            :func:`restkv.compress_context`, ``generate`` and the engine feed it.
     """
 
     scorer: Scorer | None = None
@@ -93,6 +98,7 @@ class KVPress:
     rerotate: bool = False
     block_size: int | None = None
     block_reduce: str = "sum"
+    probe: str | None = None
     #: what the last prefill under this press did
     last_stats: PressStats = field(default_factory=PressStats, init=False, repr=False)
 
@@ -110,6 +116,8 @@ class KVPress:
             raise ValueError(f"rerotate must be True or False, got {self.rerotate!r}")
         check_optional_int("block_size", self.block_size, 1)
         check_choice("block_reduce", self.block_reduce, BLOCK_REDUCTIONS)
+        if self.probe is not None:
+            check_choice("probe", self.probe, PROBES)
         check("press", self)  # which settings combine: restkv.options
 
     @property
@@ -132,6 +140,8 @@ class KVPress:
             params["rerotate"] = True
         if self.block_size is not None:
             params.update(block_size=self.block_size, block_reduce=self.block_reduce)
+        if self.probe is not None:
+            params["probe"] = self.probe
         return params
 
     @property

@@ -1,16 +1,12 @@
-"""Prefill once, compress many; stream what does not fit.
+"""The evaluation engine: every configuration on every prompt, orchestrated on the library's pipeline.
 
-With prefill-time eviction the prompt's forward pass is the same for every method: only the
-stored cache differs. So each prompt is prefilled once with the full cache while the queries
-the scorers read are recorded; each method and budget then gets its compressed cache from that
-record (through the same :func:`~restkv.compress.compress_layer` the press uses) and is decoded
-on its own. A sweep of many methods costs one prefill plus one cheap compression and one
-decode per method.
-
-Configurations with ``chunk_size`` are streamed instead: their prompt goes through the press
-chunk by chunk (question-aware when the press has an auto window), in bounded memory, exactly
-as :func:`restkv.generation.prefill` does for users; no full prefill is needed for them, so a
-sweep of streamed configurations alone skips the full-cache reference (its KL is then None).
+Each prompt is prefilled once with the full cache and each method and budget gets its compressed
+cache from that record, or is streamed chunk by chunk when it has ``chunk_size``
+(:mod:`restkv.pipeline`); a sweep of many methods costs one prefill plus one cheap compression
+and one decode per method. A sweep of streamed configurations alone skips the full-cache
+reference (its KL is then None). The engine adds what an evaluation needs on top: which
+prompts and configurations, batching, questions fed after a query-agnostic compression, and
+the full cache's reference answer.
 
 Fidelity is measured by teacher forcing: the full cache's greedy answer is fed to each
 compressed cache, and the next-token distributions are compared with the full cache's.
@@ -29,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from ..adapters import attention_modules, check_supported, is_sliding, last_queries, rope_frequencies
+from ..adapters import attention_modules, check_supported
 from ..cache import (
     cache_bytes,
     cache_entries,
@@ -40,31 +36,20 @@ from ..cache import (
     select_rows,
     stack_caches,
 )
-from ..compress import SHARED_ATTENTION, compress_layer, effective_scorer, plan_budgets
-from ..decode_eviction import settle
-from ..generation import next_positions, prefill
-from ..plan import PrefillStep
-from ..press import KVPress, hooks_only_press
+from ..compress import plan_budgets
+from ..generation import next_positions
 from ..options import check, refusal
+from ..pipeline import Pipeline, PrefillRecord
+from ..press import KVPress, hooks_only_press
+from ..probes import reconstruction_probe
 from ..quantized import quantize_cache
 from ..specs import MethodConfig
-from ..state import PressStats, SequenceState, set_state
+from ..state import PressStats
 from ..static_decode import check_compile, decodes_static, static_greedy
 
 #: with ``batch="auto"`` the compressed caches decoded as one batch hold at most this many bytes
 #: together, or as many as the full cache when that is more (the prefill held it anyway)
 AUTO_BATCH_BYTES = 1 << 30
-
-
-@dataclass
-class PrefillRecord:
-    """One full-cache prefill and what the scorers need from it."""
-
-    cache: DynamicCache
-    queries: dict[int, torch.Tensor]  # layer -> post-RoPE queries of the prompt's last tokens
-    last_logits: torch.Tensor  # [b, vocab]
-    prompt_tokens: int
-    prefill_s: float
 
 
 @dataclass
@@ -97,6 +82,8 @@ class Engine:
         kv_quant: tuple[str, int] | None = None,
         text=None,
         compile: bool | str = False,
+        repeat_prompt: torch.Tensor | None = None,
+        bos_id: int | None = None,
     ):
         """``kv_quant``: ``(backend, bits)`` to quantize every config's cache after its
         compression (see :mod:`restkv.quantized`); the full-precision full cache stays the
@@ -105,7 +92,9 @@ class Engine:
         ``text``: how a row's token ids read as the prediction that is scored
         (:func:`restkv.eval.tasks.stops.prediction_reader`); needed for answer stops.
         ``compile``: decode caches of one row on static buffers, through ``torch.compile`` when
-        True (see :func:`restkv.generation.greedy_decode`); batches of rows keep the eager loop."""
+        True (see :func:`restkv.generation.greedy_decode`); batches of rows keep the eager loop.
+        ``repeat_prompt``: the tokenizer's repeat instruction (:func:`restkv.probes.repeat_prompt_ids`)
+        and ``bos_id`` its begin token, for configs with a reconstruction probe."""
         check_supported(model)
         check_compile(compile)
         self.compile = compile
@@ -118,112 +107,45 @@ class Engine:
             for press in self.presses.values():
                 check("quantized cache", press)
         self.modules = attention_modules(model)
-        scorers = [p.scorer for p in self.presses.values() if p.scorer is not None]
-        self.needs_all_queries = any(s.query_span == "all" for s in scorers)
-        self.window = max([s.window_size for s in scorers] + [1])
-        rerotate = any(p.rerotate for p in self.presses.values())
-        self.frequencies = rope_frequencies(model) if rerotate else {}
+        self.pipeline = Pipeline(model, list(self.presses.values()))
+        self.repeat_prompt, self.bos_id = repeat_prompt, bos_id
+        probed = [c.label for c in self.configs if self.presses[c].probe is not None]
+        if probed and repeat_prompt is None:
+            raise ValueError(f"{probed[0]} reads a reconstruction probe, which needs the engine's repeat_prompt "
+                             "(Engine(..., repeat_prompt=restkv.probes.repeat_prompt_ids(tokenizer)))")  # fmt: skip
 
     def streamed(self, config: MethodConfig) -> bool:
-        """Whether ``config`` prefills in chunks (then it never reads the shared full prefill)."""
-        return self.presses[config].chunk_size is not None
+        """Whether ``config`` prefills through its own press, in chunks or followed by a probe (then
+        it never reads the shared full prefill)."""
+        press = self.presses[config]
+        return press.chunk_size is not None or press.probe is not None
 
-    # -- the shared prefill -----------------------------------------------------------------
-    @torch.inference_mode()
+    # -- the pipeline: one recorded prefill, a cache per config, or a streamed prefill ------------
     def prefill(self, input_ids: torch.Tensor) -> PrefillRecord:
-        """Prefill ``input_ids`` once with the full cache, recording the queries the scorers read
-        (each layer's last ``window`` queries, or all of them when a scorer needs every query)."""
-        n = input_ids.shape[1]
-        span = n if self.needs_all_queries else min(self.window, n)
-        queries: dict[int, torch.Tensor] = {}
-
-        def record(module, args, kwargs, output):
-            hidden = kwargs.get("hidden_states", args[0] if args else None)
-            queries[module.layer_idx] = last_queries(module, hidden, kwargs["position_embeddings"], span)
-
-        handles = [m.register_forward_hook(record, with_kwargs=True) for m in self.modules]
-        cache = DynamicCache(config=self.model.config)
-        try:
-            start = time.perf_counter()
-            logits = prefill(self.model, input_ids.to(self.model.device), cache)
-            elapsed = time.perf_counter() - start
-        finally:
-            for h in handles:
-                h.remove()
-        return PrefillRecord(cache, queries, logits.float(), n, elapsed)
+        """The prompt ``[1, n]`` prefilled once with the full cache, with what every config's scorer reads."""
+        return self.pipeline.record(input_ids)
 
     def compressed_cache(
         self, record: PrefillRecord, config: MethodConfig, memo: dict | None = None, window: int | dict | None = None
     ) -> tuple[DynamicCache, PressStats, float]:
-        """A new cache for ``config`` built from the recorded prefill; the record is not modified.
-
-        ``memo`` (one per prompt) shares budget-independent scores between budgets.
-        """
+        """A new cache for ``config`` built from the recorded prefill; the record is not modified."""
         return self.compressed_caches(record, [config], memo, window)[0]
 
     def compressed_caches(
         self, record: PrefillRecord, configs: list[MethodConfig], memo: dict | None = None, window=None
     ) -> list[tuple[DynamicCache, PressStats, float]]:
-        """``(cache, stats, seconds)`` per config, built from the recorded prefill layer by layer.
+        """``(cache, stats, seconds)`` per config (:meth:`restkv.pipeline.Pipeline.derive`)."""
+        presses = [self.presses[c] for c in configs]
+        return self.pipeline.derive(record, presses, memo, [_window_for(p, window) for p in presses])
 
-        Every config's compression of a layer gets the same memo (:func:`compress_layer`), so
-        scoring work the configs share is done once: budget-independent scores once per prompt
-        (``memo``, kept between calls), and, through :func:`restkv.attention.sharing`, the
-        observation attention of a window (SnapKV, PyramidKV, AdaKV, ReST-KV at every budget)
-        and the accumulated attention of all queries (H2O) once per layer among ``configs``.
-        The attention is dropped before the next layer, so at most one layer's worth is held;
-        the compressed caches of ``configs`` are held together, as a decoding batch holds them.
-        The kept entries are the same as when each config is compressed alone. A shared
-        computation's time is counted to the first config that needs it.
-        """
-        memo = {} if memo is None else memo
-        built = []
-        for config in configs:
-            press = self.presses[config]
-            cache, stats = fork_cache(record.cache), PressStats(prompt_tokens=record.prompt_tokens)
-            if press.scorer is None:
-                built.append([press, cache, stats, None, 0, 0.0, None])
-                continue
-            start = time.perf_counter()
-            next_pos = torch.tensor([record.prompt_tokens], device=self.model.device)
-            state = SequenceState(next_pos=next_pos, window=_window_for(press, window))
-            state.budgets = plan_budgets(press, self.modules, cache, record.prompt_tokens)
-            span = effective_scorer(press, state).query_count(record.prompt_tokens)
-            step = PrefillStep(record.prompt_tokens)  # the recorded prompt, compressed as one piece
-            built.append([press, cache, stats, state, span, time.perf_counter() - start, step])
-        for module in self.modules:
-            index = module.layer_idx
-            for entry in built:
-                press, cache, stats, state, span, _, step = entry
-                if state is None or is_sliding(module, cache.layers[index]):
-                    continue
-                start = time.perf_counter()
-                queries = record.queries[index][..., -span:, :]
-                compress_layer(press, module, cache, queries, state, stats, memo, self.frequencies.get(index), step)
-                entry[5] += time.perf_counter() - start
-            memo.pop(SHARED_ATTENTION, None)  # this layer's attention is not needed by the next
-        out = []
-        for _, cache, stats, state, _, seconds, step in built:
-            if state is not None:
-                start = time.perf_counter()
-                settle(cache, state, step, self.frequencies)
-                set_state(cache, state)
-                seconds += time.perf_counter() - start
-            out.append((cache, stats, seconds))
-        return out
-
-    @torch.inference_mode()
     def stream(self, input_ids: torch.Tensor, config: MethodConfig, window: int | None):
-        """``config``'s cache, prefilled through its press chunk by chunk; returns the cache, the
-        last position's logits ``[1, vocab]`` and the prefill seconds."""
+        """``config``'s cache, prefilled through its press chunk by chunk or followed by its probe
+        (:meth:`restkv.pipeline.Pipeline.stream`)."""
         press = self.presses[config]
-        cache = DynamicCache(config=self.model.config)
-        set_state(cache, SequenceState(window=window))
-        question = window if press.question_aware and window is not None else 0
-        start = time.perf_counter()
-        with press(self.model):
-            logits = prefill(self.model, input_ids.to(self.model.device), cache, press.chunk_size, False, question)
-        return cache, logits.float(), time.perf_counter() - start
+        probe = None
+        if press.probe is not None:
+            probe = reconstruction_probe(input_ids, self.repeat_prompt, self.bos_id)
+        return self.pipeline.stream(input_ids, press, window, probe)
 
     # -- decoding -----------------------------------------------------------------------------
     @torch.inference_mode()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..probes import probe_settings
 from ..specs import MethodConfig
 from .engine import Engine, Outcome
 from .tasks.stops import prediction_reader
@@ -62,7 +63,8 @@ class _Worker:
 
     def __init__(self, load: Callable, configs: list[MethodConfig], kv_quant, stop, batch: int):
         loaded = load()
-        self.engine = Engine(loaded.model, configs, kv_quant, text=prediction_reader(loaded.tokenizer, stop))
+        self.engine = Engine(loaded.model, configs, kv_quant, text=prediction_reader(loaded.tokenizer, stop),
+                             **probe_settings(loaded.tokenizer))  # fmt: skip
         self.stop, self.batch = stop, batch
 
     def run(self, job: Job) -> list[list[Outcome]]:

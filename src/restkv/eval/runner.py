@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..generation import encode_prompt, eos_ids
+from ..probes import probe_settings
 from ..quantized import quantized_label
 from ..specs import MethodConfig
 from ..window import question_tokens, question_window
@@ -98,7 +99,7 @@ def run_sweep(
     model, tokenizer = loaded.model, loaded.tokenizer
     stop = eos_ids(tokenizer, model)
     read = prediction_reader(tokenizer, stop)  # the text a prediction is scored (and stopped) on
-    engine = Engine(model, configs, kv_quant, text=read)
+    engine = Engine(model, configs, kv_quant, text=read, **probe_settings(tokenizer))
     if query_agnostic:
         check_agnostic(task, samples, mode)
         engine.check_agnostic()
