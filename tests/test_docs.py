@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,8 @@ def test_the_site_builds_in_strict_mode(tmp_path):
     assert options.count("<tr>") == len(RULES) + 1  # the header and one row per rule, from the code
     api = (site / "reference" / "api" / "press" / "index.html").read_text()
     assert 'id="restkv.press.get_press"' in api and ":class:" not in api  # rendered, roles rewritten
+    root = (site / "reference" / "api" / "index.html").read_text()
+    assert "RestKVPress" in root and "<blockquote>" not in root  # the root docstring's doctest is code
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -74,6 +77,22 @@ def test_the_cli_page_lists_every_subcommand_and_option():
             for flag in action.option_strings or [action.dest]:
                 assert f"`{flag}" in page, (name, flag)
     assert "| `--budget BUDGET` | `128` |" in page  # restkv generate's default, read from the parser
+
+
+def test_docstring_markup_turns_roles_into_code_and_doctests_into_blocks():
+    plain = load_hook("docstring_markup").plain
+    text = "See :class:`~restkv.scorers.Scorer` and :func:`get_press`.\n\n>>> a = 1\n... b\n\nEnd."
+    once = plain(text)
+    assert once == "See `Scorer` and `get_press`.\n\n```pycon\n>>> a = 1\n... b\n```\n\nEnd."
+    assert plain(once) == once
+
+
+def test_the_reference_lists_every_root_export():
+    import restkv
+
+    page = (ROOT / "docs" / "reference" / "api" / "index.md").read_text()
+    listed = set(re.findall(r"^\| \[`(\w+)`\]\[restkv\.", page, flags=re.MULTILINE))
+    assert listed == set(restkv.__all__) - {"__version__"}
 
 
 TINY_MODULE = '''
@@ -106,7 +125,7 @@ def tiny_project(tmp_path: Path, module: str = TINY_MODULE, page: str = "", opti
     plugin = next(p["mkdocstrings"] for p in real["plugins"] if isinstance(p, dict) and "mkdocstrings" in p)
     python = plugin["handlers"]["python"]
     python["paths"] = ["."]
-    python["options"]["extensions"] = [str(HOOKS / "sphinx_roles.py") + ":SphinxRoles"]
+    python["options"]["extensions"] = [str(HOOKS / "docstring_markup.py") + ":DocstringMarkup"]
     config = {
         "site_name": "tiny",
         "docs_dir": "docs",
