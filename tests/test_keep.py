@@ -8,7 +8,7 @@ from restkv import get_press
 from restkv.adapters import layer_context
 from restkv.blocks import block_positions
 from restkv.generation import prefill
-from restkv.keep import Blocks, kept_entries, kept_positions, keep
+from restkv.keep import Blocks, keep, kept_entries, kept_positions
 from restkv.plan import STEP_KEYWORD, PrefillPlan, PrefillStep
 from restkv.scorers import get_scorer
 from restkv.state import LayerState, SequenceState

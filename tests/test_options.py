@@ -7,10 +7,10 @@ import torch
 from transformers import DynamicCache
 
 from restkv import get_press
-from restkv.press import KVPress
-from restkv.scorers import get_scorer
 from restkv.options import PLACES, RULES, check, combination_table_markdown, refusal
+from restkv.press import KVPress
 from restkv.quantized import quantized_cache
+from restkv.scorers import get_scorer
 from restkv.state import ensure_state
 from tiny_models import prompt_ids, tiny_model
 

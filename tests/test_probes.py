@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from restkv import compress_context, get_press
-from restkv.adapters import attention_modules, is_sliding, last_queries
+from restkv import compress_context, get_press, load_context
+from restkv.adapters import attention_modules, is_sliding, last_queries, layer_context
 from restkv.eval.engine import Engine
 from restkv.generation import decode, forward_step, prefill
 from restkv.origins import track_origins
@@ -55,7 +55,7 @@ def test_the_probe_s_queries_are_the_observation_window():
     queries as its window, the probe itself dropped."""
     model = tiny_model("llama")
     context, probe = prompt_ids(60), prompt_ids(40, seed=3)
-    queries, keys, values = {}, {}, {}
+    queries = {}
 
     def record(module, args, kwargs, output):
         hidden = kwargs.get("hidden_states", args[0] if args else None)
@@ -74,8 +74,6 @@ def test_the_probe_s_queries_are_the_observation_window():
     cache = DynamicCache(config=model.config)
     with press(model), torch.inference_mode():
         prefill(model, context, cache, probe=probe)
-    from restkv.adapters import layer_context
-
     for position, module in enumerate(modules):
         i = module.layer_idx
         scorer = type(press.scorer)(**{**press.scorer.params(), "window_size": 40})
@@ -96,8 +94,6 @@ def test_a_probed_context_answers_as_a_fresh_compression_does_and_questions_neve
     assert ctx.ask("what is the code?", max_new_tokens=6) == first == again.ask("what is the code?", 6)
     assert ctx.kept_entries == again.kept_entries
     ctx.save(tmp_path / "ctx.restkv")
-    from restkv import load_context
-
     assert load_context(tmp_path / "ctx.restkv", model, tok).ask("what is the code?", 6) == first
     unprobed = compress_context(model, tok, CONTEXT, get_press("restkv", budget=BUDGET, window_size=W), chat=False)
     assert not torch.equal(unprobed.cache.layers[0].keys, ctx.cache.layers[0].keys)  # the probe changed the choice

@@ -35,9 +35,9 @@ import torch
 from transformers.generation.continuous_batching.requests import RequestStatus
 
 from ..adapters import attention_modules, layer_context, project_queries
+from ..budgets import tokens_to_keep
 from ..keep import Blocks, kept_entries, kept_positions
 from ..options import check
-from ..budgets import tokens_to_keep
 
 
 @dataclass
