@@ -1,4 +1,5 @@
-"""The package's layers run one way: no import cycle, and the core never imports the tools above it."""
+"""The package's layers run one way: no import cycle, the core never imports the tools above it, and
+``_compat`` (the doors into other projects' internals) is the lowest layer."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "restkv"
 #: tools built on the library (and the entry point); nothing in the library proper may import them
 TOOLS = ("restkv.cli", "restkv.eval", "restkv.bench", "restkv.demo", "restkv.tune", "restkv.specs", "restkv.__main__")
+#: the lowest layer: the doors into other projects' internals (see ``restkv/_compat/__init__.py``)
+COMPAT = "restkv._compat"
+#: what a ``_compat`` module may import of restkv's, besides other ``_compat`` modules
+COMPAT_MAY_IMPORT = ("restkv.checks",)
 
 
 def module_name(path: Path) -> str:
@@ -96,6 +101,30 @@ def test_the_library_imports_no_tool():
             continue
         tools = sorted(t for t in targets if t.startswith(TOOLS))
         assert not tools, f"{name} imports {tools}"
+
+
+def compat_violations(edges: dict[str, set[str]]) -> list[str]:
+    """``_compat`` modules that import restkv modules above them (anything but ``_compat`` and checks)."""
+    found = []
+    for name, targets in sorted(edges.items()):
+        above = sorted(t for t in targets if not t.startswith(COMPAT) and t not in COMPAT_MAY_IMPORT)
+        if name.startswith(COMPAT) and above:
+            found.append(f"{name} imports {above}")
+    return found
+
+
+def test_compat_is_the_lowest_layer():
+    edges = graph()
+    assert f"{COMPAT}.transformers_serving" in edges and f"{COMPAT}.versions" in edges[f"{COMPAT}.transformers_serving"]
+    assert compat_violations(edges) == [], "_compat imports nothing of restkv's but other _compat modules and checks"
+
+
+def test_the_compat_rule_catches_an_upward_import():
+    edges = {
+        "restkv._compat.planted": {"restkv.press", "restkv._compat.versions", "restkv.checks"},
+        "restkv.press": {"restkv._compat.planted"},
+    }
+    assert compat_violations(edges) == ["restkv._compat.planted imports ['restkv.press']"]
 
 
 @pytest.mark.parametrize("module", ["restkv.press", "restkv.generation", "restkv.eval.store", "restkv.scorers"])

@@ -12,6 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ._compat.accelerate_hooks import offload_hook
+from ._compat.transformers_attention import eager_attention_forward
+from ._compat.transformers_config import attention_implementation
+
 #: ``config.model_type`` values the press is tested on
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3")
 #: attention implementations that take the additive masks a compressed cache needs
@@ -28,7 +32,7 @@ def check_supported(model: nn.Module) -> None:
     model_type = getattr(text_config(config), "model_type", None) if config is not None else None
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"unsupported architecture {model_type!r}: restkv supports {', '.join(SUPPORTED_MODEL_TYPES)}")
-    attention = getattr(config, "_attn_implementation", None) or "eager"
+    attention = attention_implementation(config) or "eager"
     if attention not in SUPPORTED_ATTENTION:
         raise ValueError(
             f"attention implementation {attention!r} is not supported under a press (compressed caches need "
@@ -132,7 +136,7 @@ def resident_weight(linear: nn.Module) -> torch.Tensor:
     on the device the layer computes on.
     """
     weight = linear.weight
-    hook = getattr(linear, "_hf_hook", None)
+    hook = offload_hook(linear)
     if weight.device.type != "meta" or hook is None or getattr(hook, "weights_map", None) is None:
         return weight
     return hook.weights_map["weight"].to(hook.execution_device)
@@ -179,10 +183,7 @@ def attention_function(module: nn.Module, implementation: str):
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     if implementation == "eager":
-        import sys
-
-        family = sys.modules[type(module).__module__]
-        return family.eager_attention_forward
+        return eager_attention_forward(module)
     return ALL_ATTENTION_FUNCTIONS[implementation]
 
 

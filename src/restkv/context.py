@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
+from ._compat.transformers_config import name_or_path
 from .adapters import resident_weight
 from .cache import VarlenLayer, cache_entries, fork_cache
 from .checks import check_int
@@ -202,7 +203,7 @@ def model_fingerprint(model) -> dict:
     config = getattr(model.config, "text_config", None) or model.config
     weights = resident_weight(model.get_input_embeddings())[:8].detach().float().cpu().numpy().tobytes()
     return {
-        "name": getattr(model.config, "_name_or_path", "") or config.model_type,
+        "name": name_or_path(model.config) or config.model_type,
         "type": config.model_type,
         "layers": config.num_hidden_layers,
         "hidden": config.hidden_size,

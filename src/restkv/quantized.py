@@ -23,6 +23,7 @@ import torch
 from transformers import QuantizedCache
 from transformers.cache_utils import BaseQuantizedLayer, DynamicLayer, HQQQuantizedLayer, QuantoQuantizedLayer
 
+from ._compat.transformers_cache import quantized_keys_shape, quantized_payload
 from .state import get_state, set_state
 
 #: bits each backend offers (transformers' own limits, so an unsupported pair is refused up front)
@@ -103,7 +104,7 @@ def _missing(backend: str) -> ValueError:
 
 def stored_bytes(layer) -> int:
     """Bytes a quantized layer holds: packed codes, scales and zero points, and the residual."""
-    total = _nbytes(layer._quantized_keys) + _nbytes(layer._quantized_values)
+    total = sum(_nbytes(part) for part in quantized_payload(layer))
     for residual in (layer.keys, layer.values):
         if isinstance(residual, torch.Tensor):
             total += residual.numel() * residual.element_size()
@@ -114,8 +115,7 @@ def stored_entries(layer) -> int:
     """Key entries (tokens x KV heads) of batch row 0 in a quantized layer."""
     heads = getattr(layer, "restkv_heads", None)
     if heads is None:  # a layer filled by transformers itself: the quantized tensor knows its shape
-        keys = layer._quantized_keys
-        shape = keys[1]["shape"] if isinstance(keys, tuple) else getattr(keys, "shape", None)
+        shape = quantized_keys_shape(layer)
         heads = shape[1] if shape is not None and len(shape) == 4 else 0
     return heads * layer.cumulative_length
 

@@ -36,6 +36,8 @@ import torch
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from ._compat.torch_inductor import inductor_config_patch, raise_recompile_limit
+from ._compat.transformers_config import attention_implementation, set_attention_implementation
 from .adapters import attention_function, attention_modules
 from .decode_eviction import observe_and_evict
 from .options import refusal
@@ -240,10 +242,8 @@ def compiled_step():
     """The step compiled with inductor (built once; each buffer size compiles once, on first use)."""
     global _compiled_step
     if _compiled_step is None:
-        import torch._dynamo
-
         # one graph per model, buffer size and eviction setting: allow more than the default 8
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        raise_recompile_limit(64)
         _compiled_step = torch.compile(_step, dynamic=False, fullgraph=True)
     return _compiled_step
 
@@ -252,9 +252,7 @@ def inductor_settings(device: torch.device):
     """The context a compiled step runs (and, on its first call, compiles) in on ``device``."""
     if device.type != "cpu":
         return contextlib.nullcontext()
-    import torch._inductor.config
-
-    return torch._inductor.config.patch(CPU_INDUCTOR)
+    return inductor_config_patch(CPU_INDUCTOR)
 
 
 class StaticDecoder:
@@ -289,7 +287,7 @@ class StaticDecoder:
             heads = model.config.get_text_config().num_attention_heads
             self.queries = torch.zeros(len(self.cache.layers), rows, heads, 1, first.head_dim,
                                        dtype=self.cache.layers[0].dtype, device=device)  # fmt: skip
-        self.inner = model.config._attn_implementation or "eager"
+        self.inner = attention_implementation(model.config) or "eager"
         # full-attention layers must never wrap around their buffer (sliding rings do, by design)
         self.full = torch.tensor([i for i, layer in enumerate(self.cache.layers) if not layer.is_sliding])
         self.slots = max((layer.key_buffer.shape[-2] for layer in self.cache.layers if not layer.is_sliding), default=0)
@@ -303,7 +301,7 @@ class StaticDecoder:
             )
         configs = {id(c): c for c in (self.model.config, self.model.config.get_text_config())}.values()
         for config in configs:  # the attention modules read the (text) config's implementation
-            config._attn_implementation = STATIC_ATTENTION
+            set_attention_implementation(config, STATIC_ATTENTION)
         try:
             run = compiled_step() if self.compile else _step
             settings = inductor_settings(self.positions.device) if self.compile else contextlib.nullcontext()
@@ -311,7 +309,7 @@ class StaticDecoder:
                 logits = run(self.model, ids, self.positions, self.cache, self.queries, self.inner, self.dtype)
         finally:
             for config in configs:
-                config._attn_implementation = self.inner
+                set_attention_implementation(config, self.inner)
         if self.state is not None:
             self.state.next_pos = self.positions[:, 0].clone()
         if self.evicting:

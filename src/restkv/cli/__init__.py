@@ -1,6 +1,7 @@
 """The ``restkv`` command: one module per subcommand, each with ``add_parser`` and ``run``.
 
-Every error a user can cause (bad arguments, a missing file, a model that cannot be loaded)
+Every error a user can cause (bad arguments, a missing file, a model that cannot be loaded, an
+installed transformers/torch/lm-eval outside the range restkv's ``_compat`` was written for)
 prints one sentence and exits with status 2, without a traceback.
 """
 
@@ -10,6 +11,7 @@ import argparse
 import sys
 import time
 
+from .._compat.versions import UnsupportedVersionError
 from . import bench, chat, demo, eval, generate, lm_eval, methods, models, report, serve, tune
 from .common import UsageError
 
@@ -43,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as err:  # every user error is one of these
+    # every user error is one of these (an installed project restkv was not written for, too)
+    except (ValueError, FileNotFoundError, UnsupportedVersionError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"restkv: error: {message}", file=sys.stderr)
         return EXIT_USAGE

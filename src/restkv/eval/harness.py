@@ -28,16 +28,16 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 from lm_eval.api.registry import register_model
-from lm_eval.models.huggingface import HFLM
 from tqdm.auto import tqdm
 
+from .._compat.lm_eval import hflm_class
 from ..cache import fork_cache
 from ..generation import forward_step, prefill
 from ..press import KVPress, get_press
 
 
 @register_model("restkv")
-class PressedLM(HFLM):
+class PressedLM(hflm_class()):
     """lm-eval's ``HFLM`` under a press (see the module docstring).
 
     Args:

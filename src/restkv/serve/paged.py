@@ -34,6 +34,13 @@ from dataclasses import dataclass, field
 import torch
 from transformers.generation.continuous_batching.requests import RequestStatus
 
+from .._compat.transformers_serving import (
+    blocks_of,
+    free_blocks,
+    release_blocks,
+    total_blocks,
+    wrap_batch_processor_factory,
+)
 from ..adapters import attention_modules, layer_context, project_queries
 from ..budgets import tokens_to_keep
 from ..keep import Blocks, kept_entries, kept_positions
@@ -102,14 +109,7 @@ class PagedEviction:
             raise ValueError("turn off allow_block_sharing: compressed blocks no longer hold the tokens they hash")
         if cfg.use_async_batching:
             raise ValueError("turn off use_async_batching: eviction runs between a batch's update and the next one")
-        create = manager._create_batch_processor
-
-        def create_and_hook():
-            processor = create()
-            self._hook(processor)
-            return processor
-
-        manager._create_batch_processor = create_and_hook
+        wrap_batch_processor_factory(manager, self._hook)
         for module in self.modules.values():
             self._handles.append(module.register_forward_pre_hook(self._capture, with_kwargs=True))
 
@@ -129,9 +129,9 @@ class PagedEviction:
         self._handles.clear()
 
     def _hook(self, processor) -> None:
-        if getattr(processor, "_restkv_hooked", False):  # a processor reused after a restart
+        if getattr(processor, "restkv_hooked", False):  # a processor reused after a restart
             return
-        processor._restkv_hooked = True
+        processor.restkv_hooked = True
         self.processor = processor
         prepare, update = processor.prepare_next_batch, processor.update_batch
 
@@ -199,11 +199,11 @@ class PagedEviction:
                 self._request_press.pop(rid, None)
             if rid not in scheduler.active_requests:  # finished with its first token: nothing left to shrink
                 continue
-            before = _blocks_of(cache, rid)
+            before = blocks_of(cache, rid)
             kept = state.position_offset
             if press is not None and queries is not None and _budget(press, len(state.initial_tokens)) < kept:
                 kept = self._compress(cache, state, queries, press)
-            record = RequestRecord(rid, len(state.initial_tokens), kept, before, _blocks_of(cache, rid), _free_blocks(cache))
+            record = RequestRecord(rid, len(state.initial_tokens), kept, before, blocks_of(cache, rid), free_blocks(cache))
             with self.lock:
                 self.stats.records.append(record)
         decoding = sum(1 for s in scheduler.active_requests.values() if s.generated_len() > 0)
@@ -251,7 +251,7 @@ class PagedEviction:
             k_flat.index_copy_(0, slots[:kept], new_k.to(k_flat.dtype))
             v_flat.index_copy_(0, slots[:kept], new_v.to(v_flat.dtype))
         for allocator in cache.cache_allocators.values():
-            _truncate(allocator, rid, math.ceil(kept_count / allocator.tokens_per_page))
+            release_blocks(allocator, rid, math.ceil(kept_count / allocator.tokens_per_page))
         state.position_offset = kept_count
         self._dropped[rid] = n - kept_count
         return kept_count
@@ -261,8 +261,8 @@ class PagedEviction:
         with self.lock:
             out = self.stats.as_dict()
         cache = self.processor.cache if self.processor is not None else None
-        out["free_blocks"] = _free_blocks(cache) if cache is not None else None
-        out["total_blocks"] = _total_blocks(cache) if cache is not None else None
+        out["free_blocks"] = free_blocks(cache) if cache is not None else None
+        out["total_blocks"] = total_blocks(cache) if cache is not None else None
         return out
 
 
@@ -273,29 +273,3 @@ def _evicting(press):
 
 def _budget(press, n: int) -> int:
     return tokens_to_keep(n, press.budget, press.compression_ratio, press.scorer.window_size)
-
-
-def _truncate(allocator, request_id: str, keep_blocks: int) -> None:
-    """Shorten a request's block table to ``keep_blocks`` and give the rest back to the pool."""
-    table = allocator.block_table[request_id]
-    freed = table[keep_blocks:]
-    del table[keep_blocks:]
-    released = [block for block in freed if allocator.ledger.release(block, no_cache=True)]
-    allocator.pool.free_blocks(allocator.index, released)
-
-
-def _blocks_of(cache, request_id: str) -> int:
-    return sum(len(a.block_table.get(request_id, [])) for a in cache.cache_allocators.values())
-
-
-def _free_blocks(cache) -> int:
-    """Blocks a new request could get now: free blocks of the allocators plus those of free sectors."""
-    total = 0
-    for allocator in cache.cache_allocators.values():
-        total += cache.pool.count_free_blocks(allocator.index)
-        total += cache.pool.num_free_sectors * allocator.blocks_per_sector
-    return total
-
-
-def _total_blocks(cache) -> int:
-    return sum(cache.pool.num_sectors * a.blocks_per_sector for a in cache.cache_allocators.values())

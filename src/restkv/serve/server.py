@@ -15,6 +15,8 @@ from __future__ import annotations
 import threading
 import time
 
+from .._compat.transformers_serving import attaching_generation_state
+from .._compat.uvicorn_server import bound_port
 from .paged import PagedEviction
 
 #: the extra request field that names a per-request press
@@ -81,7 +83,7 @@ class ServedModel:
             if time.monotonic() > deadline or not self.thread.is_alive():
                 raise RuntimeError(f"the server did not start on {host}:{port}")
             time.sleep(0.05)
-        return self.server.servers[0].sockets[0].getsockname()[1]
+        return bound_port(self.server)
 
     def stop(self) -> None:
         """Stop the continuous-batching worker and the HTTP server."""
@@ -101,34 +103,14 @@ def build_app(served: ServedModel):
     from transformers.cli.serving.server import build_server
     from transformers.cli.serving.systemone import SystemOneHandler
     from transformers.cli.serving.transcription import TranscriptionHandler
-    from transformers.cli.serving.utils import CBGenerateManager, GenerationState
 
     eviction = served.eviction
-
-    class EvictingCBManager(CBGenerateManager):
-        """transformers' continuous-batching manager, with eviction attached before its thread starts."""
-
-        def init_cb(self, model, gen_config) -> None:
-            if self._cb is not None:
-                return
-            self._cb = model.init_continuous_batching(
-                generation_config=gen_config, continuous_batching_config=self._cb_config
-            )
-            eviction.attach(self._cb)
-            self._cb.start()
-
-    class EvictingGenerationState(GenerationState):
-        def get_manager(self, model_id, use_cb=False):
-            if use_cb and self._cb_manager is None:
-                self._cb_manager = EvictingCBManager(cb_config=self._cb_config)
-                self._cb_model_id = model_id
-            return super().get_manager(model_id, use_cb)
 
     models = ModelManager(device=str(served.loaded.model.device), continuous_batching=True, model_timeout=-1)
     key = models.process_model_name(served.name)
     models.loaded_models[key] = TimedModel(served.loaded.model, timeout_seconds=-1, processor=served.loaded.tokenizer)
     models.force_model = served.name  # requests name this model, or none
-    state = EvictingGenerationState(continuous_batching=True, cb_config=served.cb_config)
+    state = attaching_generation_state(served.cb_config, eviction.attach)
     served.generation_state = state
     chat = ChatCompletionHandler(model_manager=models, generation_state=state)
     completion = CompletionHandler(model_manager=models, generation_state=state)
