@@ -58,6 +58,11 @@ def test_the_site_builds_in_strict_mode(tmp_path):
     assert options.count("<tr>") == len(RULES) + 1  # the header and one row per rule, from the code
     api = (site / "reference" / "api" / "press" / "index.html").read_text()
     assert 'id="restkv.press.get_press"' in api and ":class:" not in api  # rendered, roles rewritten
+    from restkv.scorers import available
+
+    methods = (site / "methods" / "index.html").read_text()  # the README's table, included
+    for name in available():
+        assert f"<td><code>{name}</code></td>" in methods, name
     root = (site / "reference" / "api" / "index.html").read_text()
     assert "RestKVPress" in root and "<blockquote>" not in root  # the root docstring's doctest is code
 
