@@ -26,7 +26,9 @@ def chunked(model, ids, press):
     return cache, logits, sizes
 
 
-@pytest.mark.parametrize("method", ["restkv", "snapkv", "h2o", "tova", "streamingllm", "lacache", "knorm"])
+@pytest.mark.parametrize(
+    "method", ["restkv", "snapkv", "h2o", "tova", "streamingllm", "lacache", "knorm", "keydiff", "lagkv"]
+)
 def test_chunked_prefill_keeps_each_layer_at_budget(method):
     model = tiny_model("llama")
     press = get_press(method, budget=40, window_size=8, chunk_size=64)

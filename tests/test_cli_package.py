@@ -10,7 +10,9 @@ import restkv.cli as cli
 from restkv.cli import COMMANDS, EXIT_USAGE, UsageError, build_parser, main
 from restkv.cli.common import method_configs, method_params
 
-SUBCOMMANDS = ["methods", "models", "generate", "chat", "demo", "eval", "lm-eval", "tune", "bench", "report", "serve"]
+SUBCOMMANDS = [
+    "methods", "models", "generate", "chat", "demo", "eval", "lm-eval", "tune", "bench", "report", "compare-stores", "serve"
+]  # fmt: skip
 
 
 def command_name(module) -> str:

@@ -1,7 +1,7 @@
 """Agreement with NVIDIA kvpress 0.5.5 on the same tiny model and prompt.
 
 The fixtures (kept positions per layer and KV head, and the tiny model's weights) were made by
-``benchmarks/kvpress_crosscheck/make_fixtures.py`` in a separate environment with kvpress
+``benchmarks/peers/kvpress_crosscheck/make_fixtures.py`` in a separate environment with kvpress
 0.5.5 and transformers 5.2. Settings are matched where the defaults differ by design:
 
 * kvpress's ``compression_ratio`` keeps ``int(n * (1 - ratio))`` entries: our ``budget``;
@@ -10,7 +10,19 @@ The fixtures (kept positions per layer and KV head, and the tiny model's weights
 * TOVA keeps only the last token besides its scores: our ``window_size=1``;
 * Knorm keeps no window: ``window_size=0``; StreamingLLM has no window beyond recency;
 * ObservedAttention is H2O's statistic averaged over the queries that see each token, over the
-  whole prompt: ``h2o`` with ``normalize=True, window_size=0``, eager attention.
+  whole prompt: ``h2o`` with ``normalize=True, window_size=0``, eager attention;
+* KeyDiff at kvpress's defaults keeps no window: ``keydiff`` with ``window_size=0`` (the anchor
+  is the mean unit key of the whole prompt in both);
+* ExpectedAttention at kvpress's defaults (``n_sink=4``, ``n_future_positions=512``, covariance
+  and value norm on, ``epsilon=0``) keeps no window: ``expected_attention`` with
+  ``window_size=0`` and the same defaults under our names (``sinks``, ``future_positions``).
+  kvpress projects the pre-RoPE queries again from the hidden states, we undo the rotation of
+  the post-RoPE ones: the statistics differ in float rounding only, far below the gaps between
+  the scores at the budget's edge on this model;
+* LagKV with ``n_sink=4, lag_size=16`` keeps no window: ``lagkv`` with ``window_size=0, sinks=4,
+  lag_size=16``. Its scores are ranks within a partition, equal across partitions; at this
+  budget the edge falls between two rank levels, so the order among equal ranks (ours prefers
+  the later token, kvpress's is ``topk``'s) never decides a kept entry.
 """
 
 import json
@@ -32,6 +44,9 @@ EQUIVALENT = {
     "tova": ("tova", dict(window_size=1), "sdpa"),
     "knorm": ("knorm", dict(window_size=0), "sdpa"),
     "observed_attention": ("h2o", dict(window_size=0, normalize=True), "eager"),
+    "keydiff": ("keydiff", dict(window_size=0), "sdpa"),
+    "expected_attention": ("expected_attention", dict(window_size=0), "sdpa"),
+    "lagkv": ("lagkv", dict(window_size=0, sinks=4, lag_size=16), "sdpa"),
 }
 
 

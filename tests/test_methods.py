@@ -27,6 +27,9 @@ def test_registry_lists_every_method_of_the_paper():
         "cam",
         "knorm",
         "random",
+        "keydiff",
+        "expected_attention",
+        "lagkv",
     }
     assert expected <= set(available())
     with pytest.raises(ValueError, match="full takes no parameters"):
@@ -101,6 +104,93 @@ def test_streamingllm_and_knorm_by_hand():
     assert idx[0, 0].tolist() == [0, 1, 2, 15, 16, 17, 18, 19]
     idx = get_scorer("knorm", window_size=2).select(q, k, k, budget=5)
     assert idx[0, 0].tolist() == [0, 1, 2, 18, 19]
+
+
+def test_keydiff_by_hand():
+    k = torch.zeros(1, 1, 10, 2)
+    k[0, 0, :, 0] = 1.0  # eight keys point the same way ...
+    k[0, 0, 3] = torch.tensor([0.0, 1.0])  # ... one is orthogonal to them ...
+    k[0, 0, 5] = torch.tensor([-2.0, 0.0])  # ... one opposite (its length does not count)
+    # mean unit key (0.7, 0.1): cosines 0.99 (the eight), 0.14 (position 3), -0.99 (position 5)
+    idx = get_scorer("keydiff", window_size=2).select(k, k, k, budget=4)
+    assert idx[0, 0].tolist() == [3, 5, 8, 9]
+    idx = get_scorer("keydiff", window_size=2).select(k, k, k, budget=3)
+    assert idx[0, 0].tolist() == [5, 8, 9]
+
+
+NO_ROTATION = torch.zeros(1)  # head_dim 2: with zero frequencies queries are their own pre-RoPE form
+
+
+def test_expected_attention_by_hand():
+    keys = torch.zeros(1, 1, 8, 2)
+    keys[0, 0, :, 0] = torch.tensor([5.0, 0.0, 3.0, 1.0, 4.0, 2.0, 0.0, 0.0])
+    values = torch.ones(1, 1, 8, 2)
+    queries = torch.zeros(1, 1, 8, 2)
+    queries[..., 0] = 1.0  # every query (1, 0): mean (1, 0), no covariance, so logit = k0 / sqrt(2)
+    scorer = get_scorer("expected_attention", window_size=2, sinks=1)
+    idx = scorer.select(queries, keys, values, budget=4, inv_freq=NO_ROTATION)
+    assert idx[0, 0].tolist() == [0, 4, 6, 7]  # the sink, the largest k0 among 1..5, the window
+    values[0, 0, 2] = 10.0  # position 2 gets e^(-1/sqrt 2) ~ 0.49 of position 4's attention, x 10 its value norm
+    assert scorer.select(queries, keys, values, budget=4, inv_freq=NO_ROTATION)[0, 0].tolist() == [0, 2, 6, 7]
+    plain = get_scorer("expected_attention", window_size=2, sinks=1, use_vnorm=False)
+    assert plain.select(queries, keys, values, budget=4, inv_freq=NO_ROTATION)[0, 0].tolist() == [0, 4, 6, 7]
+    # queries (+-1, 0) alternate: mean 0, covariance diag(1, 0): logit = k0^2 / 4, the sign does not count
+    queries[0, 0, 1::2, 0] = -1.0
+    keys[0, 0, :, 0] = torch.tensor([0.0, 1.0, -4.0, 3.0, 2.0, 0.0, 0.0, 0.0])
+    idx = get_scorer("expected_attention", window_size=2, sinks=0).select(
+        queries, keys, torch.ones(1, 1, 8, 2), budget=4, inv_freq=NO_ROTATION
+    )
+    assert idx[0, 0].tolist() == [2, 3, 6, 7]
+    with pytest.raises(ValueError, match="needs the layer's rotary frequencies"):
+        scorer.select(queries, keys, values, budget=4)
+
+
+def test_expected_attention_undoes_the_rotary_embedding_and_looks_ahead():
+    gen = torch.Generator().manual_seed(0)
+    d, n, future = 4, 30, 16
+    inv_freq = torch.tensor([0.5, 0.05])
+    pre = torch.randn(d, generator=gen)  # every query before RoPE: its mean is pre, no covariance
+
+    def rotation(position):  # the 4 x 4 rotary matrix of rotate_half's layout, written out
+        r = torch.zeros(d, d)
+        for i, f in enumerate(inv_freq.tolist()):
+            c, s = torch.cos(torch.tensor(position * f)), torch.sin(torch.tensor(position * f))
+            r[i, i], r[i, i + 2], r[i + 2, i], r[i + 2, i + 2] = c, -s, s, c
+        return r
+
+    queries = torch.stack([rotation(t) @ pre for t in range(n)])[None, None]
+    keys = torch.randn(1, 1, n, d, generator=gen)
+    ahead = torch.stack([rotation(n + s) for s in range(future)]).mean(0) @ pre
+    expected = keys[0, 0, :-4] @ ahead
+    scorer = get_scorer("expected_attention", window_size=4, sinks=0, future_positions=future,
+                        use_covariance=False, use_vnorm=False)  # fmt: skip
+    idx = scorer.select(queries, keys, keys, budget=12, inv_freq=inv_freq)
+    assert idx[0, 0].tolist() == sorted(expected.topk(8).indices.tolist()) + [26, 27, 28, 29]
+
+
+def test_expected_attention_refuses_what_it_cannot_estimate():
+    for option in ({"decode_budget": 30}, {"chunk_size": 40}):
+        with pytest.raises(ValueError, match=f"{next(iter(option))} is not supported with expected_attention"):
+            get_press("expected_attention", budget=30, window_size=W, **option)
+    assert get_press("keydiff", budget=30, window_size=W, decode_budget=30, chunk_size=40) is not None
+    # called directly with fewer queries than keys, the scorer cannot place them
+    q, k = torch.randn(1, 2, 10, 4), torch.randn(1, 2, 20, 4)
+    with pytest.raises(ValueError, match="needs the queries of every key"):
+        get_scorer("expected_attention", window_size=2).select(q, k, k, budget=8, inv_freq=torch.ones(2))
+
+
+def test_lagkv_by_hand():
+    # three partitions of four tokens, each [(0.5, 0), (0, 1), (0.4, 0.5), (1, 0.3)]: every channel
+    # spans [0, 1] in the next partition, so a token's spread is |a - b| / sqrt 2: 0.35, 0.71, 0.07,
+    # 0.49, ranks 1, 3, 0, 2 in every partition; the last partition (nothing follows it) is kept
+    part = torch.tensor([[0.5, 0.0], [0.0, 1.0], [0.4, 0.5], [1.0, 0.3]])
+    k = part.repeat(3, 1)[None, None]
+    lag = get_scorer("lagkv", window_size=0, sinks=0, lag_size=4)
+    assert lag.select(k, k, k, budget=6)[0, 0].tolist() == [1, 5, 8, 9, 10, 11]
+    assert lag.select(k, k, k, budget=8)[0, 0].tolist() == [1, 3, 5, 7, 8, 9, 10, 11]
+    # shorter than sinks + 2 partitions: nothing to compare, the sinks and the most recent tokens
+    short = get_scorer("lagkv", window_size=0, sinks=1, lag_size=4)
+    assert short.select(k[..., :7, :], k[..., :7, :], k[..., :7, :], budget=3)[0, 0].tolist() == [0, 5, 6]
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from tiny_models import prompt_ids, tiny_model
 
 W = 8  # the window of every example
 
+ONCE = "a method scored once (expected_attention)"
 #: per rule (by place, option and clash), press settings that break it
 PRESS_EXAMPLES = {
     ("decode_budget", "the full cache"): ("full", dict(decode_budget=40)),
@@ -25,6 +26,8 @@ PRESS_EXAMPLES = {
     ("chunk_size", "the adakv allocator"): ("snapkv", dict(budget=24, chunk_size=64, allocator="adakv")),
     ("chunk_size", "compression_ratio"): ("snapkv", dict(compression_ratio=0.5, chunk_size=64)),
     ("chunk_size", "a chunk_size not above window_size"): ("snapkv", dict(budget=24, chunk_size=W)),
+    ("decode_budget", ONCE): ("expected_attention", dict(budget=24, decode_budget=40)),
+    ("chunk_size", ONCE): ("expected_attention", dict(budget=24, chunk_size=64)),
     ("rerotate", "the adakv allocator"): ("snapkv", dict(budget=24, rerotate=True, allocator="adakv")),
     ("block_size", "the full cache"): ("full", dict(block_size=16)),
     ("block_size", "the adakv allocator"): ("snapkv", dict(budget=48, block_size=16, allocator="adakv")),

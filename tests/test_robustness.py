@@ -18,6 +18,11 @@ from tiny_models import prompt_ids, tiny_model
 METHODS = sorted(set(available()) - {"full"})
 
 
+def rotary(scorer, head_dim: int) -> dict:
+    """The rotary frequencies a scorer with ``needs_rotary`` reads (the press passes the model's)."""
+    return {"inv_freq": 1.0 / 10000 ** (torch.arange(0, head_dim, 2) / head_dim)} if scorer.needs_rotary else {}
+
+
 # -- batches with left padding --------------------------------------------------------------------
 
 
@@ -48,7 +53,7 @@ def test_padding_is_never_kept_when_real_tokens_suffice():
         if scorer.needs_o_proj:
             idx = scorer.select(q, k, v, budget=20, o_proj=torch.randn(16, 32), key_mask=key_mask)
         else:
-            idx = scorer.select(q, k, v, budget=20, key_mask=key_mask)
+            idx = scorer.select(q, k, v, budget=20, key_mask=key_mask, **rotary(scorer, 8))
         assert (idx[1] >= 25).all(), method
 
 
@@ -71,7 +76,8 @@ def test_adversarial_low_precision_scores_are_finite(method, dtype):
     q, k, v = adversarial_inputs(dtype)
     wo = torch.randn(32, 64).to(dtype)
     for v_case in (v, torch.randn_like(v.float()).to(dtype) * 1e3):
-        scores = get_scorer(method, window_size=8).score(q, k, v_case, budget=32, o_proj=wo)
+        scorer = get_scorer(method, window_size=8)
+        scores = scorer.score(q, k, v_case, budget=32, o_proj=wo, **rotary(scorer, 16))
         prefix = scores[..., :-8]
         assert not torch.isnan(scores).any() and torch.isfinite(prefix).all(), method
 
@@ -143,7 +149,7 @@ def test_every_method_kept_indices_properties(obs, method):
     q = torch.randn(batch, heads, n, d, generator=gen)
     k, v = torch.randn(batch, kv_heads, n, d, generator=gen), torch.randn(batch, kv_heads, n, d, generator=gen)
     scorer = get_scorer(method, window_size=window)
-    idx = scorer.select(q, k, v, budget=budget, o_proj=torch.randn(12, heads * d, generator=gen))
+    idx = scorer.select(q, k, v, budget=budget, o_proj=torch.randn(12, heads * d, generator=gen), **rotary(scorer, d))
     sinks = min(4, budget - window, n - window) if method in ("streamingllm", "lacache") else 0
     check_kept(idx, n, budget, window, batch, kv_heads, sinks)
 

@@ -1,10 +1,10 @@
-"""benchmarks/speculative_lookup.py: the lookup draft and the replay that counts verification steps."""
+"""benchmarks/profiling/speculative_lookup.py: the lookup draft and the replay that counts verification steps."""
 
 import importlib.util
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speculative_lookup.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "profiling" / "speculative_lookup.py"
 spec = importlib.util.spec_from_file_location("speculative_lookup", SCRIPT)
 lookup = importlib.util.module_from_spec(spec)
 sys.modules["speculative_lookup"] = lookup

@@ -347,3 +347,11 @@ def test_a_run_by_compression_ratio_reports_ratio_columns_and_no_budget_plot(tmp
     text = render_report(tmp_path).read_text()
     assert "| method | ratio 0.5 |" in text and "| restkv(window_size=8) | **100.0** |" in text
     assert not list(tmp_path.glob("*.png")) and ".png" not in text
+
+
+def test_format_cell_writes_missing_values_as_a_dash_and_floats_to_the_digits_asked():
+    from restkv.eval.report import format_cell
+
+    assert format_cell(None) == "-" and format_cell(float("nan"), 3) == "-"
+    assert format_cell(0.12345, 3) == "0.123" and format_cell(2.0) == "2.0" and format_cell(1536.4, 0) == "1536"
+    assert format_cell(7) == "7" and format_cell("restkv") == "restkv"  # not floats: as written

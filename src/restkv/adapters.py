@@ -113,12 +113,17 @@ class LayerContext:
     scaling: float | None
     softcap: float | None
     position: tuple[int, int]
-    #: the layer's rotary frequencies ``[d/2]`` (for re-indexing kept keys), when known
+    #: the layer's rotary frequencies ``[d/2]`` (for re-indexing kept keys, and for scorers
+    #: with ``needs_rotary``), when known
     inv_freq: torch.Tensor | None = None
 
     def scorer_kwargs(self) -> dict:
-        """The keyword arguments of :meth:`restkv.scorers.Scorer.select` that describe the layer."""
-        return {"o_proj": self.o_proj, "scaling": self.scaling, "softcap": self.softcap, "layer": self.position}
+        """The keyword arguments of :meth:`restkv.scorers.Scorer.select` that describe the layer
+        (``inv_freq`` only when the press read it)."""
+        kwargs = {"o_proj": self.o_proj, "scaling": self.scaling, "softcap": self.softcap, "layer": self.position}
+        if self.inv_freq is not None:
+            kwargs["inv_freq"] = self.inv_freq
+        return kwargs
 
 
 def layer_context(module: nn.Module, position: tuple[int, int], inv_freq: torch.Tensor | None = None) -> LayerContext:
@@ -140,6 +145,12 @@ def resident_weight(linear: nn.Module) -> torch.Tensor:
     if weight.device.type != "meta" or hook is None or getattr(hook, "weights_map", None) is None:
         return weight
     return hook.weights_map["weight"].to(hook.execution_device)
+
+
+def needs_frequencies(press) -> bool:
+    """Whether a press needs each layer's rotary frequencies: to re-index kept keys, or because
+    its scorer reads them (``needs_rotary``)."""
+    return bool(press.rerotate or (press.scorer is not None and press.scorer.needs_rotary))
 
 
 def rope_frequencies(model: nn.Module) -> dict[int, torch.Tensor]:

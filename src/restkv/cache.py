@@ -25,6 +25,7 @@ from transformers.cache_utils import BaseQuantizedLayer, CacheLayerMixin, Dynami
 
 from .quantized import stored_bytes, stored_entries
 from .state import LayerState, SequenceState, get_state, set_state
+from .timing import phased
 
 
 class VarlenLayer(CacheLayerMixin):
@@ -279,6 +280,7 @@ def fork_cache(cache) -> DynamicCache:
     return forked
 
 
+@phased("stack")
 def stack_caches(caches: list, device) -> DynamicCache:
     """One batched cache whose rows are ``caches`` (each of batch 1), padded per layer.
 

@@ -31,6 +31,7 @@ from .adapters import LayerContext, last_queries, layer_context, project_queries
 from .keep import Reindex, keep, kept_positions
 from .plan import PrefillStep
 from .state import SequenceState
+from .timing import phased
 
 
 def context_of(module, state: SequenceState, inv_freq: torch.Tensor | None = None) -> LayerContext:
@@ -68,6 +69,7 @@ def observe_and_evict(press, module, layer, query, state: SequenceState, inv_fre
         step.next_after = reindex.next_after
 
 
+@phased("chunk_compress")
 def recompress_chunk(press, scorer, module, layer, hidden, position_embeddings, state, step: PrefillStep,
                      inv_freq=None) -> None:  # fmt: skip
     """Chunked prefill: after a chunk's attention, cut the layer back to its budget.

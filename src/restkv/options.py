@@ -133,6 +133,13 @@ RULES: tuple[Rule, ...] = (
     Rule("press", "chunk_size", "a chunk_size not above window_size", "each chunk must hold its window",
          lambda p, c: p.chunk_size is not None and _method(p) and p.chunk_size <= _window(p),
          lambda p: f"chunk_size ({p.chunk_size}) must be larger than window_size ({_window(p)})"),
+    *(Rule("press", name, "a method scored once (expected_attention)",
+           "later chunks and steps see compressed keys at positions it cannot know",
+           lambda p, c, on=on: _method(p) and p.scorer.one_prefill_only and on(p),
+           lambda p, name=name: f"{name} is not supported with {p.scorer.name} (it scores once, from every "
+           "prompt query at its position)")
+      for name, on in (("decode_budget", lambda p: p.decode_budget is not None),
+                       ("chunk_size", lambda p: p.chunk_size is not None))),
     Rule("press", "rerotate", "the adakv allocator", "per-head lengths have no one contiguous span",
          lambda p, c: p.rerotate and _adakv(p),
          "rerotate is not supported with the adakv allocator (per-head lengths)"),

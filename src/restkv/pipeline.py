@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from .adapters import attention_modules, is_sliding, last_queries, rope_frequencies
+from .adapters import attention_modules, is_sliding, last_queries, needs_frequencies, rope_frequencies
 from .cache import fork_cache
 from .compress import SHARED_ATTENTION, compress_layer, effective_scorer, plan_budgets
 from .decode_eviction import settle
@@ -49,7 +49,7 @@ class Pipeline:
         scorers = [p.scorer for p in presses if p.scorer is not None]
         self.needs_all_queries = any(s.query_span == "all" for s in scorers)
         self.window = max([s.window_size for s in scorers] + [1])
-        self.frequencies = rope_frequencies(model) if any(p.rerotate for p in presses) else {}
+        self.frequencies = rope_frequencies(model) if any(needs_frequencies(p) for p in presses) else {}
 
     @torch.inference_mode()
     def record(self, input_ids: torch.Tensor) -> PrefillRecord:

@@ -30,6 +30,7 @@ from .adapters import (
     decoder_model,
     is_sliding,
     last_queries,
+    needs_frequencies,
     rope_frequencies,
 )
 from .blocks import BLOCK_REDUCTIONS
@@ -206,7 +207,7 @@ class _Session:
         self.press = press
         self.quantized = None  # a quantized cache's own layers while its prompt runs at full precision
         self.modules = attention_modules(model)
-        self.frequencies = rope_frequencies(model) if press.rerotate else {}
+        self.frequencies = rope_frequencies(model) if needs_frequencies(press) else {}
         decoder = decoder_model(model)
         self.handles = [
             decoder.register_forward_pre_hook(self._before_model, with_kwargs=True),

@@ -46,6 +46,7 @@ from ..quantized import quantize_cache
 from ..specs import MethodConfig
 from ..state import PressStats
 from ..static_decode import check_compile, decodes_static, static_greedy
+from ..timing import phased
 
 #: with ``batch="auto"`` the compressed caches decoded as one batch hold at most this many bytes
 #: together, or as many as the full cache when that is more (the prefill held it anyway)
@@ -121,6 +122,7 @@ class Engine:
         return press.chunk_size is not None or press.probe is not None
 
     # -- the pipeline: one recorded prefill, a cache per config, or a streamed prefill ------------
+    @phased("prefill")
     def prefill(self, input_ids: torch.Tensor) -> PrefillRecord:
         """The prompt ``[1, n]`` prefilled once with the full cache, with what every config's scorer reads."""
         return self.pipeline.record(input_ids)
@@ -131,6 +133,7 @@ class Engine:
         """A new cache for ``config`` built from the recorded prefill; the record is not modified."""
         return self.compressed_caches(record, [config], memo, window)[0]
 
+    @phased("compress")
     def compressed_caches(
         self, record: PrefillRecord, configs: list[MethodConfig], memo: dict | None = None, window=None
     ) -> list[tuple[DynamicCache, PressStats, float]]:
@@ -138,6 +141,7 @@ class Engine:
         presses = [self.presses[c] for c in configs]
         return self.pipeline.derive(record, presses, memo, [_window_for(p, window) for p in presses])
 
+    @phased("prefill")
     def stream(self, input_ids: torch.Tensor, config: MethodConfig, window: int | None):
         """``config``'s cache, prefilled through its press chunk by chunk or followed by its probe
         (:meth:`restkv.pipeline.Pipeline.stream`)."""
@@ -148,6 +152,7 @@ class Engine:
         return self.pipeline.stream(input_ids, press, window, probe)
 
     # -- decoding -----------------------------------------------------------------------------
+    @phased(lambda call: "full_decode" if call["press"] is None else "decode")
     @torch.inference_mode()
     def decode(
         self, cache, first_logits, start_pos: int, max_new_tokens: int, eos_ids, press: KVPress | None = None,
@@ -210,6 +215,7 @@ class Engine:
             ms = (time.perf_counter() - start) * 1000 / max(steps, 1)
         return tokens, torch.stack(seen), ms, stopped
 
+    @phased("teacher_forcing")
     @torch.inference_mode()
     def teacher_forced_logits(self, cache, tokens: torch.Tensor, start_pos: int, press: KVPress | None = None):
         """Logits ``[rows, len, vocab]`` after each of ``tokens`` ``[rows, len]`` fed at once."""

@@ -153,12 +153,17 @@ def family_means(agg: list[dict]) -> list[dict]:
     return out
 
 
-def _fmt(value, digits=1):
+def format_cell(value, digits: int = 1) -> str:
+    """A report's table cell: ``"-"`` for a missing value (None or NaN), a float to ``digits``
+    decimals, anything else as ``str`` would write it."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+_fmt = format_cell  # the short name the tables below are written with
 
 
 def score_table(

@@ -12,10 +12,13 @@ import dataclasses
 from .adakv import AdaKVScorer
 from .base import Scorer, top_positions
 from .cam import CaMScorer
+from .expected_attention import ExpectedAttentionScorer
 from .full import FullScorer
 from .h2o import H2OScorer
+from .keydiff import KeyDiffScorer
 from .knorm import KnormScorer
 from .lacache import LaCacheScorer
+from .lagkv import LagKVScorer
 from .pyramidkv import PyramidKVScorer
 from .random import RandomScorer
 from .restkv import RestKVScorer
@@ -37,6 +40,9 @@ SCORERS: dict[str, type[Scorer]] = {
         TOVAScorer,
         StreamingLLMScorer,
         KnormScorer,
+        KeyDiffScorer,
+        ExpectedAttentionScorer,
+        LagKVScorer,
         RandomScorer,
     )
 }

@@ -44,6 +44,12 @@ class Scorer:
     #: or "none". The press only computes what is asked for.
     query_span: ClassVar[str] = "window"
     needs_o_proj: ClassVar[bool] = False
+    #: whether the method reads the layer's rotary frequencies ``inv_freq`` (Expected Attention
+    #: moves its estimated queries to future positions); the press then reads them from the model
+    needs_rotary: ClassVar[bool] = False
+    #: whether the method scores once, from every prompt query at its position (Expected
+    #: Attention): presses refuse chunked prefill and decoding-time eviction for it
+    one_prefill_only: ClassVar[bool] = False
     #: whether the scores depend on the budget (then they cannot be shared between budgets)
     budget_dependent: ClassVar[bool] = False
     #: the layer allocator a press uses with this scorer unless told otherwise
@@ -66,11 +72,13 @@ class Scorer:
         scaling: float | None,
         softcap: float | None,
         layer: tuple[int, int] | None = None,
+        inv_freq: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Scores ``[b, H or H_kv, n - window_size]`` of the prefix tokens; higher is kept.
 
         ``layer`` is ``(index, count)`` among the model's compressed layers, for methods whose
-        choice depends on depth (LaCache); the others ignore it.
+        choice depends on depth (LaCache); ``inv_freq`` the layer's rotary frequencies ``[d/2]``
+        (given when ``needs_rotary``); the others ignore them.
         """
         raise NotImplementedError
 
@@ -107,17 +115,30 @@ class Scorer:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def score(
-        self, queries, keys, values, *, budget, o_proj=None, key_mask=None, scaling=None, softcap=None, layer=None
+        self,
+        queries,
+        keys,
+        values,
+        *,
+        budget,
+        o_proj=None,
+        key_mask=None,
+        scaling=None,
+        softcap=None,
+        layer=None,
+        inv_freq=None,
     ):
         """Per-KV-head scores ``[b, H_kv, n]`` in float32; the window scores ``+inf``.
 
         Padding keys (``key_mask`` False) score ``-inf`` so they are never preferred.
         """
-        self._check(queries, keys, values, o_proj, key_mask)
+        self._check(queries, keys, values, o_proj, key_mask, inv_freq)
         n = keys.shape[-2]
         w = min(self.window_size, n)
         q = {"window": queries[..., -w:, :] if w else queries[..., :0, :], "all": queries}.get(self.query_span, queries)
         observed = dict(o_proj=o_proj, key_mask=key_mask, scaling=scaling, softcap=softcap, layer=layer)
+        if self.needs_rotary:
+            observed["inv_freq"] = inv_freq
         prefix = self.prefix_scores(q, keys, values, budget=budget, **observed).float()
         prefix = self.reduce_groups(prefix, keys.shape[1])
         if key_mask is not None:
@@ -137,6 +158,7 @@ class Scorer:
         scaling: float | None = None,
         softcap: float | None = None,
         layer: tuple[int, int] | None = None,
+        inv_freq: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Kept positions ``[b, H_kv, min(budget, n)]``, sorted ascending, window included.
 
@@ -151,11 +173,12 @@ class Scorer:
             scaling: the model's logit scale, if not ``1/sqrt(d)``.
             softcap: the model's attention logit soft-cap, if it has one.
             layer: ``(index, count)`` among the compressed layers (depth-aware methods).
+            inv_freq: the layer's rotary frequencies ``[d/2]`` (methods with ``needs_rotary``).
         """
         check_int("budget", budget, 1)
         b, kv_heads, n, _ = keys.shape
         if n <= budget:
-            self._check(queries, keys, values, o_proj, key_mask)
+            self._check(queries, keys, values, o_proj, key_mask, inv_freq)
             return torch.arange(n, device=keys.device).expand(b, kv_heads, n).clone()
         if budget <= self.window_size:
             raise ValueError(
@@ -163,7 +186,8 @@ class Scorer:
                 "the window alone would fill it"
             )
         observed = dict(o_proj=o_proj, key_mask=key_mask, scaling=scaling, softcap=softcap, layer=layer)
-        return top_positions(self.score(queries, keys, values, budget=budget, **observed), budget)
+        scores = self.score(queries, keys, values, budget=budget, inv_freq=inv_freq, **observed)
+        return top_positions(scores, budget)
 
     def reduce_groups(self, scores: torch.Tensor, kv_heads: int) -> torch.Tensor:
         """Per-query-head scores ``[b, H, n]`` to per-KV-head ones ``[b, H_kv, n]`` (``gqa_reduce``)."""
@@ -175,7 +199,7 @@ class Scorer:
             return grouped.amax(dim=2)
         return grouped.sum(dim=2) if self.gqa_reduce == "sum" else grouped.mean(dim=2)
 
-    def _check(self, queries, keys, values, o_proj, key_mask):
+    def _check(self, queries, keys, values, o_proj, key_mask, inv_freq=None):
         for label, t in (("queries", queries), ("keys", keys), ("values", values)):
             if not isinstance(t, torch.Tensor) or t.dim() != 4:
                 shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
@@ -210,6 +234,11 @@ class Scorer:
                     f"o_proj has shape {tuple(o_proj.shape)}, expected [hidden, {queries.shape[1] * values.shape[-1]}] "
                     "(heads * head_dim)"
                 )
+        if self.needs_rotary and (inv_freq is None or tuple(inv_freq.shape) != (keys.shape[-1] // 2,)):
+            got = "none" if inv_freq is None else f"shape {tuple(inv_freq.shape)}"
+            raise ValueError(
+                f"{self.name} needs the layer's rotary frequencies inv_freq [{keys.shape[-1] // 2}], got {got}"
+            )
         if key_mask is not None and tuple(key_mask.shape) != (keys.shape[0], keys.shape[2]):
             raise ValueError(f"key_mask has shape {tuple(key_mask.shape)}, expected {(keys.shape[0], keys.shape[2])}")
 

@@ -4,7 +4,7 @@ The quality measure at lengths where no full cache fits: the model must carry th
 format (and, for some tasks, their content) across the haystack to answer. Each long sample
 carries its no-haystack twin in ``meta["reference_prompt"]`` (same exemplars, same question,
 no essays), so the model's own short-prompt answer is the reference:
-``benchmarks/long_context.py`` scores agreement with it and the KL divergence of the first
+``benchmarks/studies/long_context.py`` scores agreement with it and the KL divergence of the first
 answer token's distribution from it; ``restkv eval bbh-haystack`` scores accuracy.
 
 The final question is written on one line (its option list included), so the question-aware

@@ -26,7 +26,7 @@ use a third rule, on the answer's shape:
   it is repeating or rambling.
 
 Unlike the first two, ``answer_lines`` is not a proof, it is a measurement:
-``benchmarks/stop_rules.py`` replays every recorded RULER, NIAH and pass-key prediction
+``benchmarks/studies/stop_rules.py`` replays every recorded RULER, NIAH and pass-key prediction
 (12,335 rows of SmolLM2 and Gemma 3, handwritten and RULER's own generators, 1K and 4K) token
 by token; with a margin of 2 no score changes and 13% of the tokens are skipped (a margin of 1
 changes 4 scores, of 0 changes 59, and stopping at the first complete line changes 1,627: most
