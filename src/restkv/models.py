@@ -41,6 +41,8 @@ class EmbeddedModel:
     note: str
 
     def gguf_path(self) -> Path:
+        """The GGUF file in the installed package, assembled under ``RESTKV_HOME`` first when the
+        package ships it in chunks; one sentence naming the package to install when it is missing."""
         spec = importlib.util.find_spec(self.module)
         if spec is None or not spec.submodule_search_locations:
             raise ModelLoadError(
@@ -91,6 +93,9 @@ def restkv_home() -> Path:
 
 @dataclass
 class LoadedModel:
+    """What :func:`load_model` returns: the model, its tokenizer, the name it was loaded by, and
+    whether it has a chat template (else prompts are completion-style)."""
+
     model: object
     tokenizer: object
     name: str

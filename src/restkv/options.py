@@ -50,6 +50,7 @@ class Rule:
     message: str | Callable[[object], str]
 
     def sentence(self, press) -> str:
+        """The sentence a user gets when ``press`` breaks this rule."""
         return self.message(press) if callable(self.message) else self.message
 
 

@@ -59,6 +59,7 @@ def quantized_cache(model, backend: str, nbits: int, group_size: int = 64, resid
 
 
 def is_quantized(cache) -> bool:
+    """Whether ``cache`` is a transformers ``QuantizedCache``."""
     return isinstance(cache, QuantizedCache)
 
 

@@ -22,9 +22,11 @@ class MethodConfig:
 
     @classmethod
     def make(cls, method: str, budget: int | None = None, allocator: str | None = None, **params) -> MethodConfig:
+        """A configuration from keyword parameters (``full`` takes no budget)."""
         return cls(method, None if method == "full" else budget, tuple(sorted(params.items())), allocator)
 
     def press(self) -> KVPress:
+        """The press this configuration describes."""
         if self.method == "full":
             return get_press("full")
         return get_press(self.method, budget=self.budget, allocator=self.allocator, **dict(self.params))

@@ -107,6 +107,7 @@ class ResultStore:
             ) from err
 
     def close(self) -> None:
+        """Close the database and release the writer's lock on ``--out``."""
         self.db.close()
         self._unlock()
 
@@ -164,6 +165,8 @@ class ResultStore:
             raise StoreError(f"cannot write to {self.path}: {err}; move it aside or pick another --out") from err
 
     def rows(self, **where) -> list[dict]:
+        """The rows whose columns equal ``where`` (all rows without it), in insertion order, with
+        ``params`` and ``extra`` decoded from JSON and a missing budget as None."""
         clause = " AND ".join(f"{k}=?" for k in where) or "1=1"
         try:
             cursor = self.db.execute(f"SELECT * FROM results WHERE {clause} ORDER BY rowid", tuple(where.values()))
@@ -180,4 +183,5 @@ class ResultStore:
         return out
 
     def count(self) -> int:
+        """The number of rows in the store."""
         return self.db.execute("SELECT COUNT(*) FROM results").fetchone()[0]

@@ -60,6 +60,7 @@ def defaults(name: str) -> dict:
 
 
 def scorer_class(name: str) -> type[Scorer]:
+    """The scorer class registered as ``name`` (one sentence listing the names when unknown)."""
     if name not in SCORERS:
         raise ValueError(f"unknown method {name!r}; available: {', '.join(available())}")
     return SCORERS[name]

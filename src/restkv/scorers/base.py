@@ -165,11 +165,13 @@ class Scorer:
         Args:
             queries: ``[b, H, q, d]`` post-RoPE queries; the last ``window_size`` are the
                 observation window (pass the whole prompt or just its end).
-            keys, values: ``[b, H_kv, n, d]``.
+            keys: ``[b, H_kv, n, d]``.
+            values: ``[b, H_kv, n, d]``.
             budget: entries to keep per KV head; must exceed ``window_size`` when ``n > budget``.
             o_proj: the attention output projection weight ``[hidden, H * d]`` (ReST-KV).
             key_mask: optional ``[b, n]`` bool, False for padding.
-            scaling, softcap: the model's logit scale and soft-cap, if not ``1/sqrt(d)``.
+            scaling: the model's logit scale, if not ``1/sqrt(d)``.
+            softcap: the model's attention logit soft-cap, if it has one.
             layer: ``(index, count)`` among the compressed layers (depth-aware methods).
             inv_freq: the layer's rotary frequencies ``[d/2]`` (methods with ``needs_rotary``).
         """

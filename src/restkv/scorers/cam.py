@@ -42,6 +42,7 @@ class CaMScorer(Scorer):
             raise ValueError(f"start_ratio must be in [0, 1), got {self.start_ratio!r}")
 
     def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap, **context):
+        """Window attention summed over the window's queries."""
         n, w = keys.shape[-2], queries.shape[-2]
         attn = window_attention(queries, keys, scaling=scaling, key_mask=key_mask, softcap=softcap)
         return attn[..., : n - w].sum(dim=-2)

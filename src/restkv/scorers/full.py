@@ -19,5 +19,6 @@ class FullScorer(Scorer):
     query_span = "none"
 
     def select(self, queries, keys, values, *, budget=None, **observed) -> torch.Tensor:
+        """Every position ``[b, H_kv, n]``, whatever the budget."""
         b, kv_heads, n, _ = keys.shape
         return torch.arange(n, device=keys.device).expand(b, kv_heads, n).clone()

@@ -35,6 +35,7 @@ class H2OScorer(Scorer):
     query_span = "all"
 
     def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap, **context):
+        """Attention accumulated over every prompt query (divided by how many queries see each token when ``normalize``)."""
         n = keys.shape[-2]
         total = accumulated_attention(queries, keys, scaling=scaling, key_mask=key_mask, softcap=softcap)
         if self.normalize:  # queries that see token j: the last q of them from position max(j, n - q)
@@ -45,17 +46,20 @@ class H2OScorer(Scorer):
 
     # -- decoding-time eviction: the accumulated attention is the memory ----------------------
     def remember(self, queries, keys, kept, context):
+        """The attention accumulated over the prompt's queries, at the kept positions."""
         acc = accumulated_attention(queries, keys, scaling=context.scaling, softcap=context.softcap)
         if kept is not None:
             acc = acc.gather(2, repeat_kv(kept[..., None], acc.shape[1] // kept.shape[1])[..., 0])
         return acc
 
     def observe_step(self, memory, query, keys, context):
+        """Add the decoding step's attention to the accumulated attention (new entries start at zero)."""
         grown = keys.shape[-2] - memory.shape[-1]
         memory = torch.cat([memory, memory.new_zeros(*memory.shape[:2], grown)], dim=-1)
         return memory + accumulated_attention(query, keys, scaling=context.scaling, softcap=context.softcap)
 
     def decode_select(self, memory, keys, values, budget, context):
+        """Keep the top accumulated attention plus the window, and the memory at those positions."""
         n = keys.shape[-2]
         scores = self.reduce_groups(memory, keys.shape[1]).clone()  # never write into the memory
         scores[..., n - min(self.window_size, n) :] = float("inf")

@@ -21,5 +21,6 @@ class KnormScorer(Scorer):
     query_span = "none"
 
     def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap, **context):
+        """The negative L2 norm of each key: the smallest keys are kept."""
         n = keys.shape[-2]
         return -keys[..., : n - min(self.window_size, n), :].float().norm(dim=-1)

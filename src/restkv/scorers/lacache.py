@@ -70,6 +70,7 @@ class LaCacheScorer(Scorer):
     def prefix_scores(
         self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap, layer=None, **context
     ):
+        """The first ``sinks`` tokens on top, then this layer's ladder positions (``layer``), then recency."""
         b, kv_heads, n, _ = keys.shape
         w = min(self.window_size, n)
         index, count = layer if layer is not None else (0, 1)

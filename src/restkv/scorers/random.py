@@ -24,6 +24,7 @@ class RandomScorer(Scorer):
         check_int("seed", self.seed, 0)
 
     def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap, **context):
+        """Uniform draws from ``seed``, the same for the same real position with or without left padding."""
         b, kv_heads, n, _ = keys.shape
         length = n - min(self.window_size, n)
         gen = torch.Generator().manual_seed(self.seed)

@@ -135,6 +135,8 @@ class RestKVScorer(Scorer):
                 raise ValueError(f"{label} must be a positive number, got {value!r}")
 
     def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap, **context):
+        """ReST-KV's score per query head: attention odds ratio times the output error of dropping
+        each token (through ``o_proj`` when ``use_wo``), smoothed over the window and pooled."""
         n, w = keys.shape[-2], queries.shape[-2]
         heads = queries.shape[1]
         attn = window_attention(queries, keys, scaling=scaling, key_mask=key_mask, softcap=softcap)  # [b,H,w,n]

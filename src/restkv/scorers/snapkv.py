@@ -35,6 +35,7 @@ class SnapKVScorer(Scorer):
             raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
 
     def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap, **context):
+        """Window attention summed over the window's queries, then pooled (``pooling``, ``kernel_size``)."""
         n, w = keys.shape[-2], queries.shape[-2]
         attn = window_attention(queries, keys, scaling=scaling, key_mask=key_mask, softcap=softcap)
         valid = key_mask[:, : n - w] if key_mask is not None else None

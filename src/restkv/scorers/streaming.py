@@ -30,6 +30,7 @@ class StreamingLLMScorer(Scorer):
         check_int("sinks", self.sinks, 0)
 
     def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap, **context):
+        """Recency, with the first ``sinks`` real tokens of each row on top."""
         b, kv_heads, n, _ = keys.shape
         length = n - min(self.window_size, n)
         positions = torch.arange(length, device=keys.device, dtype=torch.float32).expand(b, length)

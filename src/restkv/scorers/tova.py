@@ -27,6 +27,7 @@ class TOVAScorer(Scorer):
         check_int("window_size", self.window_size, 1)  # the last query is the rule
 
     def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap, **context):
+        """The last query's attention, averaged over the layer's heads (the same row for every KV head)."""
         n = keys.shape[-2]
         w = min(self.window_size, n)
         last = window_attention(queries[..., -1:, :], keys, scaling=scaling, key_mask=key_mask, softcap=softcap)
