@@ -52,6 +52,9 @@ class ExpectedAttentionScorer(Scorer):
             raise ValueError(f"epsilon must be a non-negative number, got {self.epsilon!r}")
 
     def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap, inv_freq, **context):
+        """Per-query-head scores ``[b, H, n - window]``: the attention each key would get from the
+        queries expected over the next ``future_positions`` positions (their mean and covariance,
+        estimated from every prompt query after the sinks), times the value norm; sinks score highest."""
         b, kv_heads, n, d = keys.shape
         if queries.shape[-2] != n:
             raise ValueError(
@@ -79,6 +82,7 @@ class ExpectedAttentionScorer(Scorer):
         return scores[..., : n - min(self.window_size, n)]
 
     def remember(self, queries, keys, kept, context):
+        """Refused: the method scores one prefill from every query; it has no rule while decoding."""
         raise ValueError(f"{self.name} has no decoding-time rule: use it without decode_budget")
 
     def query_statistics(self, queries, positions, used, start, inv_freq):

@@ -23,6 +23,8 @@ class KeyDiffScorer(Scorer):
     query_span = "none"
 
     def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap, **context):
+        """Per-KV-head scores ``[b, H_kv, n - window]``: minus each key's cosine similarity to the
+        head's mean unit key (padding left out of the mean); reads no queries."""
         n = keys.shape[-2]
         k = keys.float()
         unit = F.normalize(k, p=2, dim=-1)

@@ -38,6 +38,8 @@ class LagKVScorer(Scorer):
         check_int("lag_size", self.lag_size, 1)
 
     def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap, **context):
+        """Per-KV-head scores ``[b, H_kv, n - window]``: each row's partitions ranked from its first
+        real token (:meth:`row_scores`), as when the row runs alone."""
         b, kv_heads, n, _ = keys.shape
         scores = keys.new_zeros(b, kv_heads, n, dtype=torch.float32)
         pads = [0] * b if key_mask is None else (~key_mask).sum(-1).tolist()  # left padding per row
