@@ -153,3 +153,17 @@ def test_the_docs_table_has_one_row_per_rule_in_place_order():
     for rule, row in zip(sorted(RULES, key=lambda r: PLACES.index(r.place)), rows):
         assert f"`{rule.option}`" in row and rule.why in row
     assert all(p in places for p in PLACES)
+
+
+def test_compiled_decoding_of_several_rows_is_said_when_it_happens():
+    snap = get_press("snapkv", budget=24, window_size=W)
+    assert "hold one row" in refusal("compiled decoding", snap, rows=3)
+    assert "hold one row" in refusal("compiled decoding", snap, rows=1, resumed=True)
+    assert refusal("compiled decoding", snap, rows=1) is None
+    from restkv.eval.engine import Engine
+    from restkv.specs import MethodConfig
+
+    configs = [MethodConfig.make("full"), MethodConfig.make("snapkv", 24, window_size=W),
+               MethodConfig.make("tova", 24, window_size=W)]  # fmt: skip
+    with pytest.warns(UserWarning, match="falls back to the eager loop: the static buffers hold one row"):
+        Engine(tiny_model("llama"), configs, compile="static").run(prompt_ids(50), 4, set(), batch=2)

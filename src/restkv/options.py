@@ -198,6 +198,11 @@ RULES: tuple[Rule, ...] = (
     Rule("compiled decoding", "track_origins", "static buffers", "origins follow every compaction eagerly",
          lambda p, c: getattr(_state(c), "origins", None) is not None,
          "origin tracking follows every compaction eagerly"),
+    Rule("compiled decoding", "several rows decoded together", "static buffers",
+         "the static buffers hold one row decoded from its start (the engine's batched sweep)",
+         lambda p, c: c.get("rows", 1) > 1 or c.get("resumed", False),
+         "the static buffers hold one row decoded from its start, and this batch decodes several rows "
+         "or resumes them from the full cache's answer"),
     Rule("compiled decoding", "rerotate with decode_budget", "static buffers",
          "re-indexing while decoding moves the next position",
          lambda p, c: _method(p) and p.decode_budget is not None and p.rerotate,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -186,6 +187,9 @@ class Engine:
         if alone and decodes_static(self.compile, cache, press, max_new_tokens):
             done = static_greedy(self.model, cache, first_logits, stop, press, self.compile is True, keep_logits=True)
         else:
+            if self.compile and not alone and max_new_tokens > 1:  # said when it happens, never silently
+                reason = refusal("compiled decoding", press, rows=first_logits.shape[0], resumed=prefixes is not None)
+                warnings.warn(f"compiled decoding falls back to the eager loop: {reason}", stacklevel=2)
             reserve(cache, max_new_tokens)  # append in place: no copy of every layer per token
             step = CacheStep(self.model, cache, start_pos)
             with self._hooks(press):
