@@ -38,7 +38,7 @@ def observed():
 
 
 def _wrap_engine_args(engine_args) -> None:
-    if getattr(engine_args, "_restkv_wrapped", False):
+    if getattr(engine_args, "restkv_wrapped", False):
         return
     create = engine_args.create_engine_config
 
@@ -48,11 +48,11 @@ def _wrap_engine_args(engine_args) -> None:
         return vllm_config
 
     engine_args.create_engine_config = create_engine_config
-    engine_args._restkv_wrapped = True
+    engine_args.restkv_wrapped = True
 
 
 def _wrap_input_processor(processor) -> None:
-    if getattr(processor, "_restkv_wrapped", False):
+    if getattr(processor, "restkv_wrapped", False):
         return
     validate = processor._validate_params
 
@@ -63,7 +63,7 @@ def _wrap_input_processor(processor) -> None:
         return out
 
     processor._validate_params = _validate_params
-    processor._restkv_wrapped = True
+    processor.restkv_wrapped = True
 
 
 __all__ = ["Setting", "engine_setting", "observed", "parse", "register", "request_setting"]

@@ -128,7 +128,7 @@ class RunnerObserver:
 def install() -> None:
     """Wrap the V1 model runner (once per process)."""
     runner_class = compat.model_runner_class()
-    if getattr(runner_class, "_restkv_wrapped", False):
+    if getattr(runner_class, "restkv_wrapped", False):
         return
     prepare, execute = runner_class._prepare_inputs, runner_class.execute_model
 
@@ -153,4 +153,4 @@ def install() -> None:
 
     runner_class._prepare_inputs = _prepare_inputs
     runner_class.execute_model = execute_model
-    runner_class._restkv_wrapped = True
+    runner_class.restkv_wrapped = True
