@@ -16,7 +16,7 @@ from .attention import sharing
 from .budgets import layer_budgets
 from .cache import VarlenLayer
 from .decode_eviction import context_of, remember
-from .keep import Blocks, Reindex, keep, kept_positions, record_uncompressed
+from .keep import Blocks, Reindex, keep, kept_positions, kept_valid, record_uncompressed
 from .plan import PrefillStep
 from .select import head_adaptive_positions
 from .state import LayerState, PressStats, SequenceState
@@ -149,7 +149,7 @@ def _keep_per_head(job: _Job, cache, budget: int, stats: PressStats) -> None:
     positions, lengths = head_adaptive_positions(job.scores(keys, values, budget), budget, window, job.press.head_floor)
     varlen = VarlenLayer(keys, values, positions, lengths)
     cache.layers[index] = varlen
-    valid = _kept_valid(state, positions, kv_heads)
+    valid = kept_valid(state, index, positions, n, kv_heads)
     valid = varlen.valid if valid is None else valid & varlen.valid
     stats.entries_per_layer[index] = int(lengths[0].sum())
     state.layers[index] = LayerState(prompt_tokens=n, kept=varlen.width, valid=None if bool(valid.all()) else valid)
@@ -167,16 +167,6 @@ def _row_budgets(job: _Job, budget: int) -> list[int]:
 
 #: how a layer keeps its entries, by allocator (the allocator decides how many per layer and head)
 KEEPERS = {"uniform": _keep_dense, "pyramid": _keep_dense, "adakv": _keep_per_head}
-
-
-def _kept_valid(state: SequenceState, idx: torch.Tensor | None, kv_heads: int) -> torch.Tensor | None:
-    """``[b, H_kv, kept]`` False where a kept entry is padding; None when all are real tokens."""
-    if state.prompt_mask is None:
-        return None
-    mask = state.prompt_mask if idx is None else state.prompt_mask.to(idx.device)
-    valid = mask[:, None, :].expand(-1, kv_heads, -1)
-    valid = valid.gather(2, idx) if idx is not None else valid
-    return None if bool(valid.all()) else valid
 
 
 def compressed_mask(

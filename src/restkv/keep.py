@@ -149,15 +149,21 @@ def keep(
     state.layers[context.index] = _kept_record(state, context.index, idx, n, idx.shape[1])
 
 
+def kept_valid(state: SequenceState, index: int, idx: torch.Tensor | None, n: int, heads: int) -> torch.Tensor | None:
+    """``[b, heads, k]``, False where an entry kept by ``idx`` (all ``n`` when None) of layer
+    ``index`` is padding; None when every kept entry is a real token."""
+    valid = _valid_entries(state, state.layers.get(index), n, heads)
+    if valid is not None and idx is not None:
+        valid = valid.to(idx.device).gather(2, idx)
+    return None if valid is None or bool(valid.all()) else valid
+
+
 def _kept_record(state: SequenceState, index: int, idx: torch.Tensor | None, n: int, heads: int) -> LayerState:
     """The layer's record after keeping ``idx`` of its ``n`` entries (all of them when None)."""
     old = state.layers.get(index)
-    valid = _valid_entries(state, old, n, heads)
-    if valid is not None and idx is not None:
-        valid = valid.to(idx.device).gather(2, idx)
     kept = n if idx is None else idx.shape[-1]
     prompt_tokens = old.prompt_tokens if old is not None else n
-    return LayerState(prompt_tokens=prompt_tokens, kept=kept, valid=None if valid is None or bool(valid.all()) else valid)
+    return LayerState(prompt_tokens=prompt_tokens, kept=kept, valid=kept_valid(state, index, idx, n, heads))
 
 
 def _valid_entries(state: SequenceState, old: LayerState | None, n: int, heads: int) -> torch.Tensor | None:
