@@ -1,0 +1,78 @@
+"""A leaderboard table from a results store: each method's mean over tasks at each compression
+ratio with its 95% interval, and its paired difference against the best other method there.
+
+kvpress's leaderboard averages RULER's tasks with equal weight; so does this table, and its
+intervals resample prompts within their task (:func:`restkv.eval.intervals.bootstrap_mean`).
+A difference whose interval contains 0 is reported as a tie, not as a win.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from .intervals import Interval, bootstrap_mean, paired_difference
+from .report import split_ratio
+
+FULL = "full"
+
+
+def scores_by_config(rows: list[dict]) -> dict[tuple[str, float | None], dict[str, dict[str, float]]]:
+    """``{(method, ratio): {task: {sample_id: score}}}`` from store rows (scores as given)."""
+    table: dict = defaultdict(lambda: defaultdict(dict))
+    for row in rows:
+        if row.get("score") is None:
+            continue
+        method, ratio = split_ratio(row["method"])
+        table[(method, ratio)][row["task"]][row["sample_id"]] = float(row["score"])
+    return {k: dict(v) for k, v in table.items()}
+
+
+def _mean(tasks: dict[str, dict[str, float]], seed: int) -> Interval:
+    return bootstrap_mean({t: list(s.values()) for t, s in sorted(tasks.items())}, seed=seed)
+
+
+def _cell(interval: Interval, scale: float = 100.0) -> str:
+    return f"{interval.value * scale:.1f} [{interval.low * scale:.1f}, {interval.high * scale:.1f}]"
+
+
+def leaderboard_markdown(rows: list[dict], *, seed: int = 0) -> str:
+    """The table, one row per method and ratio, scores x100 with bootstrap 95% intervals.
+
+    Columns: the mean over tasks and its interval; n prompts; the paired difference against
+    the best other compressing method at the same ratio (``tie`` when its interval contains 0);
+    the paired difference against the full cache. Only prompts both sides ran are paired.
+    """
+    configs = scores_by_config(rows)
+    if not configs:
+        raise ValueError("the store holds no scored rows")
+    means = {c: _mean(tasks, seed) for c, tasks in configs.items()}
+    full = next((c for c in configs if c[0] == FULL), None)
+    lines = [
+        "| method | ratio | score [95% CI] | n | vs best other at this ratio | vs full |",
+        "|---|---|---|---|---|---|",
+    ]
+    if full is not None:
+        lines.append(f"| {FULL} | - | {_cell(means[full])} | {means[full].n} | - | - |")
+    ratios = sorted({r for _, r in configs if r is not None})
+    for ratio in ratios:
+        here = sorted((c for c in configs if c[1] == ratio), key=lambda c: -means[c].value)
+        for config in here:
+            others = [c for c in here if c != config]
+            versus = "-"
+            if others:
+                best = others[0]
+                paired = paired_difference(configs[config], configs[best], seed=seed)
+                versus = f"{_difference(paired)} vs {best[0]}"
+            against_full = "-"
+            if full is not None:
+                against_full = _difference(paired_difference(configs[config], configs[full], seed=seed))
+            lines.append(
+                f"| {config[0]} | {ratio:g} | {_cell(means[config])} | {means[config].n} | {versus} | {against_full} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _difference(paired) -> str:
+    d = paired.difference
+    text = f"{d.value * 100:+.1f} [{d.low * 100:+.1f}, {d.high * 100:+.1f}]"
+    return text + (" tie" if paired.tie else "")
