@@ -18,7 +18,6 @@ from .h2o import H2OScorer
 from .keydiff import KeyDiffScorer
 from .knorm import KnormScorer
 from .lacache import LaCacheScorer
-from .kvzip import KVzipScorer
 from .lagkv import LagKVScorer
 from .pyramidkv import PyramidKVScorer
 from .random import RandomScorer
@@ -44,7 +43,6 @@ SCORERS: dict[str, type[Scorer]] = {
         KeyDiffScorer,
         ExpectedAttentionScorer,
         LagKVScorer,
-        KVzipScorer,
         RandomScorer,
     )
 }

@@ -46,7 +46,7 @@ class KVzipScorer(Scorer):
             raise ValueError(f"layerwise must be True or False, got {self.layerwise!r}")
 
     def prefix_scores(self, queries, keys, values, *, budget, o_proj, key_mask, scaling, softcap, **context):
-        """Refused: kvzip's scores come from reconstruction passes (:func:`restkv.reconstruct.kvzip_kept`)."""
+        """Refused: kvzip's scores come from reconstruction passes (:func:`restkv.reconstruct.kvzip_scores`)."""
         raise ValueError("kvzip scores from reconstruction passes after the prefill (restkv.reconstruct), "
                          "not from one layer's prompt queries")  # fmt: skip
 
