@@ -25,13 +25,16 @@ from kvpress import (
     ExpectedAttentionPress,
     KeyDiffPress,
     KnormPress,
+    KVzipPress,
     LagKVPress,
     ObservedAttentionPress,
     SnapKVPress,
     StreamingLLMPress,
     TOVAPress,
 )
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from tokenizers import Tokenizer
+from tokenizers.models import BPE
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 N_TOKENS = 96
 RATIO = 0.5
@@ -76,6 +79,38 @@ def run(model, ids, press):
     return [layer.keys for layer in cache.layers]
 
 
+def save_char_tokenizer(path: Path) -> None:
+    """A character tokenizer over the 128 ASCII codes (id = code point), saved with the tiny
+    model: KVzipPress loads the model's tokenizer to encode its repeat prompts, and the tiny
+    model's vocabulary has 128 entries."""
+    vocab = {chr(i): i for i in range(128)}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(BPE(vocab=vocab, merges=[])))
+    tokenizer.save_pretrained(path)
+
+
+def kvzip_kept(model, ids, press):
+    """KVzipPress masks evicted entries instead of removing them: the kept positions per layer
+    and KV head are those not in each attention module's ``masked_key_indices``, and the
+    reconstruction forwards it fed (their token ids) are recorded as well."""
+    fed = []
+    hook = model.model.register_forward_pre_hook(
+        lambda m, args, kwargs: fed.append(kwargs["input_ids"][0].tolist()), with_kwargs=True
+    )
+    try:
+        with torch.no_grad(), press(model):
+            model(input_ids=ids, past_key_values=DynamicCache())
+    finally:
+        hook.remove()
+    kept = []
+    for layer in model.model.layers:
+        _, heads, positions = layer.self_attn.masked_key_indices
+        evicted = torch.zeros(model.config.num_key_value_heads, ids.shape[1], dtype=torch.bool)
+        evicted[heads, positions] = True
+        kept.append([torch.nonzero(~row).flatten().tolist() for row in evicted])
+        layer.self_attn.masked_key_indices = None
+    return kept, fed[1:]
+
+
 def main(out_dir: str) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,6 +142,21 @@ def main(out_dir: str) -> None:
         full = run(model, ids, None)
         compressed = run(model, ids, press)
         fixtures["kept"][name] = [kept_positions(f, c)[0].tolist() for f, c in zip(full, compressed)]
+    # KVzip: per-head (and, by default, per-layer) counts vary, so its records are separate;
+    # chunk_size 32 makes the 96-token context take three reconstruction passes
+    save_char_tokenizer(out / "tiny-llama")
+    fixtures["kvzip"] = {}
+    kvzip_presses = {
+        "kvzip": KVzipPress(compression_ratio=RATIO),
+        "kvzip_layerwise": KVzipPress(compression_ratio=RATIO, layerwise=True),
+        "kvzip_chunked": KVzipPress(compression_ratio=RATIO, chunk_size=32),
+    }
+    for name, press in kvzip_presses.items():
+        model = tiny_model("sdpa")
+        model.config.name_or_path = str(out / "tiny-llama")
+        kept, fed = kvzip_kept(model, ids, press)
+        fixtures["kvzip"][name] = {"chunk_size": press.chunk_size, "layerwise": press.layerwise,
+                                   "sinks": press.n_sink, "kept": kept, "reconstruction_ids": fed}
     (out / "kept_indices.json").write_text(json.dumps(fixtures))
     print(f"wrote {out / 'kept_indices.json'} with {', '.join(fixtures['kept'])}")
 
