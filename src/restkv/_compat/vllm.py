@@ -19,6 +19,15 @@ here, behind one version check. The seams, with their place in vLLM 0.32.0:
 * ``Attention.kv_cache`` (bound by ``AttentionLayerBase.bind_kv_cache``) and
   ``CachedRequestState.block_ids`` (``runner.requests[id].block_ids``, one list per KV cache
   group): a request's keys and values in the pool.
+* After ``_prepare_inputs`` the runner's ``seq_lens`` / ``optimistic_seq_lens_cpu`` (``:2139``,
+  ``:2041``) and its block table's ``slot_mapping`` (``v1/worker/block_table.py``) say where each
+  token's key goes and how many entries attention reads; ``positions`` (RoPE) stay apart.
+* The scheduler's ``FullAttentionManager`` (``v1/core/single_type_kv_cache_manager.py``:
+  ``req_to_blocks``, ``get_num_blocks_to_allocate``, ``allocate_new_blocks``) sizes a request's
+  blocks from its token count; ``Scheduler.update_from_output``, ``_preempt_request`` and
+  ``_free_request`` (``v1/core/sched/scheduler.py:2026, 1571, 2714``) bracket a step, a preemption
+  and a request's end; ``Scheduler._reserve_prefill_lookahead`` (``:570``) is the last word on how
+  many tokens a request computes this step.
 * The CPU backend's layout (``v1/attention/backends/cpu_attn.py:411``): a layer's cache is
   ``[num_blocks, H_kv, block_size, 2 * head_size]``; per block and head its memory holds the keys
   then the values, the keys dimension-major ``[head_size, block_size]`` (found by reading them
@@ -80,6 +89,19 @@ def model_runner_class():
     return GPUModelRunner
 
 
+def scheduler_class():
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    return Scheduler
+
+
+def full_attention_manager_class():
+    """The scheduler's block manager of full-attention layers (the only kind the plugin compresses)."""
+    from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager
+
+    return FullAttentionManager
+
+
 def attention_class():
     from vllm.model_executor.layers.attention.attention import Attention
 
@@ -110,6 +132,65 @@ def block_ids(runner, request_id: str) -> list[int]:
     if len(groups) != 1:
         raise ValueError(f"the plugin handles one KV cache group per model, this one has {len(groups)}")
     return list(groups[0])
+
+
+def known_requests(runner) -> set[str]:
+    """The requests the runner holds state for (finished and aborted ones are gone)."""
+    return set(runner.requests)
+
+
+def block_size(runner) -> int:
+    """Tokens per block of the (only) KV cache group."""
+    return runner.input_batch.block_table.block_tables[0].block_size
+
+
+def truncate_runner_blocks(runner, request_id: str, keep: int) -> None:
+    """Keep the first ``keep`` blocks of a request in the runner's own block table (its cached
+    state, and its row of the batch's table when it has one), as the scheduler will."""
+    ids = runner.requests[request_id].block_ids[0]
+    del ids[keep:]
+    row = runner.input_batch.req_id_to_index.get(request_id)
+    if row is not None:
+        table = runner.input_batch.block_table.block_tables[0]
+        table.block_table.np[row, keep : table.num_blocks_per_row[row]] = 0
+        table.num_blocks_per_row[row] = keep
+
+
+def shift_rows(runner, rows: list[tuple[int, int, int, int, int]]) -> None:
+    """After ``_prepare_inputs``: rows ``(batch index, first token, tokens, first position,
+    dropped)`` of compacted requests read ``dropped`` fewer entries and write each new key
+    ``dropped`` slots earlier than its position, which RoPE still uses as is."""
+    table = runner.input_batch.block_table.block_tables[0]
+    size = table.block_size
+    blocks = table.block_table.np
+    slots = table.slot_mapping.gpu
+    for index, start, count, first, dropped in rows:
+        runner.seq_lens[index] -= dropped
+        runner.optimistic_seq_lens_cpu[index] -= dropped
+        entry = torch.arange(first - dropped, first - dropped + count)
+        block = torch.from_numpy(blocks[index]).to(torch.long)[entry // size]
+        slots[start : start + count] = (block * size + entry % size).to(slots.device, slots.dtype)
+
+
+def scheduler_blocks(scheduler, request_id: str) -> list:
+    """The request's blocks (``KVCacheBlock``) in the scheduler's full-attention manager."""
+    return scheduler.kv_cache_manager.coordinator.single_type_managers[0].req_to_blocks.get(request_id, [])
+
+
+def free_scheduler_blocks(scheduler, request_id: str, keep: int) -> int:
+    """Give a request's blocks after its first ``keep`` back to the pool; how many were freed."""
+    manager = scheduler.kv_cache_manager.coordinator.single_type_managers[0]
+    blocks = manager.req_to_blocks.get(request_id)
+    if blocks is None or len(blocks) <= keep:
+        return 0
+    freed = blocks[keep:]
+    del blocks[keep:]
+    manager.block_pool.free_blocks(reversed(freed))
+    return len(freed)
+
+
+def free_block_count(scheduler) -> int:
+    return scheduler.kv_cache_manager.block_pool.get_num_free_blocks()
 
 
 def layer_index(layer) -> int:

@@ -6,11 +6,13 @@ engine, and ``SamplingParams(extra_args={"restkv": {...}})`` per request (``{"me
 opts a request out). Settings are validated once, in the process that builds the engine, and
 per request before the engine accepts it (a ``ValueError``: HTTP 400 in ``vllm serve``).
 
-What runs today (issue 31, first steps): ``full`` serves with vLLM's own behaviour; an evicting
-method with ``observe_only=true`` captures each prompt's window queries inside the model runner,
-reads its keys and values back through its block table once its prefill completes (chunked or
-not) and records the kept indices (:func:`observed`). Compaction, freeing blocks and the
-position offset are not built yet, so every other combination is refused in one sentence.
+What runs: ``full`` serves with vLLM's own behaviour. An evicting method captures each prompt's
+window queries inside the model runner, reads its keys and values back through its block table
+once its prefill completes (chunked or not), keeps what the press keeps, moves the kept entries to
+the request's first blocks and gives the others back to vLLM's pool; later tokens are stored
+right after the kept entries at their true rotary position. ``observe_only=true`` records the
+kept indices (:func:`observed`) and leaves the cache as it is. Engines and settings the plugin
+cannot serve are refused in one sentence.
 """
 
 from __future__ import annotations
@@ -25,14 +27,15 @@ def register() -> None:
     compat.check()
     _wrap_engine_args(compat.engine_args_class())
     _wrap_input_processor(compat.input_processor_class())
-    from . import observe
+    from . import runner, scheduler
 
-    observe.install()
+    runner.install()
+    scheduler.install()
 
 
 def observed():
-    """What the plugin chose to keep for the last requests it scored (in the engine's process)."""
-    from .observe import observed as records
+    """What the plugin kept for the last requests it compressed or observed (in the engine's process)."""
+    from .runner import observed as records
 
     return records()
 

@@ -3,9 +3,10 @@
 
 A setting is a dict naming a registered ``method`` (``"full"`` keeps everything) and that
 method's parameters, exactly as :func:`restkv.get_press` takes them, plus the plugin's own
-``observe_only``. Eviction inside vLLM does not free blocks yet (issue 31): an evicting method
-runs only with ``observe_only=True``, where each request's prompt is scored and the entries a
-compression would keep are recorded, while decoding goes on over the full cache.
+``observe_only``: with it a request's prompt is scored and the entries a compression would keep
+are recorded, while decoding goes on over the full cache (what the tests compare against
+restkv's scorer on transformers); without it the kept entries are moved to the request's first
+blocks and the rest go back to vLLM's pool.
 """
 
 from __future__ import annotations
@@ -76,11 +77,6 @@ def _parse(key: str, where: str) -> Setting:
     if press.scorer is None:
         return FULL
     check_press(press, where)
-    if not observe:
-        raise ValueError(
-            f"{where}: restkv's vLLM plugin does not free vLLM's blocks yet (issue 31), so {method} runs only "
-            "with observe_only=true (it scores each prompt and records what it would keep); use 'full' to serve"
-        )
     return Setting(method, press, observe)
 
 
@@ -107,6 +103,10 @@ def engine_refusal(vllm_config) -> str | None:
     parallel = vllm_config.parallel_config
     if parallel.tensor_parallel_size > 1 or parallel.pipeline_parallel_size > 1:
         return "the plugin runs on one worker only for now (tensor_parallel_size=1, pipeline_parallel_size=1)"
+    if vllm_config.scheduler_config.async_scheduling:
+        return "turn off async scheduling (async_scheduling=False): the plugin compacts a request's cache between two steps"
+    if parallel.distributed_executor_backend not in (None, "uni"):
+        return "the plugin needs the scheduler and its one worker in one process (distributed_executor_backend='uni')"
     if vllm_config.use_v2_model_runner:
         return "the plugin hooks vLLM's V1 model runner: set VLLM_USE_V2_MODEL_RUNNER=0"
     return None
