@@ -22,3 +22,37 @@ def model_path():
     if not (folder / "config.json").is_file():
         load_model(DEFAULT_MODEL)
     return str(folder)
+
+
+def passkey_prompts(model_path, count: int, length: int, seed: int = 0) -> list[list[int]]:
+    """restkv's built-in pass-key prompts as chat-templated token ids of at most ``length`` tokens."""
+    from transformers import AutoTokenizer
+
+    from restkv.eval.tasks.passkey import passkey_samples
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+
+    def encode(text):
+        chat = [{"role": "user", "content": text}]
+        return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+
+    def count_tokens(text):
+        return len(tokenizer(encode(text), add_special_tokens=False)["input_ids"])
+
+    samples = passkey_samples(count, length, count_tokens, seed)
+    return [tokenizer(encode(s.prompt), add_special_tokens=False)["input_ids"] for s in samples]
+
+
+def press_answers(model_path, prompts, settings, max_tokens: int, tmp_path) -> list[list[int]]:
+    """Greedy tokens of restkv's press on transformers (the main environment's Python, in a subprocess)."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    python = os.environ.get("RESTKV_MAIN_PYTHON", str(here.parent / ".venv" / "bin" / "python"))
+    request, out = tmp_path / "press_request.json", tmp_path / "press_answers.json"
+    request.write_text(json.dumps({"model": model_path, "prompts": prompts, "settings": settings, "max_tokens": max_tokens}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
+    subprocess.run([python, str(here / "press_answers.py"), str(request), str(out)], check=True, env=env, timeout=900)
+    return json.loads(out.read_text())

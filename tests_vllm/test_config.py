@@ -27,7 +27,6 @@ def test_an_observing_method_builds_its_press():
 @pytest.mark.parametrize(
     ("raw", "words"),
     [
-        ({"method": "restkv", "budget": 64}, "observe_only=true"),
         ({"method": "nope"}, "unknown method 'nope'"),
         ({**OBSERVE, "allocator": "pyramid"}, "uniform allocator only"),
         ({**OBSERVE, "bogus": 1}, "no parameter bogus"),
@@ -37,6 +36,7 @@ def test_an_observing_method_builds_its_press():
         ({**OBSERVE, "observe_only": "yes"}, "observe_only must be true or false"),
         ({"budget": 64}, "needs a 'method'"),
         ("restkv", "must be a dict"),
+        ('{"method": "restkv", "budget": 64, "allocator": "pyramid"}', "uniform allocator only"),
     ],
 )
 def test_refusals_are_one_sentence(raw, words):
@@ -49,14 +49,18 @@ def test_refusals_are_one_sentence(raw, words):
 def fake_engine(**over):
     values = dict(
         hf=SimpleNamespace(model_type="llama", sliding_window=None, layer_types=None),
-        prefix=False, spec=None, tp=1, pp=1, v2=False,
+        prefix=False, spec=None, tp=1, pp=1, v2=False, async_=False, executor="uni",
     )
     values.update(over)
     return SimpleNamespace(
         model_config=SimpleNamespace(hf_text_config=values["hf"], hf_config=values["hf"]),
         cache_config=SimpleNamespace(enable_prefix_caching=values["prefix"]),
         speculative_config=values["spec"],
-        parallel_config=SimpleNamespace(tensor_parallel_size=values["tp"], pipeline_parallel_size=values["pp"]),
+        parallel_config=SimpleNamespace(
+            tensor_parallel_size=values["tp"], pipeline_parallel_size=values["pp"],
+            distributed_executor_backend=values["executor"],
+        ),  # fmt: skip
+        scheduler_config=SimpleNamespace(async_scheduling=values["async_"]),
         use_v2_model_runner=values["v2"],
         additional_config={"restkv": OBSERVE},
     )
@@ -69,6 +73,8 @@ def fake_engine(**over):
         ({"tp": 2}, "tensor_parallel_size=1"),
         ({"spec": object()}, "speculative decoding"),
         ({"v2": True}, "VLLM_USE_V2_MODEL_RUNNER=0"),
+        ({"async_": True}, "turn off async scheduling"),
+        ({"executor": "mp"}, "distributed_executor_backend='uni'"),
         ({"hf": SimpleNamespace(model_type="gemma3_text", sliding_window=512, layer_types=None)}, "gemma3_text"),
     ],
 )
@@ -108,6 +114,28 @@ def test_cpu_layout_read_and_write_round_trip():
     assert cache[0].abs().sum() == 0 and cache[2].abs().sum() == 0  # other blocks untouched
     k, v = compat.read_kv_cpu(cache, table, 10)
     assert torch.equal(k, keys) and torch.equal(v, values)
+
+
+def test_flash_layout_read_and_write_round_trip():
+    blocks, heads, size, d = 5, 2, 4, 3
+    cache = torch.zeros(blocks, heads, size, 2 * d)
+    table = [3, 0]
+    keys, values = torch.randn(1, heads, 7, d), torch.randn(1, heads, 7, d)
+    compat.write_kv_flash(cache, table, keys, values)
+    # as FlashAttention's forward reads it: (B, H, N, 2D) -> keys and values (B, N, H, D)
+    key_cache, value_cache = cache.transpose(1, 2).split(d, dim=-1)
+    assert torch.equal(key_cache[0, 1], keys[0, :, 5]) and torch.equal(value_cache[3, 2], values[0, :, 2])
+    assert cache[[1, 2, 4]].abs().sum() == 0
+    k, v = compat.read_kv_flash(cache, table, 7)
+    assert torch.equal(k, keys) and torch.equal(v, values)
+
+
+def test_unknown_attention_backends_are_refused():
+    class TritonAttentionImpl:
+        pass
+
+    with pytest.raises(ValueError, match="this engine's attention is TritonAttentionImpl"):
+        compat.kv_access(SimpleNamespace(impl=TritonAttentionImpl()))
 
 
 def test_unchecked_cpu_kernels_are_refused():

@@ -189,6 +189,12 @@ def free_scheduler_blocks(scheduler, request_id: str, keep: int) -> int:
     return len(freed)
 
 
+def engine_core(llm):
+    """The ``EngineCore`` (scheduler and executor) of an ``LLM`` whose engine runs in this process
+    (``VLLM_ENABLE_V1_MULTIPROCESSING=0``)."""
+    return llm.llm_engine.engine_core.engine_core
+
+
 def free_block_count(scheduler) -> int:
     return scheduler.kv_cache_manager.block_pool.get_num_free_blocks()
 
@@ -258,6 +264,49 @@ def read_kv_cpu(kv_cache: torch.Tensor, blocks: list[int], length: int) -> tuple
     values = value_blocks.index_select(0, index).transpose(0, 1)
     heads, d = keys.shape[0], keys.shape[-1]
     return keys.reshape(heads, -1, d)[None, :, :length], values.reshape(heads, -1, d)[None, :, :length]
+
+
+def _flash_views(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """FlashAttention's cache ``[blocks, H_kv, block_size, 2d]`` (logical; its physical order may be
+    permuted by ``KVCacheLayout``) as keys and values ``[blocks, block_size, H_kv, d]``, as its
+    forward splits it (``v1/attention/backends/flash_attn.py:1252``)."""
+    d = kv_cache.shape[-1] // 2
+    both = kv_cache.transpose(1, 2)
+    return both[..., :d], both[..., d:]
+
+
+def read_kv_flash(kv_cache: torch.Tensor, blocks: list[int], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values ``[1, H_kv, length, d]`` of a request's first ``length`` slots (FlashAttention)."""
+    keys, values = _flash_views(kv_cache)
+    index = torch.tensor(blocks, dtype=torch.long, device=kv_cache.device)
+    heads, d = keys.shape[2], keys.shape[3]
+
+    def gather(part):
+        return part.index_select(0, index).reshape(-1, heads, d)[:length].transpose(0, 1)[None]
+
+    return gather(keys), gather(values)
+
+
+def write_kv_flash(kv_cache: torch.Tensor, blocks: list[int], keys: torch.Tensor, values: torch.Tensor) -> None:
+    """Write ``[1, H_kv, m, d]`` keys and values to a request's first ``m`` slots (FlashAttention)."""
+    key_view, value_view = _flash_views(kv_cache)
+    block_size, m = key_view.shape[1], keys.shape[-2]
+    slots = torch.arange(m, device=kv_cache.device)
+    block = torch.tensor(blocks, dtype=torch.long, device=kv_cache.device)[slots // block_size]
+    key_view[block, slots % block_size] = keys[0].transpose(0, 1).to(kv_cache.dtype)
+    value_view[block, slots % block_size] = values[0].transpose(0, 1).to(kv_cache.dtype)
+
+
+def kv_access(attention):
+    """``(read, write)`` for the KV layout of a vLLM ``Attention`` layer's backend, refused in one
+    sentence for a backend whose layout the plugin has not been written for."""
+    impl = type(attention.impl).__name__
+    if impl == "CPUAttentionBackendImpl":
+        check_cpu_isa(getattr(attention, "isa", None))  # set on each layer by the metadata builder
+        return read_kv_cpu, write_kv_cpu
+    if impl == "FlashAttentionImpl":
+        return read_kv_flash, write_kv_flash
+    raise ValueError(f"the plugin reads the CPU and FlashAttention KV layouts; this engine's attention is {impl}")
 
 
 def write_kv_cpu(kv_cache: torch.Tensor, blocks: list[int], keys: torch.Tensor, values: torch.Tensor) -> None:

@@ -47,8 +47,16 @@ def parse(raw, where: str) -> Setting:
     """A :class:`Setting` from ``raw`` (a dict, or None for ``full``); ``where`` names its origin."""
     if raw is None:
         return FULL
+    if isinstance(raw, str):  # over HTTP: vllm_xargs holds flat values, so a JSON object as a string
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError:
+            pass
     if not isinstance(raw, dict):
-        raise ValueError(f"{where} must be a dict such as {{'method': 'restkv', 'budget': 256}}, got {raw!r}")
+        raise ValueError(
+            f"{where} must be a dict (or, over HTTP, a JSON object string) such as "
+            f"{{'method': 'restkv', 'budget': 256}}, got {raw!r}"
+        )
     try:
         key = json.dumps(raw, sort_keys=True)
     except TypeError as err:

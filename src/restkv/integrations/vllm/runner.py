@@ -126,24 +126,24 @@ class RunnerHooks:
         blocks = compat.block_ids(self.runner, request_id)
         kept, counts, written = {}, set(), []
         for index, info in sorted(self.layers.items()):
-            compat.check_cpu_isa(getattr(info.module, "isa", None))
-            keys, values = compat.read_kv_cpu(info.module.kv_cache, blocks, n)
+            read, write = compat.kv_access(info.module)
+            keys, values = read(info.module.kv_cache, blocks, n)
             q = torch.cat(queries[index], dim=-2).to(keys.dtype)
             idx, new_keys, new_values = kept_indices(setting, q, keys, values, info, (index, len(self.layers)))
             kept[index] = idx[0]
             counts.add(idx.shape[-1])
-            written.append((info.module.kv_cache, new_keys, new_values))
+            written.append((write, info.module.kv_cache, new_keys, new_values))
         if len(counts) != 1:  # one block table serves every layer (the uniform allocator is enforced)
             raise RuntimeError(f"restkv: layers kept different counts {sorted(counts)} for request {request_id}")
         count = counts.pop()
-        write = not setting.observe_only
+        compact = not setting.observe_only
         size = compat.block_size(self.runner)
-        keep_blocks = -(-count // size) if write else len(blocks)
-        if write:
-            for cache, new_keys, new_values in written:
-                compat.write_kv_cpu(cache, blocks[:keep_blocks], new_keys, new_values)
+        keep_blocks = -(-count // size) if compact else len(blocks)
+        if compact:
+            for write, cache, new_keys, new_values in written:
+                write(cache, blocks[:keep_blocks], new_keys, new_values)
             compat.truncate_runner_blocks(self.runner, request_id, keep_blocks)
-        LEDGER.compacted(Compaction(request_id, n, count, keep_blocks, len(blocks), kept, write))
+        LEDGER.compacted(Compaction(request_id, n, count, keep_blocks, len(blocks), kept, compact))
 
 
 def install() -> None:

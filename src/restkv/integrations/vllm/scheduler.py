@@ -17,9 +17,14 @@ Wrappers on vLLM's V1 scheduler and its full-attention block manager (see
 
 from __future__ import annotations
 
+import logging
+
 from ..._compat import vllm as compat
 from .config import engine_setting, request_setting
 from .ledger import LEDGER
+
+#: a child of vLLM's logger, so its lines reach vLLM's own handler (``vllm serve``'s log)
+LOG = logging.getLogger("vllm.restkv")
 
 
 def compacts(scheduler, request) -> bool:
@@ -41,7 +46,12 @@ def install() -> None:
     def update_from_output(self, *args, **kwargs):
         for compaction in LEDGER.take_pending():
             freed = compat.free_scheduler_blocks(self, compaction.request_id, compaction.blocks_kept)
-            LEDGER.applied(compaction, freed, compat.free_block_count(self))
+            free_now = compat.free_block_count(self)
+            LEDGER.applied(compaction, freed, free_now)
+            LOG.info(
+                "restkv: request %s keeps %d of %d entries per layer and head; %d blocks back to the pool (%d free)",
+                compaction.request_id, compaction.kept, compaction.prompt_tokens, freed, free_now,
+            )  # fmt: skip
         return update(self, *args, **kwargs)
 
     def _free_request_blocks(self, request):
