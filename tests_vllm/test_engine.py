@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import engine
 from engine_settings import ENGINE, SAMPLING
 
 HERE = Path(__file__).parent
@@ -44,11 +45,8 @@ def plain_tokens(model_path, prompts, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def llm(model_path, plain_tokens):
-    from vllm import LLM
-
-    engine = LLM(model=model_path, additional_config={"restkv": OBSERVING}, **ENGINE)
-    yield engine
-    del engine
+    with engine(model_path, additional_config={"restkv": OBSERVING}, **ENGINE) as llm:
+        yield llm
 
 
 def generate(llm, prompts, extra=None):
@@ -64,7 +62,7 @@ def test_full_gives_vllms_own_tokens(llm, prompts, plain_tokens):
 
 
 def test_observing_does_not_change_the_tokens(llm, prompts, plain_tokens):
-    from restkv.integrations.vllm.observe import clear_observed, observed
+    from restkv.integrations.vllm.runner import clear_observed, observed
 
     clear_observed()
     assert generate(llm, prompts) == plain_tokens
@@ -111,7 +109,7 @@ def reference_kept(model_path, ids):
 def test_kept_indices_match_restkv_on_transformers(llm, prompts, model_path):
     """What the plugin keeps, from queries captured in vLLM and keys/values read back through the
     block table, equals the scorer on transformers' own tensors (up to numerical near-ties)."""
-    from restkv.integrations.vllm.observe import clear_observed, observed
+    from restkv.integrations.vllm.runner import clear_observed, observed
 
     clear_observed()
     generate(llm, prompts[:1])
@@ -129,9 +127,14 @@ def test_kept_indices_match_restkv_on_transformers(llm, prompts, model_path):
     assert exact >= 0.95 * len(overlaps)
 
 
-def test_a_request_naming_an_unobserving_method_is_refused(llm, prompts):
-    with pytest.raises(ValueError, match="observe_only=true"):
-        generate(llm, prompts[1:], {"restkv": {"method": "snapkv", "budget": 64}})
+def test_a_request_may_evict_on_an_observing_engine(llm, prompts):
+    """A request's own setting wins over the engine's: without observe_only its prompt is compacted."""
+    from restkv.integrations.vllm.ledger import LEDGER
+
+    LEDGER.clear_history()
+    assert generate(llm, prompts[:1], {"restkv": {"method": "snapkv", "budget": BUDGET}})
+    (compaction, free_after), = LEDGER.history
+    assert compaction.written and compaction.kept == BUDGET and free_after is not None
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         generate(llm, prompts[1:], {"restkv": {"method": "nope"}})
     assert generate(llm, prompts[1:], {"restkv": {"method": "full"}})  # the engine still serves

@@ -2,7 +2,7 @@
 press on transformers, the block pool's accounting, aborts, and concurrent mixed requests."""
 
 import pytest
-from conftest import passkey_prompts, press_answers
+from conftest import engine, passkey_prompts, press_answers
 from engine_settings import ENGINE
 
 BUDGET = 128
@@ -14,11 +14,8 @@ SETTINGS = dict(ENGINE, block_size=BLOCK, max_model_len=2048, max_num_batched_to
 
 @pytest.fixture(scope="module")
 def llm(model_path):
-    from vllm import LLM
-
-    engine = LLM(model=model_path, additional_config={"restkv": EVICTING}, **SETTINGS)
-    yield engine
-    del engine
+    with engine(model_path, additional_config={"restkv": EVICTING}, **SETTINGS) as llm:
+        yield llm
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ the pool is dry, and vLLM preempts the older compressed request, which then reco
 
 import pytest
 import torch
-from conftest import passkey_prompts
+from conftest import engine, passkey_prompts
 from engine_settings import ENGINE
 
 BLOCK = 32
@@ -17,11 +17,8 @@ SETTINGS = dict(
 
 @pytest.fixture(scope="module")
 def llm(model_path):
-    from vllm import LLM
-
-    engine = LLM(model=model_path, additional_config={"restkv": EVICTING}, **SETTINGS)
-    yield engine
-    del engine
+    with engine(model_path, additional_config={"restkv": EVICTING}, **SETTINGS) as llm:
+        yield llm
 
 
 def params(max_tokens, extra=None):

@@ -29,6 +29,7 @@ from pathlib import Path
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the scheduler is read in this process
 os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # CPU build: a small pool, sized by num_gpu_blocks_override
 
 
 def passkey_prompts(folder: str, count: int, length: int, seed: int = 0):
@@ -56,7 +57,8 @@ def run_vllm(folder, setting, prompts, args) -> dict:
     from restkv._compat.vllm import engine_core
 
     llm = LLM(
-        model=folder, dtype="float32", enforce_eager=True, enable_prefix_caching=False, block_size=args.block_size,
+        model=folder, dtype=getattr(args, "dtype", "float32"), enforce_eager=getattr(args, "smoke", True),
+        enable_prefix_caching=False, block_size=args.block_size,
         max_model_len=args.prompt_tokens + args.new_tokens + args.block_size, max_num_seqs=args.requests,
         num_gpu_blocks_override=args.blocks, max_num_batched_tokens=args.chunk, seed=0,
         additional_config={"restkv": setting},

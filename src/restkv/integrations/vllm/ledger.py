@@ -38,8 +38,7 @@ class Ledger:
         self._lock = threading.Lock()
         self._dropped: dict[str, int] = {}
         self._pending: dict[str, Compaction] = {}
-        self.history: deque = deque(maxlen=history)  # the last compactions, with the pool's count after
-        self.freed_blocks = 0
+        self.history: deque = deque(maxlen=history)  # the last compactions, with the pool's free count after
 
     def compacted(self, compaction: Compaction) -> None:
         """The runner compacted (or only scored) a request; the scheduler applies it after the step."""
@@ -59,9 +58,9 @@ class Ledger:
             pending, self._pending = list(self._pending.values()), {}
         return pending
 
-    def applied(self, compaction: Compaction, freed: int, free_after: int) -> None:
+    def applied(self, compaction: Compaction, free_after: int) -> None:
+        """The scheduler gave the compaction's emptied blocks back; ``free_after``: the pool's free count."""
         with self._lock:
-            self.freed_blocks += freed
             self.history.append((compaction, free_after))
 
     def forget(self, request_id: str) -> None:

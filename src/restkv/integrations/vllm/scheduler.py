@@ -47,7 +47,7 @@ def install() -> None:
         for compaction in LEDGER.take_pending():
             freed = compat.free_scheduler_blocks(self, compaction.request_id, compaction.blocks_kept)
             free_now = compat.free_block_count(self)
-            LEDGER.applied(compaction, freed, free_now)
+            LEDGER.applied(compaction, free_now)
             LOG.info(
                 "restkv: request %s keeps %d of %d entries per layer and head; %d blocks back to the pool (%d free)",
                 compaction.request_id, compaction.kept, compaction.prompt_tokens, freed, free_now,
