@@ -60,12 +60,13 @@ def run(args) -> int:
             raise UsageError("--query-aware needs a window method (restkv, snapkv, tova, ...) in --methods")
         plans["query-aware"] = configs_for(aware, args.ratios, agnostic=False)
     from ..eval.tasks import TaskOptions, get_family
+    from ..eval.tasks.registry import TaskGroup
 
     family = get_family("ruler")
     loaded = load_from_args(args)
     pool = max(args.samples, POOL)  # the same first prompts whatever --samples asks for
     options = TaskOptions(pool, args.length, seed=args.seed, subtasks=tuple(args.tasks))
-    groups = [g._replace(samples=g.samples[: args.samples]) for g in family.groups(loaded, options)]
+    groups = [TaskGroup(g.name, g.samples[: args.samples], g.score) for g in family.groups(loaded, options)]
     command = " ".join(sys.argv)
     try:
         for mode, configs in plans.items():
