@@ -109,6 +109,7 @@ def test_a_run_fills_both_stores_round_robin_and_writes_the_table_and_plots(tiny
     assert {r["extra"].get("mode") for r in agnostic} == {"query-agnostic"}
     table = (out / "leaderboard.md").read_text()
     assert "## query-agnostic" in table and "## query-aware" in table and "2-2 prompts per task" in table
+    assert protocol.SINGLE_PROMPT not in table
     assert "| restkv(preset=agnostic,window_size=8) | 0.75 |" in table and "vs full" in table
     for mode in protocol.MODES:
         assert (out / f"{mode}.png").stat().st_size > 1000
@@ -133,7 +134,8 @@ def test_a_stopped_run_continues_where_it_stopped(tiny_protocol, tmp_path, monke
     monkeypatch.setattr(protocol, "run_sweep", stopping)
     assert main(argv) == 130
     assert calls == [("ruler/t1", "ruler/t1-0"), ("ruler/t2", "ruler/t2-0"), ("ruler/t1", "ruler/t1-1")]
-    assert "1-2 prompts per task" in (out / "leaderboard.md").read_text()  # the table of what finished
+    stopped = (out / "leaderboard.md").read_text()
+    assert "1-2 prompts per task" in stopped and protocol.SINGLE_PROMPT in stopped  # the table of what finished
     calls.clear()
     monkeypatch.setattr(protocol, "run_sweep", real)
     monkeypatch.setattr(protocol, "run_sweep", lambda *a, **k: calls.append(a[2][0].id) or real(*a, **k))

@@ -185,6 +185,14 @@ def run_mode(
     return record
 
 
+#: said above a table where some task has one prompt: resampling within it has nothing to draw
+SINGLE_PROMPT = (
+    "**Some task has a single prompt here: the bootstrap resamples nothing within it, so the intervals "
+    "and paired differences below understate the uncertainty (they collapse towards points). Read no "
+    "difference in this table as significant.**"
+)
+
+
 def render(out: Path, title: str = "", seed: int = 0) -> Path:
     """``out/leaderboard.md``: per mode, the table of :func:`restkv.eval.leaderboard.leaderboard_markdown`
     and its plot (``out/<mode>.png``), from whatever the stores hold so far."""
@@ -217,6 +225,7 @@ def render(out: Path, title: str = "", seed: int = 0) -> Path:
             "",
             f"{len(per_task)} tasks, {counts[0]}-{counts[-1]} prompts per task.",
             "",
+            *([SINGLE_PROMPT, ""] if counts[0] < 2 else []),
             leaderboard_markdown(rows, seed=seed),
             f"![{mode}]({plot.name})",
             "",
