@@ -116,3 +116,33 @@ def test_the_engine_runs_a_probed_config_as_the_press_does_by_hand():
         tokens, _ = decode(model, cache, logits, 86, 5)
     assert outcome.token_ids == tokens
     assert outcome.kept_entries == BUDGET * model.config.num_key_value_heads * model.config.num_hidden_layers
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_probed_configs_share_one_forward_and_keep_what_their_own_forwards_keep(batch):
+    model = tiny_model("llama")
+    context, question = prompt_ids(90), prompt_ids(6, seed=5)
+    configs = [MethodConfig.make("full")] + [
+        MethodConfig.make(m, None, window_size=W, probe="reconstruct", compression_ratio=r, **extra)
+        for m, extra in (("restkv", {"temporal": "mean", "kernel_size": 15}), ("snapkv", {}), ("tova", {}))
+        for r in (0.5, 0.75)
+    ]
+    engine = Engine(model, configs, repeat_prompt=repeat_prompt_ids(CharTokenizer()))
+    probes = []
+    original = engine.prefill
+    engine.prefill = lambda ids, probe=None: probes.append(probe is not None) or original(ids, probe)
+    shared = engine.run_agnostic(context, [(question, 5)], batch=batch)[0]
+    assert probes == [False, True]  # the full cache's prefill, then one forward with the probe for all six
+    engine.share_probes = False  # each config through its own press's forward, as before
+    alone = engine.run_agnostic(context, [(question, 5)], batch=batch)[0]
+    for config, a, b in zip(configs, shared, alone):
+        assert a.token_ids == b.token_ids and a.kept_entries == b.kept_entries, config.label
+    assert shared[1].kept_entries < shared[0].kept_entries
+
+
+def test_models_with_sliding_layers_keep_one_forward_per_probed_config():
+    from restkv.pipeline import shares_probe
+
+    press = get_press("snapkv", budget=BUDGET, window_size=W, probe="reconstruct")
+    assert shares_probe(tiny_model("llama"), press) and not shares_probe(tiny_model("gemma3_text"), press)
+    assert not shares_probe(tiny_model("llama"), get_press("snapkv", budget=BUDGET, window_size=W))

@@ -71,21 +71,26 @@ def observe_and_evict(press, module, layer, query, state: SequenceState, inv_fre
 
 @phased("chunk_compress")
 def recompress_chunk(press, scorer, module, layer, hidden, position_embeddings, state, step: PrefillStep,
-                     inv_freq=None) -> None:  # fmt: skip
+                     inv_freq=None, queries=None) -> None:  # fmt: skip
     """Chunked prefill: after a chunk's attention, cut the layer back to its budget.
 
     Without a probe, the chunk's last ``window_size`` queries are the observation window (all
     its queries for H2O, which then accumulates attention over the chunk only; a chunk shorter
     than the window is its own window). With a probe of ``p`` tokens, the probe's queries are
     the window, ``budget`` entries are kept among the others, and the probe is dropped.
+    ``queries``: the forward's recorded post-RoPE queries (at least as many as the scorer reads;
+    the last ones are used), for a layer whose whole forward was recorded (``hidden`` is then None).
     """
     context = context_of(module, state, inv_freq)
     budget, probe = state.budgets[context.index], step.probe
-    chunk = hidden.shape[1]
+    chunk = hidden.shape[1] if queries is None else layer.keys.shape[-2]
     if probe or scorer.window_size > chunk:
         scorer = dataclasses.replace(scorer, window_size=probe or chunk)
     keys = layer.keys
-    queries = last_queries(module, hidden, position_embeddings, scorer.query_count(chunk))
+    if queries is None:
+        queries = last_queries(module, hidden, position_embeddings, scorer.query_count(chunk))
+    else:
+        queries = queries[..., -scorer.query_count(chunk) :, :]
     context_tokens = keys.shape[-2] - probe
     observed = context.scorer_kwargs()
     idx = None

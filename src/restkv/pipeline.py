@@ -20,10 +20,11 @@ import torch
 from transformers import DynamicCache
 
 from .adapters import attention_modules, is_sliding, last_queries, needs_frequencies, rope_frequencies
+from .attention import sharing
 from .cache import fork_cache
 from .compress import SHARED_ATTENTION, compress_layer, effective_scorer, plan_budgets
-from .decode_eviction import settle
-from .generation import prefill
+from .decode_eviction import recompress_chunk, settle, sliding_layers
+from .generation import forward_step, prefill
 from .plan import PrefillStep
 from .state import PressStats, SequenceState, set_state
 
@@ -37,6 +38,9 @@ class PrefillRecord:
     last_logits: torch.Tensor  # [b, vocab]
     prompt_tokens: int
     prefill_s: float
+    #: tokens of a reconstruction probe fed after the prompt in the recorded forward (its entries
+    #: are in ``cache`` and its queries in ``queries``; every cache derived drops them)
+    probe: int = 0
 
 
 class Pipeline:
@@ -52,11 +56,20 @@ class Pipeline:
         self.frequencies = rope_frequencies(model) if any(needs_frequencies(p) for p in presses) else {}
 
     @torch.inference_mode()
-    def record(self, input_ids: torch.Tensor) -> PrefillRecord:
+    def record(self, input_ids: torch.Tensor, probe: torch.Tensor | None = None) -> PrefillRecord:
         """Prefill ``input_ids`` ``[1, n]`` with the full cache, recording each layer's last queries
-        (all of them when a scorer reads every query)."""
+        (all of them when a scorer reads every query).
+
+        ``probe`` ``[1, p]``: a reconstruction probe fed after the prompt in the same forward (as a
+        press with ``probe`` feeds it); the probe's queries are recorded (every query's when a
+        scorer reads them all) and the logits are the prompt's last position's. Only for models
+        without sliding-window layers (:func:`shares_probe`)."""
         n = input_ids.shape[1]
         span = n if self.needs_all_queries else min(self.window, n)
+        p = 0 if probe is None else probe.shape[1]
+        if p:
+            span = n + p if self.needs_all_queries else p
+            input_ids = torch.cat([input_ids, probe.to(input_ids.device)], dim=1)
         queries: dict[int, torch.Tensor] = {}
 
         def keep_queries(module, args, kwargs, output):
@@ -67,12 +80,17 @@ class Pipeline:
         cache = DynamicCache(config=self.model.config)
         try:
             start = time.perf_counter()
-            logits = prefill(self.model, input_ids.to(self.model.device), cache)
+            if p:  # the logits of the prompt's last position, before the probe
+                keep = torch.tensor([n - 1], device=self.model.device)
+                ids = input_ids.to(self.model.device)
+                logits = forward_step(self.model, cache, ids, 0, logits_to_keep=keep)[:, -1]
+            else:
+                logits = prefill(self.model, input_ids.to(self.model.device), cache)
             elapsed = time.perf_counter() - start
         finally:
             for h in handles:
                 h.remove()
-        return PrefillRecord(cache, queries, logits.float(), n, elapsed)
+        return PrefillRecord(cache, queries, logits.float(), n, elapsed, p)
 
     def derive(
         self, record: PrefillRecord, presses: list, memo: dict | None = None, windows: list | None = None
@@ -99,11 +117,12 @@ class Pipeline:
                 built.append([press, cache, stats, None, 0, 0.0, None])
                 continue
             start = time.perf_counter()
-            next_pos = torch.tensor([record.prompt_tokens], device=self.model.device)
+            next_pos = torch.tensor([record.prompt_tokens + record.probe], device=self.model.device)
             state = SequenceState(next_pos=next_pos, window=window)
             state.budgets = plan_budgets(press, self.modules, cache, record.prompt_tokens)
             span = effective_scorer(press, state).query_count(record.prompt_tokens)
-            step = PrefillStep(record.prompt_tokens)  # the recorded prompt, compressed as one piece
+            # the recorded prompt, compressed as one piece (with its probe, as a press's forward feeds it)
+            step = PrefillStep(record.prompt_tokens, probe=record.probe)
             built.append([press, cache, stats, state, span, time.perf_counter() - start, step])
         for module in self.modules:
             index = module.layer_idx
@@ -112,8 +131,16 @@ class Pipeline:
                 if state is None or is_sliding(module, cache.layers[index]):
                     continue
                 start = time.perf_counter()
-                queries = record.queries[index][..., -span:, :]
-                compress_layer(press, module, cache, queries, state, stats, memo, self.frequencies.get(index), step)
+                if record.probe:  # what a press's forward with this probe does after the layer
+                    layer = cache.layers[index]
+                    with sharing(memo.setdefault(SHARED_ATTENTION, {})):  # the probe's attention, once
+                        recompress_chunk(press, press.scorer, module, layer, None, None, state, step,
+                                         self.frequencies.get(index), queries=record.queries[index])  # fmt: skip
+                    stats.entries_per_layer[index] = layer.keys.shape[-2] * layer.keys.shape[1]
+                    stats.heads_per_layer[index] = layer.keys.shape[1]
+                else:
+                    queries = record.queries[index][..., -span:, :]
+                    compress_layer(press, module, cache, queries, state, stats, memo, self.frequencies.get(index), step)
                 entry[5] += time.perf_counter() - start
             memo.pop(SHARED_ATTENTION, None)  # this layer's attention is not needed by the next
         out = []
@@ -139,3 +166,13 @@ class Pipeline:
             ids = input_ids.to(self.model.device)
             logits = prefill(self.model, ids, cache, press.chunk_size, False, question, probe)
         return cache, logits.float(), time.perf_counter() - start
+
+
+def shares_probe(model, press) -> bool:
+    """Whether ``press``'s reconstruction probe can be read from one recorded forward shared by
+    every such press (:meth:`Pipeline.record` with a probe, then :meth:`Pipeline.derive`): a
+    press with a probe and no chunks, on a model without sliding-window layers (those would
+    have to keep the probe's predecessors, which only a press's own forward arranges)."""
+    if press.probe is None or press.chunk_size is not None:
+        return False
+    return not sliding_layers(DynamicCache(config=model.config))

@@ -40,6 +40,7 @@ from .compress import compress_layer, compressed_mask, effective_scorer, plan_bu
 from .decode_eviction import evict_step, recompress_chunk, settle, sliding_layers
 from .options import check
 from .plan import STEP_KEYWORD, PrefillStep, step_of
+from .presets import with_preset
 from .probes import PROBES
 from .profiles import load_profile
 from .quantized import full_precision_layers, is_quantized, requantize
@@ -330,8 +331,11 @@ def get_press(name: str, **settings) -> KVPress:
 
     Settings named in :data:`PRESS_SETTINGS` (``budget``, ``compression_ratio``, ``allocator``,
     ``head_floor``, ``decode_budget``, ``every``, ``chunk_size``) go to the press, the rest to
-    the method's scorer.
+    the method's scorer. ``preset="agnostic"`` (or ``"paper"``) sets ReST-KV's parameters by
+    name (:mod:`restkv.presets`); parameters given explicitly override the preset's.
     """
+    if "preset" in settings:
+        settings = with_preset(name, settings)
     press_settings = {k: settings.pop(k) for k in PRESS_SETTINGS if k in settings}
     if name == "full":
         given = sorted(k for k, v in {**settings, **press_settings}.items() if v is not None)  # None: not given

@@ -12,13 +12,29 @@ import sys
 import time
 
 from .._compat.versions import UnsupportedVersionError
-from . import bench, chat, compare_stores, demo, eval, generate, lm_eval, methods, models, report, serve, tune
+from . import (
+    bench,
+    chat,
+    compare_stores,
+    demo,
+    eval,
+    generate,
+    leaderboard,
+    lm_eval,
+    methods,
+    models,
+    report,
+    serve,
+    tune,
+)
 from .common import UsageError
 
 EXIT_USAGE = 2
 
 #: the subcommands, in the order ``restkv --help`` lists them
-COMMANDS = (methods, models, generate, chat, demo, eval, lm_eval, tune, bench, report, compare_stores, serve)
+COMMANDS = (
+    methods, models, generate, chat, demo, eval, leaderboard, lm_eval, tune, bench, report, compare_stores, serve,
+)
 
 __all__ = ["COMMANDS", "EXIT_USAGE", "UsageError", "build_parser", "main"]
 

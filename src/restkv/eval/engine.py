@@ -41,7 +41,7 @@ from ..compress import plan_budgets
 from ..decoding import StopRule, greedy
 from ..generation import CacheStep, next_positions
 from ..options import check, refusal
-from ..pipeline import Pipeline, PrefillRecord
+from ..pipeline import Pipeline, PrefillRecord, shares_probe
 from ..press import KVPress, hooks_only_press
 from ..probes import reconstruction_probe
 from ..quantized import quantize_cache
@@ -113,6 +113,9 @@ class Engine:
         self.modules = attention_modules(model)
         self.pipeline = Pipeline(model, list(self.presses.values()))
         self.repeat_prompt, self.bos_id = repeat_prompt, bos_id
+        #: configs with a probe read one shared recorded forward where the model allows it (False:
+        #: each prefills through its own press, as before; the kept entries are the same)
+        self.share_probes = True
         probed = [c.label for c in self.configs if self.presses[c].probe is not None]
         if probed and repeat_prompt is None:
             raise ValueError(f"{probed[0]} reads a reconstruction probe, which needs the engine's repeat_prompt "
@@ -124,11 +127,18 @@ class Engine:
         press = self.presses[config]
         return press.chunk_size is not None or press.probe is not None
 
+    def shares_probe(self, config: MethodConfig) -> bool:
+        """Whether ``config``'s probe is read from one recorded forward of the context and its
+        probe, shared by every such config (:func:`restkv.pipeline.shares_probe`), instead of a
+        forward of its own."""
+        return self.share_probes and shares_probe(self.model, self.presses[config])
+
     # -- the pipeline: one recorded prefill, a cache per config, or a streamed prefill ------------
     @phased("prefill")
-    def prefill(self, input_ids: torch.Tensor) -> PrefillRecord:
-        """The prompt ``[1, n]`` prefilled once with the full cache, with what every config's scorer reads."""
-        return self.pipeline.record(input_ids)
+    def prefill(self, input_ids: torch.Tensor, probe: torch.Tensor | None = None) -> PrefillRecord:
+        """The prompt ``[1, n]`` prefilled once with the full cache, with what every config's scorer
+        reads (followed by ``probe`` in the same forward, see :meth:`restkv.pipeline.Pipeline.record`)."""
+        return self.pipeline.record(input_ids, probe)
 
     def compressed_cache(
         self, record: PrefillRecord, config: MethodConfig, memo: dict | None = None, window: int | dict | None = None
@@ -271,10 +281,11 @@ class Engine:
         n = context_ids.shape[1]
         batch = 1 if self.kv_quant else batch
         check_batch(batch)
-        streamed = [c for c in configs if self.streamed(c)]
+        probed = [c for c in configs if self.shares_probe(c)]
+        streamed = [c for c in configs if self.streamed(c) and c not in probed]
         outcomes = [{} for _ in questions]
         refs = [(None, None)] * len(questions)  # per question: the full cache's answer and its logits
-        if len(streamed) < len(configs):
+        if len(streamed) + len(probed) < len(configs):
             record = self.prefill(context_ids)
             full = _sizes(record.cache)
             for i, (question, max_new, answer) in enumerate(questions):
@@ -299,6 +310,16 @@ class Engine:
             own = PrefillRecord(None, {}, first, n, prefill_s)  # its own streamed prefill
             self._answer_each(own, [config], cache, questions, refs, outcomes, eos_ids, press, 0.0)
         pending = [c for c in configs if c.method != "full" and not self.streamed(c)]
+        if pending:
+            self._answer_derived(record, pending, questions, refs, outcomes, eos_ids, batch, window)
+        if probed:  # one forward of the context and its probe, every probed config derived from it
+            probe = reconstruction_probe(context_ids, self.repeat_prompt, self.bos_id)
+            self._answer_derived(self.prefill(context_ids, probe), probed, questions, refs, outcomes, eos_ids, batch)
+        return [[found[c] for c in configs] for found in outcomes]
+
+    def _answer_derived(self, record, pending, questions, refs, outcomes, eos_ids, batch, window=None) -> None:
+        """Answer every question with each of ``pending``'s caches derived from ``record``: one
+        config at a time, or in decoding batches."""
         sequential = [c for c in pending if batch == 1 or self.presses[c].decode_budget is not None]
         batched = [c for c in pending if c not in sequential]
         memo: dict = {}  # budget-independent scores, shared by every compression of this prompt
@@ -308,7 +329,7 @@ class Engine:
             cache = self._quantized(cache)
             self._answer_each(record, [config], cache, questions, refs, outcomes, eos_ids, press, compress_s)
         longest = max(q.shape[1] + max_new for q, max_new, _ in questions)
-        for group in self._groups(record, batched, batch, longest) if batched else ():  # no record when all stream
+        for group in self._groups(record, batched, batch, longest) if batched else ():
             built = self.compressed_caches(record, group, memo, window)  # sharing the group's attention
             stacked = stack_caches([b[0] for b in built], self.model.device)
             sizes = [_sizes(b[0]) for b in built]
@@ -316,7 +337,6 @@ class Engine:
             self._answer_each(
                 record, group, stacked, questions, refs, outcomes, eos_ids, hooks_only_press(), compress_s, sizes
             )
-        return [[found[c] for c in configs] for found in outcomes]
 
     def _groups(self, record: PrefillRecord, configs: list, batch: int | str, extra: int) -> list[list]:
         """``configs`` in decoding batches: ``batch`` at a time, or with ``"auto"`` as many as fit in

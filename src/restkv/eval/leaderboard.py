@@ -9,6 +9,7 @@ A difference whose interval contains 0 is reported as a tie, not as a win.
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 
 from .intervals import Interval, bootstrap_mean, paired_difference
 from .report import split_ratio
@@ -76,3 +77,53 @@ def _difference(paired) -> str:
     d = paired.difference
     text = f"{d.value * 100:+.1f} [{d.low * 100:+.1f}, {d.high * 100:+.1f}]"
     return text + (" tie" if paired.tie else "")
+
+
+def curves(rows: list[dict], *, seed: int = 0) -> dict[str, list[tuple[float, Interval]]]:
+    """Per method, ``(ratio, interval)`` points in ratio order; the full cache's one point has ratio 0."""
+    out: dict[str, list] = defaultdict(list)
+    for (method, ratio), tasks in sorted(scores_by_config(rows).items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+        out[method].append((0.0 if ratio is None else ratio, _mean(tasks, seed)))
+    return dict(out)
+
+
+def plot_leaderboard(rows: list[dict], path: Path, title: str = "", *, seed: int = 0) -> Path:
+    """Score against compression ratio, one line per method with its 95% band, in the style of
+    kvpress's leaderboard; the full cache is a dashed line with its band across the plot."""
+    from .report import _pyplot
+
+    plt = _pyplot()
+    lines = curves(rows, seed=seed)
+    if not lines:
+        raise ValueError("the store holds no scored rows")
+    ratios = sorted({r for points in lines.values() for r, _ in points if r > 0}) or [0.0]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for method, points in sorted(lines.items(), key=lambda kv: (kv[0] != FULL, kv[0])):
+        if method == FULL:
+            full = points[0][1]
+            ax.axhline(full.value * 100, color="black", linestyle="--", label=f"{FULL} ({full.value * 100:.1f})")
+            ax.axhspan(full.low * 100, full.high * 100, color="black", alpha=0.06)
+            continue
+        xs = [r for r, _ in points]
+        (line,) = ax.plot(xs, [i.value * 100 for i in points_of(points)], marker="o", label=method)
+        ax.fill_between(
+            xs, [i.low * 100 for i in points_of(points)], [i.high * 100 for i in points_of(points)],
+            color=line.get_color(), alpha=0.12,
+        )  # fmt: skip
+    ax.set_xticks(ratios)
+    ax.set_xlabel("compression ratio (share of the context's entries removed)")
+    ax.set_ylabel("score (mean over tasks, 95% interval)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def points_of(points: list[tuple[float, Interval]]) -> list[Interval]:
+    """The intervals of ``(ratio, interval)`` points."""
+    return [i for _, i in points]
