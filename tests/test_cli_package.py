@@ -11,7 +11,7 @@ from restkv.cli import COMMANDS, EXIT_USAGE, UsageError, build_parser, main
 from restkv.cli.common import method_configs, method_params
 
 SUBCOMMANDS = [
-    "methods", "models", "generate", "chat", "demo", "eval", "lm-eval", "tune", "bench", "report", "compare-stores", "serve"
+    "methods", "models", "generate", "chat", "demo", "eval", "leaderboard", "lm-eval", "tune", "bench", "report", "compare-stores", "serve"
 ]  # fmt: skip
 
 

@@ -18,5 +18,5 @@ def test_vllm_plugin_smoke(tmp_path, model_path):
     assert report["full_equals_vllm"] and report["kept_overlap"] >= 0.95
     full, restkv = report["capacity"]
     assert (full["method"], restkv["method"]) == ("full", "restkv-64")
-    # a pool of 60 blocks of 32: each 400-token prompt holds 13 blocks with the full cache, 2-3 compressed
+    # a pool of 36 blocks of 32: each 400-token prompt holds 13-14 blocks with the full cache, 2-3 compressed
     assert restkv["peak_decoding"] > full["peak_decoding"]

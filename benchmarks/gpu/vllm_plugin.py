@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--out", type=Path, default=Path("runs/vllm-gpu"))
     args = parser.parse_args()
-    toy = dict(dtype="float32", budget=64, requests=4, prompt_tokens=400, blocks=60, block_size=32, chunk=128)
+    toy = dict(dtype="float32", budget=64, requests=4, prompt_tokens=400, blocks=36, block_size=32, chunk=128)
     full_size = dict(dtype="bfloat16", budget=256, requests=64, prompt_tokens=4096, blocks=2000, block_size=16, chunk=8192)
     for key, value in (toy if args.smoke else full_size).items():
         if getattr(args, key) is None:
