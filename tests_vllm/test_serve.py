@@ -32,7 +32,9 @@ def server(model_path, tmp_path_factory):
         "--enforce-eager", "--max-model-len", "2048", "--block-size", "32", "--no-enable-prefix-caching",
         "--served-model-name", "smollm2", "--additional-config", json.dumps(CONFIG),
     ]  # fmt: skip
-    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    # the engine still runs in its own process; its one worker runs inside it (vLLM's CPU build turns
+    # distributed_executor_backend 'uni' into 'mp' while this is 1)
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
         base = f"http://127.0.0.1:{port}"

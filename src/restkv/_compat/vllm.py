@@ -7,8 +7,9 @@ here, behind one version check. The seams, with their place in vLLM 0.32.0:
 * ``EngineArgs.create_engine_config`` (``engine/arg_utils.py:2205``): runs in the process that
   builds the engine, so a configuration refused there reaches the user as one sentence.
 * ``InputProcessor._validate_params`` (``v1/engine/input_processor.py:138``): every request's
-  ``SamplingParams`` pass through it before the engine sees them; a ``ValueError`` there is an
-  HTTP 400 in ``vllm serve``.
+  ``SamplingParams`` pass through it before the engine sees them; ``AsyncLLM.generate`` answers a
+  ``VLLMClientError`` raised there with HTTP 400 and anything else, ``ValueError`` included, with
+  a bare 500 (``v1/engine/async_llm.py:792``).
 * ``GPUModelRunner._prepare_inputs`` (``v1/worker/gpu_model_runner.py:1920``, inherited by
   ``CPUModelRunner``): called once a step, after the runner's batch has been updated, with the
   scheduled token counts in the batch's row order (``input_batch.req_ids``);
@@ -80,6 +81,20 @@ def input_processor_class():
     from vllm.v1.engine.input_processor import InputProcessor
 
     return InputProcessor
+
+
+def request_error(message: str) -> Exception:
+    """A refused request: vLLM's own validation error (HTTP 400 in ``vllm serve``) that is also a
+    ``ValueError`` for callers of ``LLM.generate``."""
+    from vllm.exceptions import VLLMValidationError
+
+    global _RequestError
+    if _RequestError is None:
+        _RequestError = type("RestkvRequestError", (VLLMValidationError, ValueError), {})
+    return _RequestError(message, parameter="restkv")
+
+
+_RequestError = None
 
 
 def model_runner_class():

@@ -1,8 +1,8 @@
 """restkv as a vLLM plugin (``vllm.general_plugins`` entry point ``restkv``).
 
 Configured by vLLM's own settings: ``LLM(model, additional_config={"restkv": {"method": "restkv",
-"budget": 256, "observe_only": True}})`` (or ``vllm serve --additional-config '...'``) for the
-engine, and ``SamplingParams(extra_args={"restkv": {...}})`` per request (``{"method": "full"}``
+"budget": 256}})`` (or ``vllm serve --additional-config '...'``)
+for the engine, and ``SamplingParams(extra_args={"restkv": {...}})`` per request (``{"method": "full"}``
 opts a request out). Settings are validated once, in the process that builds the engine, and
 per request before the engine accepts it (a ``ValueError``: HTTP 400 in ``vllm serve``).
 
@@ -55,6 +55,8 @@ def _wrap_engine_args(engine_args) -> None:
 
 
 def _wrap_input_processor(processor) -> None:
+    from ..._compat import vllm as compat
+
     if getattr(processor, "restkv_wrapped", False):
         return
     validate = processor._validate_params
@@ -62,7 +64,10 @@ def _wrap_input_processor(processor) -> None:
     def _validate_params(self, params, *args, **kwargs):
         out = validate(self, params, *args, **kwargs)
         default = engine_setting(self.vllm_config)
-        request_setting(params, default, self.vllm_config)
+        try:
+            request_setting(params, default, self.vllm_config)
+        except ValueError as err:
+            raise compat.request_error(str(err)) from None
         return out
 
     processor._validate_params = _validate_params

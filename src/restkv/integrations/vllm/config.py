@@ -114,7 +114,10 @@ def engine_refusal(vllm_config) -> str | None:
     if vllm_config.scheduler_config.async_scheduling:
         return "turn off async scheduling (async_scheduling=False): the plugin compacts a request's cache between two steps"
     if parallel.distributed_executor_backend not in (None, "uni"):
-        return "the plugin needs the scheduler and its one worker in one process (distributed_executor_backend='uni')"
+        return (
+            "the plugin needs the scheduler and its one worker in one process (distributed_executor_backend='uni'; "
+            "vLLM's CPU build turns 'uni' into 'mp' unless VLLM_ENABLE_V1_MULTIPROCESSING=0)"
+        )
     if vllm_config.use_v2_model_runner:
         return "the plugin hooks vLLM's V1 model runner: set VLLM_USE_V2_MODEL_RUNNER=0"
     return None
