@@ -74,9 +74,11 @@ def group_size(queries: torch.Tensor, keys: torch.Tensor) -> int:
 
 def _logits(queries, keys, scaling, softcap):
     scaling = 1.0 / math.sqrt(queries.shape[-1]) if scaling is None else scaling
-    logits = torch.matmul(queries.float(), keys.float().transpose(-1, -2)) * scaling
+    # scaled in place: the same products, without a second logits-sized allocation (for a
+    # reconstruction probe's thousands of queries that fresh memory cost more than the matmul)
+    logits = torch.matmul(queries.float(), keys.float().transpose(-1, -2)).mul_(scaling)
     if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
+        logits = logits.div_(softcap).tanh_().mul_(softcap)
     return logits
 
 
