@@ -8,15 +8,18 @@ from restkv.scorers import defaults
 from restkv.specs import MethodConfig
 
 
-def test_agnostic_is_exactly_the_probe_the_mean_and_kernel_15():
-    assert PRESETS["agnostic"] == {"probe": "reconstruct", "temporal": "mean", "kernel_size": 15}
+def test_agnostic_is_exactly_the_probe_the_mean_and_a_fixed_kernel_of_15():
+    assert PRESETS["agnostic"] == {"probe": "reconstruct", "temporal": "mean", "pooling": "avgpool", "kernel_size": 15}
     by_name = get_press("restkv", preset="agnostic", compression_ratio=0.75).params()
-    by_hand = get_press("restkv", probe="reconstruct", temporal="mean", kernel_size=15, compression_ratio=0.75)
+    by_hand = get_press(
+        "restkv", probe="reconstruct", temporal="mean", pooling="avgpool", kernel_size=15, compression_ratio=0.75
+    )
     assert by_name == by_hand.params()
     assert by_name["probe"] == "reconstruct" and by_name["temporal"] == "mean" and by_name["kernel_size"] == 15
+    assert by_name["pooling"] == "avgpool"
     # every other knob is the paper's
     paper = defaults("restkv")
-    assert all(by_name[k] == paper[k] for k in ("window_size", "alpha", "pooling", "metric_mode", "use_wo", "tau"))
+    assert all(by_name[k] == paper[k] for k in ("window_size", "alpha", "metric_mode", "use_wo", "tau"))
 
 
 def test_paper_is_the_scorers_defaults():
@@ -28,7 +31,7 @@ def test_explicit_parameters_override_the_preset():
     params = press.params()
     assert params["kernel_size"] == 7 and params["temporal"] == "ema" and params["probe"] == "reconstruct"
     assert with_preset("restkv", {"preset": "agnostic", "kernel_size": 3}) == {
-        "probe": "reconstruct", "temporal": "mean", "kernel_size": 3
+        "probe": "reconstruct", "temporal": "mean", "pooling": "avgpool", "kernel_size": 3
     }  # fmt: skip
     assert with_preset("restkv", {"alpha": 0.5}) == {"alpha": 0.5}  # no preset: unchanged
 

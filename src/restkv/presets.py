@@ -5,7 +5,9 @@ win. ``paper`` is the paper's main setting (the scorer's defaults), kept availab
 ``agnostic`` compresses a context before its question is known: the observation window comes
 from a reconstruction probe (:mod:`restkv.probes`), averaged over all the probe's queries
 (``temporal="mean"``; the paper's EMA over thousands of probe queries weights only the last
-few) and pooled with a 15-wide kernel (these models write a number over several tokens).
+few) and pooled with a fixed 15-wide kernel (these models write a number over several tokens;
+adaptive pooling's drift would measure how the probe reads the context in order, not where a
+question looks, and costs a top-k over every probe query).
 Where each value was chosen, and on which task, is in ``docs/methods.md`` ("Presets").
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 #: preset name -> the parameters it sets (press settings and scorer parameters together)
 PRESETS: dict[str, dict] = {
     "paper": {},
-    "agnostic": {"probe": "reconstruct", "temporal": "mean", "kernel_size": 15},
+    "agnostic": {"probe": "reconstruct", "temporal": "mean", "pooling": "avgpool", "kernel_size": 15},
 }
 
 #: the methods presets apply to
