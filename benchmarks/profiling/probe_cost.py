@@ -67,9 +67,10 @@ def main() -> None:
     model, tokenizer = loaded.model, loaded.tokenizer
     context = essays(tokenizer, args.tokens)
     specs = [s.strip() for s in args.methods.split(",")]
-    presses = {
-        s: get_press(parse_method_spec(s)[0], compression_ratio=args.ratio, **parse_method_spec(s)[1]) for s in specs
-    }
+    presses = {}
+    for spec in specs:
+        name, params = parse_method_spec(spec)
+        presses[spec] = get_press(name, compression_ratio=args.ratio, **params)
     times, kept = {s: [] for s in specs}, {}
     began = time.perf_counter()
     for _ in range(args.repeats):
@@ -78,8 +79,8 @@ def main() -> None:
             compress_context(model, tokenizer, context, press)
             times[spec].append(time.perf_counter() - start)
             print(spec, round(times[spec][-1], 1), "s", flush=True)
+    ids, _ = split_prompt(tokenizer, context, loaded.chat)
     for spec, press in presses.items():  # kept sets, in a run of their own (tracking is not timed)
-        ids, _ = split_prompt(tokenizer, context, loaded.chat)
         cache = DynamicCache(config=model.config)
         origins = track_origins(cache)
         with press(model):
