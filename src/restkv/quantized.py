@@ -25,6 +25,7 @@ from transformers.cache_utils import DynamicLayer, HQQQuantizedLayer, QuantoQuan
 
 from ._compat.transformers_cache import quantized_keys_shape, quantized_payload
 from ._compat.transformers_layers import BaseQuantizedLayer
+from .extras import MissingExtra, install_hint
 from .state import get_state, set_state
 
 #: bits each backend offers (transformers' own limits, so an unsupported pair is refused up front)
@@ -100,7 +101,7 @@ def quantize_cache(cache, backend: str, nbits: int, group_size: int = 64, residu
 
 
 def _missing(backend: str) -> ValueError:
-    return ValueError(f"the {backend} cache backend needs {PACKAGES[backend]}: pip install 'restkv[quantization]'")
+    return MissingExtra(f"the {backend} cache backend needs {PACKAGES[backend]}: {install_hint('quantization')}")
 
 
 def stored_bytes(layer) -> int:

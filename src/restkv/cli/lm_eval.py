@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..extras import require
 from .common import UsageError, add_model_args, check_attention, method_params, name_list, positive_int
 
 
@@ -27,12 +28,11 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    try:
-        import lm_eval
-        from lm_eval.tasks import TaskManager
-        from lm_eval.utils import make_table
-    except ImportError:
-        raise UsageError("restkv lm-eval needs lm-evaluation-harness: pip install 'restkv[lm-eval]'") from None
+    require("lm-eval", "restkv lm-eval")
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    from lm_eval.utils import make_table
+
     from ..eval.harness import PressedLM
     from ..press import get_press
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from ..extras import require
 from .common import UsageError, add_model_args, load_from_args, method_params, positive_int
 
 
@@ -40,12 +41,7 @@ def run(args) -> int:
 
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be between 0 and 65535, got {args.port}")
-    try:
-        import fastapi  # noqa: F401
-        import openai  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as err:
-        raise UsageError(f"restkv serve needs {err.name}: pip install 'restkv[serve]'") from None
+    require("serve", "restkv serve")
     params = method_params(args.param)
     # built before the model is loaded, so a bad method or parameter fails fast
     press = get_press(args.method, budget=None if args.method == "full" else args.budget, **params)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..extras import require
 from ..probes import probe_settings
 from ..specs import MethodConfig
 from .engine import Engine, Outcome
@@ -86,10 +87,9 @@ class RayExecutor:
 
     def run(self, configs, kv_quant, jobs: Iterable[Job], stop, batch: int, done: Callable[[Job, list], None]):
         """``done(job, outcomes)`` is called here, in the driver, in completion order."""
-        try:
-            import ray
-        except ImportError:
-            raise ValueError("--executor ray needs Ray: pip install 'restkv[ray]'") from None
+        require("ray", "--executor ray")
+        import ray
+
         if not ray.is_initialized():
             ray.init(address=self.address, log_to_driver=False)
         # a dead actor is restarted and the job it held is retried (its rows were not written yet)

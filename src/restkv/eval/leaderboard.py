@@ -87,15 +87,18 @@ def curves(rows: list[dict], *, seed: int = 0) -> dict[str, list[tuple[float, In
     return dict(out)
 
 
-def plot_leaderboard(rows: list[dict], path: Path, title: str = "", *, seed: int = 0) -> Path:
+def plot_leaderboard(rows: list[dict], path: Path, title: str = "", *, seed: int = 0) -> Path | None:
     """Score against compression ratio, one line per method with its 95% band, in the style of
-    kvpress's leaderboard; the full cache is a dashed line with its band across the plot."""
+    kvpress's leaderboard; the full cache is a dashed line with its band across the plot (None
+    without matplotlib)."""
     from .report import _pyplot
 
-    plt = _pyplot()
     lines = curves(rows, seed=seed)
     if not lines:
         raise ValueError("the store holds no scored rows")
+    plt = _pyplot()
+    if plt is None:
+        return None
     ratios = sorted({r for points in lines.values() for r, _ in points if r > 0}) or [0.0]
     fig, ax = plt.subplots(figsize=(8, 5))
     for method, points in sorted(lines.items(), key=lambda kv: (kv[0] != FULL, kv[0])):

