@@ -122,3 +122,35 @@ def test_latency_with_compile_reports_both_paths(tmp_path, monkeypatch):
     compiled = rows[f"{label}+compiled"]["extra"]
     assert compiled["first_step_s"] > 0 and compiled["eager_decode_ms_per_token"] == rows[label]["decode_ms_per_token"]
     assert compiled["repeats"] == 2 and rows[f"{label}+compiled"]["decode_ms_per_token"] > 0
+
+
+def test_each_config_gets_its_own_decode_measurement(tmp_path, monkeypatch):
+    """restkv and snapkv at the same budget keep as many entries, but each row's decode time is a
+    measurement of its own, never one number under two methods' names."""
+    measured = []
+    real = latency.measure_decode_paths
+
+    def counting(model, length, entries, *args, **kwargs):
+        measured.append(entries)
+        return real(model, length, entries, *args, **kwargs)
+
+    monkeypatch.setattr(latency, "measure_decode_paths", counting)
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        run_latency(tiny_model("llama"), "tiny", [64], CONFIGS, store, repeats=1, decode_tokens=2, prefill=False)
+        rows = store.rows()
+    assert sorted(measured, key=str) == sorted([None, 24, 24], key=str)
+    restkv, snapkv = (next(r for r in rows if r["method"] == c.label) for c in CONFIGS[1:])
+    assert restkv["extra"]["decode_min_max"] is not snapkv["extra"]["decode_min_max"]
+
+
+def test_bench_command_prints_its_table(tmp_path, capsys, monkeypatch):
+    from restkv.bench import runner
+    from restkv.cli import main
+
+    monkeypatch.setattr(runner, "bench_model", lambda *args: tiny_model("llama"))
+    argv = ["bench", "latency", "--model", "tiny", "--lengths", "64", "--methods", "full,snapkv",
+            "--budgets", "40", "--repeats", "1", "--decode-tokens", "2", "--no-prefill", "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| length | method | budget | prefill s |" in out
+    assert "| 64 | full | all |" in out and "| 64 | snapkv | 40 |" in out

@@ -67,12 +67,14 @@ def run_latency(
         ]
         if not todo:
             continue
+        # each config's decode is its own measurement (on a cache of its budget's size), so no
+        # number is reported under two methods' names even where two methods keep as many entries
         decode, compiled = {}, {}
-        for entries in sorted({c.budget for c in todo}, key=lambda b: -1 if b is None else b):
-            timed = latency.measure_decode_paths(model, length, entries, decode_tokens, repeats, paths)
-            decode[entries] = latency.summary(timed["eager"])
+        for config in todo:
+            timed = latency.measure_decode_paths(model, length, config.budget, decode_tokens, repeats, paths)
+            decode[config] = latency.summary(timed["eager"])
             if compile:
-                compiled[entries] = (latency.summary(timed["compiled"]), timed["compiled_first_s"])
+                compiled[config] = (latency.summary(timed["compiled"]), timed["compiled_first_s"])
         presses = [
             config.press()
             if chunk_size is None or config.method == "full"
@@ -83,14 +85,14 @@ def run_latency(
         rows = []
         for config, times in zip(todo, prefills):
             pre = latency.summary(times) if times is not None else None
-            dec = decode[config.budget]
+            dec = decode[config]
             rows.append(
                 _row(task, length, model_name, config, prefill_s=pre["median"] if pre else None, decode_ms_per_token=dec["median"],
                      extra={"prefill_min_max": [pre["min"], pre["max"]] if pre else None, "decode_min_max": [dec["min"], dec["max"]],
                             "tokens_per_s": 1000 / dec["median"], "repeats": repeats, "length": length})
             )  # fmt: skip
             if compile:
-                com, first_s = compiled[config.budget]
+                com, first_s = compiled[config]
                 saved = dec["median"] - com["median"]
                 rows.append(
                     _row(task, length, model_name, config, prefill_s=pre["median"] if pre else None,

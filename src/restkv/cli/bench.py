@@ -49,6 +49,7 @@ def check_chunk_size(chunk_size: int | None, configs) -> None:
 
 def run(args) -> int:
     from ..bench import runner
+    from ..eval.report import bench_table
     from ..eval.store import ResultStore
 
     configs = method_configs(args.methods, args.budgets, None)
@@ -85,5 +86,8 @@ def run(args) -> int:
             spec["kv_quant"] = args.kv_quant
             spec.update({"shape": args.shape, "layers": args.layers} if args.shape else {"model": args.model})
             runner.run_memory(spec, name, args.lengths, configs, store, args.chunk_size)
+        # the table of this model's rows (earlier runs in the same store included, as the report shows them)
+        rows = [r for r in store.rows(task=f"bench-{args.kind}") if r["model"] == name]
+    print(bench_table(rows, f"bench-{args.kind}"))
     print(f"bench {args.kind}: {time.perf_counter() - start:.0f} s; results in {args.out}")
     return 0
