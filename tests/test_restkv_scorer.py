@@ -273,3 +273,31 @@ def test_adaptive_pool_with_one_kernel_for_all_heads_equals_pooling_head_by_head
                      for row in batch]) for batch in scores
     ])  # fmt: skip
     assert torch.equal(adaptive_pool(scores, attn, 20, 5, 2000.0), expected)
+
+
+@pytest.mark.parametrize("rule", ["ema", "mean", "last"])
+@pytest.mark.parametrize("softcap", [None, 20.0])
+def test_reduced_window_attention_is_the_temporal_reduction_of_the_whole_map(rule, softcap):
+    from restkv.attention import reduced_window_attention, window_attention
+
+    gen = torch.Generator().manual_seed(3)
+    q, k = torch.randn(2, 6, 300, 16, generator=gen) * 2, torch.randn(2, 2, 420, 16, generator=gen) * 2
+    mask = torch.ones(2, 420, dtype=torch.bool)
+    mask[1, :25] = False  # a left-padded row
+    whole = temporal(window_attention(q, k, key_mask=mask, softcap=softcap), rule, 0.4)
+    reduced = reduced_window_attention(q, k, rule, 0.4, key_mask=mask, softcap=softcap, chunk=64)  # a short last chunk
+    assert torch.allclose(reduced, whole, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("temporal_rule", ["ema", "mean"])
+def test_a_probe_sized_window_keeps_what_the_whole_map_kept(monkeypatch, temporal_rule):
+    """A window of REDUCE_FROM queries or more is reduced chunk by chunk (the map is never held
+    whole); the kept entries are those of the one-shot path."""
+    import restkv.scorers.restkv as restkv_scorer
+
+    q, k, v, wo = observation(heads=6, kv_heads=2, n=1400)
+    scorer = get_scorer("restkv", window_size=700, temporal=temporal_rule, pooling="avgpool", kernel_size=15)
+    assert 700 >= restkv_scorer.REDUCE_FROM
+    chunked = scorer.select(q, k, v, budget=900, o_proj=wo)
+    monkeypatch.setattr(restkv_scorer, "REDUCE_FROM", 10**9)  # the one-shot path
+    assert torch.equal(chunked, scorer.select(q, k, v, budget=900, o_proj=wo))

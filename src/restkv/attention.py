@@ -12,6 +12,8 @@ from contextvars import ContextVar
 
 import torch
 
+from .smoothing import temporal_weights
+
 #: the memo :func:`sharing` installs; None outside it (every call computes)
 _SHARED: ContextVar[dict | None] = ContextVar("restkv_shared_attention", default=None)
 
@@ -116,6 +118,47 @@ def _window_attention(queries, keys, scaling, key_mask, softcap):
     if key_mask is not None:
         logits.masked_fill_(~key_mask[:, None, None, :].to(logits.device), float("-inf"))
     return torch.softmax(logits, dim=-1).nan_to_num_(0.0)
+
+
+def reduced_window_attention(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    rule: str,
+    alpha: float = 0.3,
+    *,
+    scaling: float | None = None,
+    key_mask: torch.Tensor | None = None,
+    softcap: float | None = None,
+    chunk: int = 256,
+) -> torch.Tensor:
+    """:func:`window_attention` reduced over its queries by the temporal ``rule`` (see
+    :func:`restkv.smoothing.temporal`): ``[b, H, n]`` float32, computed ``chunk`` queries at a time.
+
+    The same numbers as ``temporal(window_attention(...), rule, alpha)`` up to summation order,
+    in ``O(chunk * n)`` memory instead of ``O(q * n)``: for a reconstruction probe's thousands of
+    queries the whole map is over a gigabyte per layer, and allocating it cost more than computing it.
+    """
+    compute = lambda: _reduced_window_attention(queries, keys, rule, alpha, scaling, key_mask, softcap, chunk)  # noqa: E731
+    return _shared("reduced", compute, (queries, keys, key_mask), (rule, alpha, scaling, softcap, chunk))
+
+
+def _reduced_window_attention(queries, keys, rule, alpha, scaling, key_mask, softcap, chunk):
+    b, heads, q, _ = queries.shape
+    n = keys.shape[-2]
+    keys = repeat_kv(keys, group_size(queries, keys))
+    weights = temporal_weights(rule, q, alpha, queries.device).float()
+    total = torch.zeros(b, heads, n, dtype=torch.float32, device=queries.device)
+    key_pos = torch.arange(n, device=queries.device)
+    for start in range(0, q, chunk):
+        stop = min(start + chunk, q)
+        logits = _logits(queries[..., start:stop, :], keys, scaling, softcap)  # [b, H, c, n]
+        query_pos = torch.arange(n - q + start, n - q + stop, device=queries.device)
+        logits.masked_fill_(key_pos[None, :] > query_pos[:, None], float("-inf"))  # causal inside the window
+        if key_mask is not None:
+            logits.masked_fill_(~key_mask[:, None, None, :].to(logits.device), float("-inf"))
+        attn = torch.softmax(logits, dim=-1).nan_to_num_(0.0)
+        total += torch.matmul(weights[start:stop], attn)
+    return total
 
 
 def accumulated_attention(

@@ -25,15 +25,25 @@ def temporal(x: torch.Tensor, rule: str = "ema", alpha: float = 0.3, dim: int = 
         return x.mean(dim=dim)
     if rule == "last":
         return x.select(dim, -1)
-    if rule != "ema":
-        raise ValueError(f"temporal rule {rule!r} is not one of {', '.join(TEMPORAL_RULES)}")
-    steps = x.shape[dim]
-    t = torch.arange(steps, device=x.device, dtype=torch.float64)
-    weights = alpha * (1 - alpha) ** (steps - 1 - t)
-    weights[0] = (1 - alpha) ** (steps - 1)
+    weights = temporal_weights(rule, x.shape[dim], alpha, x.device)
     # a vector-matrix product over ``dim`` moved next to last: one BLAS call, and for the usual
     # ``dim=-2`` no copy of a sliced attention map (tensordot would make one)
     return torch.matmul(weights.to(x.dtype), x.movedim(dim, -2))
+
+
+def temporal_weights(rule: str, steps: int, alpha: float = 0.3, device=None) -> torch.Tensor:
+    """The weight of each of ``steps`` queries (in time order) in :func:`temporal`'s reduction,
+    float64: what lets a caller reduce queries chunk by chunk instead of all at once."""
+    if rule not in TEMPORAL_RULES:
+        raise ValueError(f"temporal rule {rule!r} is not one of {', '.join(TEMPORAL_RULES)}")
+    if rule == "mean":
+        return torch.full((steps,), 1 / steps, dtype=torch.float64, device=device)
+    if rule == "last":
+        return torch.zeros(steps, dtype=torch.float64, device=device).index_fill_(0, torch.tensor([steps - 1], device=device), 1.0)
+    t = torch.arange(steps, device=device, dtype=torch.float64)
+    weights = alpha * (1 - alpha) ** (steps - 1 - t)
+    weights[0] = (1 - alpha) ** (steps - 1)
+    return weights
 
 
 def fill_left_padding(scores: torch.Tensor, valid: torch.Tensor | None, replicate: bool) -> torch.Tensor:

@@ -20,12 +20,15 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attention import repeat_kv, window_attention
+from ..attention import reduced_window_attention, repeat_kv, window_attention
 from ..checks import check_choice, check_int, is_number
 from ..smoothing import POOLINGS, TEMPORAL_RULES, adaptive_pool, pool, temporal, validate_alpha
 from .base import Scorer
 
 METRIC_MODES = ("after", "before")
+#: observation windows from this many queries on (a reconstruction probe's) have their attention
+#: reduced chunk by chunk when nothing needs the whole map; shorter windows keep the one-shot path
+REDUCE_FROM = 512
 #: float32 entries per temporary in the blocked output error (1 MiB: stays in a core's cache)
 _BLOCK_ELEMENTS = 1 << 18
 
@@ -139,10 +142,18 @@ class RestKVScorer(Scorer):
         each token (through ``o_proj`` when ``use_wo``), smoothed over the window and pooled."""
         n, w = keys.shape[-2], queries.shape[-2]
         heads = queries.shape[1]
-        attn = window_attention(queries, keys, scaling=scaling, key_mask=key_mask, softcap=softcap)  # [b,H,w,n]
         gram = head_gram(o_proj, heads) if self.use_wo else None
+        attn = None  # the window's whole attention map [b,H,w,n], where something needs it
+        if self.metric_mode == "after" and self.pooling != "adaptive" and w >= REDUCE_FROM:
+            # a probe's thousands of queries: only their temporal reduction is used, so it is
+            # summed chunk by chunk and the map is never held whole
+            attn_kw = {"scaling": scaling, "key_mask": key_mask, "softcap": softcap}
+            a = reduced_window_attention(queries, keys, self.temporal, self.alpha, **attn_kw)[..., : n - w]
+        else:
+            attn = window_attention(queries, keys, scaling=scaling, key_mask=key_mask, softcap=softcap)
         if self.metric_mode == "after":
-            a = temporal(attn[..., : n - w], self.temporal, self.alpha)  # [b,H,n-w]
+            if attn is not None:
+                a = temporal(attn[..., : n - w], self.temporal, self.alpha)  # [b,H,n-w]
             # per KV group, so the values are broadcast to the group's query heads, not copied
             b, kv = values.shape[:2]
             grouped_a = a.view(b, kv, heads // kv, n - w)
