@@ -3,10 +3,10 @@ commands that survive their reader leaving (the wheel itself is checked by `make
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from restkv import extras, model_install, models
 from restkv.cli import EXIT_USAGE, main

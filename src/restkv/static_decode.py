@@ -29,6 +29,7 @@ origin tracking and re-indexing during decoding.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 import warnings
 
@@ -256,6 +257,23 @@ def inductor_settings(device: torch.device):
     return inductor_config_patch(CPU_INDUCTOR)
 
 
+#: buffer shapes this process has announced a compilation for
+_ANNOUNCED: set = set()
+
+
+def announce_compile(shape: tuple) -> bool:
+    """Say once per buffer shape, before its first step, that compiling takes a while."""
+    if shape in _ANNOUNCED:
+        return False
+    _ANNOUNCED.add(shape)
+    print(
+        "restkv: compiling the decoding step (torch.compile) before the first token; on a 2-core CPU this took "
+        "71-148 s for SmolLM2 (benchmarks/results/decode-compiled), seconds when inductor's on-disk cache has it",
+        file=sys.stderr, flush=True,
+    )  # fmt: skip
+    return True
+
+
 class StaticDecoder:
     """Decode one compressed cache step by step on static buffers.
 
@@ -293,6 +311,8 @@ class StaticDecoder:
         self.full = torch.tensor([i for i, layer in enumerate(self.cache.layers) if not layer.is_sliding])
         self.slots = max((layer.key_buffer.shape[-2] for layer in self.cache.layers if not layer.is_sliding), default=0)
         self.dtype = self.cache.layers[0].dtype
+        if compile:
+            announce_compile((rows, self.slots, self.dtype, str(device)))
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
         """Feed ``ids`` ``[b, 1]``; returns the next-token logits ``[b, vocab]``."""

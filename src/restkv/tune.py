@@ -22,7 +22,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .eval.engine import Engine
+from .eval.runner import prompt_length
 from .eval.tasks.base import Sample
+from .forecast import announce, measure, sweep_seconds
 from .generation import encode_prompt, eos_ids
 from .profiles import paper_setting
 from .specs import MethodConfig
@@ -118,6 +120,15 @@ def _better(a: dict, b: dict) -> bool:
 def tune(loaded, samples: list[Sample], budget: int, grid: dict | None = None, batch: int | str = "auto") -> dict:
     """Coordinate search; returns the profile (chosen parameters, paper defaults, every result)."""
     grid = grid or GRID
+    lengths = [prompt_length(loaded, s) for s in samples]
+    # each knob is tuned once, from the paper's value: a round tries its other values (the first
+    # round the starting point too), and prefills every prompt once
+    rounds = [sum(v != PAPER.get(knob) for v in values) + (i == 0) for i, (knob, values) in enumerate(grid.items())]
+    work = [(n, s.max_new_tokens, candidates) for candidates in rounds for n, s in zip(lengths, samples)]
+    if samples:
+        rates = measure(loaded.model, max(lengths))
+        what = f"tune: {sum(rounds)} settings on {len(samples)} prompts"
+        announce(what, sweep_seconds(rates, work, batch), rates)
     start = time.perf_counter()
     best = dict(PAPER)
     seen: dict[str, dict] = {}

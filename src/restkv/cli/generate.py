@@ -51,6 +51,22 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+#: prompts longer than this (in tokens) get a time estimate before their prefill starts
+LONG_PROMPT = 8192
+
+
+def announce_long_prompt(loaded, prompt: str, chat: bool, max_new_tokens: int) -> None:
+    """Say how long a long prompt's prefill and answer will take here, before they start."""
+    from ..forecast import announce, measure
+    from ..generation import encode_prompt
+
+    tokens = encode_prompt(loaded.tokenizer, prompt, chat=chat).shape[1]
+    if tokens > LONG_PROMPT:
+        rates = measure(loaded.model, tokens)
+        what = f"generate: a {tokens}-token prompt, up to {max_new_tokens} new tokens"
+        announce(what, rates.prefill(tokens) + max_new_tokens * rates.step_s, rates)
+
+
 def run(args) -> int:
     from ..generation import generate_with_stats
     from ..press import get_press
@@ -62,13 +78,15 @@ def run(args) -> int:
     # built before the model is loaded, so a bad method or parameter fails fast
     press = get_press(args.method, budget=None if args.method == "full" else args.budget, **params)
     loaded = load_from_args(args)
+    chat = loaded.chat and not args.no_chat
+    announce_long_prompt(loaded, prompt, chat, args.max_new_tokens)
     result = generate_with_stats(
         loaded.model,
         loaded.tokenizer,
         prompt,
         press,
         args.max_new_tokens,
-        chat=loaded.chat and not args.no_chat,
+        chat=chat,
         progress=press.chunk_size is not None,
     )
     print(result.text.strip())

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..forecast import duration
 from ..options import refusal
 from ..specs import MethodConfig, parse_method_spec
 from .runner import run_sweep, setting_of
@@ -124,13 +125,6 @@ def seconds_per_prompt_config(log: Path) -> float | None:
     return wall / work if work else None
 
 
-def duration(seconds: float) -> str:
-    """``42 s``, ``17 min`` or ``2.5 h``."""
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
-
-
 def load_average() -> float | None:
     """The 1-minute load average (None where the platform has none)."""
     try:
@@ -197,6 +191,7 @@ def render(out: Path, title: str = "", seed: int = 0) -> Path:
     """``out/leaderboard.md``: per mode, the table of :func:`restkv.eval.leaderboard.leaderboard_markdown`
     and its plot (``out/<mode>.png``), from whatever the stores hold so far."""
     from .leaderboard import leaderboard_markdown, plot_leaderboard
+    from .report import NO_PLOTS
 
     parts = [f"# Leaderboard{': ' + title if title else ''}", ""]
     parts += [
@@ -227,7 +222,7 @@ def render(out: Path, title: str = "", seed: int = 0) -> Path:
             "",
             *([SINGLE_PROMPT, ""] if counts[0] < 2 else []),
             leaderboard_markdown(rows, seed=seed),
-            f"![{mode}]({plot.name})",
+            f"![{mode}]({plot.name})" if plot else NO_PLOTS,
             "",
         ]
     if not found:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..forecast import announce, measure, sweep_seconds
 from ..generation import encode_prompt, eos_ids
 from ..probes import probe_settings
 from ..quantized import quantized_label
@@ -105,6 +106,16 @@ def run_sweep(
         engine.check_agnostic()
     check_store_mode(store, task, query_agnostic)
     ranges = {p.window_range for p in engine.presses.values() if p.window_range is not None}
+    # the work left, decided before any runs: which configs each sample still needs
+    plan = []
+    labels = {c: row_label(engine, c) for c in configs}
+    for sample in samples:
+        settings = {c: setting_of(loaded, sample, params_of(engine, c), query_agnostic) for c in configs}
+        todo = [c for c in configs if not store.has(task, sample.id, loaded.name, labels[c], c.budget, settings[c])]
+        plan.append((sample, settings, todo))
+    if progress and executor is None:
+        forecast(loaded, task, [(s, todo) for s, _, todo in plan if todo], batch)
+
     counters = {"samples_run": 0, "samples_skipped": 0, "wall_s": 0.0, "prefill_s": 0.0, "compress_s": 0.0}
     start = time.perf_counter()
     bar = tqdm(total=len(samples), desc=f"{task} ({len(configs)} configs)", unit="sample", disable=not progress)
@@ -152,10 +163,7 @@ def run_sweep(
     def jobs():
         """The work left, in sample order: one job per prompt, or per shared context (query-agnostic)."""
         shared: Job | None = None  # query-agnostic samples waiting for the next context
-        for sample in samples:
-            settings = {c: setting_of(loaded, sample, params_of(engine, c), query_agnostic) for c in configs}
-            labels = {c: row_label(engine, c) for c in configs}
-            todo = [c for c in configs if not store.has(task, sample.id, loaded.name, labels[c], c.budget, settings[c])]
+        for sample, settings, todo in plan:
             if not todo:
                 counters["samples_skipped"] += 1
                 bar.update(1)
@@ -195,6 +203,26 @@ def run_sweep(
         bar.close()
     counters["wall_s"] = time.perf_counter() - start
     return counters
+
+
+def forecast(loaded, task: str, pending: list[tuple[Sample, list[MethodConfig]]], batch=1) -> None:
+    """Say on stderr how long ``pending`` (samples and the configs each still needs) will take here."""
+    if not pending:
+        return
+    lengths = [prompt_length(loaded, sample) for sample, _ in pending]
+    rates = measure(loaded.model, max(lengths))
+    work = [(n, s.max_new_tokens, len(todo)) for n, (s, todo) in zip(lengths, pending)]
+    configs = max(len(todo) for _, todo in pending)
+    what = f"{task}: {len(pending)} prompts x {configs} configurations to run"
+    announce(what, sweep_seconds(rates, work, batch), rates)
+
+
+def prompt_length(loaded, sample: Sample) -> int:
+    """A sample's prompt in tokens, as the engine will see it."""
+    if "prompt_ids" in sample.meta:
+        return len(sample.meta["prompt_ids"])
+    chat = loaded.chat and sample.meta.get("chat", True)
+    return encode_prompt(loaded.tokenizer, sample.prompt, chat=chat, answer_prefix=sample.answer_prefix).shape[1]
 
 
 def check_agnostic(task: str, samples: list[Sample], mode: str | None) -> None:
