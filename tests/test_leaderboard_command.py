@@ -115,6 +115,8 @@ def test_a_run_fills_both_stores_round_robin_and_writes_the_table_and_plots(tiny
         assert (out / f"{mode}.png").stat().st_size > 1000
         log = [json.loads(line) for line in (out / mode / "runs.jsonl").read_text().splitlines()]
         assert log[0]["prompts_run"] == 4 and log[0]["wall_s"] > 0 and "load_start" in log[0]
+    printed = capsys.readouterr().out  # the command prints the table it wrote, then its path
+    assert table in printed and printed.rstrip().endswith(str(out / "leaderboard.md"))
     # a rerun finds every row and runs nothing
     assert main(argv) == 0
     assert "0 prompts x 7 configurations left" in capsys.readouterr().err

@@ -44,6 +44,12 @@ def add_parser(subparsers) -> None:
     lb.set_defaults(run=run)
 
 
+def show(table: Path) -> None:
+    """Print the rendered table, then where it is (as the other measuring commands do)."""
+    print(table.read_text())
+    print(table)
+
+
 def run(args) -> int:
     from ..eval.protocol import MODES, POOL, configs_for, render, run_mode, window_methods
 
@@ -51,7 +57,7 @@ def run(args) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} is a file, not a folder")
     if args.report_only:
-        print(render(args.out, args.model))
+        show(render(args.out, args.model))
         return 0
     plans = {"query-agnostic": configs_for(args.methods, args.ratios, agnostic=True)}  # refusals before loading
     if args.query_aware:
@@ -76,7 +82,7 @@ def run(args) -> int:
             )
     finally:  # a stopped run still gets the table of what it finished
         try:
-            print(render(args.out, loaded.name))
+            show(render(args.out, loaded.name))
         except ValueError as err:
             print(f"restkv: {err}", file=sys.stderr)
     return 0
