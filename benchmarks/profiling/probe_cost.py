@@ -6,16 +6,19 @@ the long-context studies use), compressed before any question with :func:`restkv
 under each ``--methods`` spec at ``--ratio``; the specs take turns within each repeat, so a slow
 spell of the shared machine hits all of them. Reported per spec: the median and minimum compress
 wall time, and the share of kept entries (over layers and KV heads) it has in common with the
-first spec's. One torch thread.
+first spec's. One torch thread. ``--one-shot`` adds each spec again as ``<spec> one-shot``, with
+ReST-KV's observation attention computed whole (``restkv.scorers.restkv.REDUCE_FROM`` raised
+past any window) instead of reduced 256 queries at a time: the cost of holding the map.
 
     .venv/bin/python benchmarks/profiling/probe_cost.py --out benchmarks/results/probe-cost/rows.json \\
         [--tokens 4096] [--ratio 0.5] [--repeats 2] \\
-        [--methods "restkv[preset=agnostic;pooling=adaptive],restkv[preset=agnostic]"]
+        [--methods "restkv[preset=agnostic;pooling=adaptive],restkv[preset=agnostic]"] [--one-shot]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -44,6 +47,19 @@ def shared(a: dict, b: dict) -> float:
     return common / sum(len(x) for heads in a.values() for x in heads)
 
 
+@contextlib.contextmanager
+def one_shot_attention(on: bool):
+    """Within the block, ReST-KV computes its window's whole attention map however long the window."""
+    import restkv.scorers.restkv as restkv_scorer
+
+    saved = restkv_scorer.REDUCE_FROM
+    restkv_scorer.REDUCE_FROM = 1 << 62 if on else saved
+    try:
+        yield
+    finally:
+        restkv_scorer.REDUCE_FROM = saved
+
+
 def main() -> None:
     from transformers import DynamicCache
 
@@ -61,29 +77,32 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--one-shot", action="store_true", help="each spec also with its attention map held whole")
     args = parser.parse_args()
     torch.set_num_threads(1)
     loaded = load_model("smollm2-135m-instruct")
     model, tokenizer = loaded.model, loaded.tokenizer
     context = essays(tokenizer, args.tokens)
-    specs = [s.strip() for s in args.methods.split(",")]
+    given = [s.strip() for s in args.methods.split(",")]
+    specs = given + ([f"{s} one-shot" for s in given] if args.one_shot else [])
     presses = {}
     for spec in specs:
-        name, params = parse_method_spec(spec)
+        name, params = parse_method_spec(spec.removesuffix(" one-shot"))
         presses[spec] = get_press(name, compression_ratio=args.ratio, **params)
     times, kept = {s: [] for s in specs}, {}
     began = time.perf_counter()
     for _ in range(args.repeats):
         for spec, press in presses.items():
-            start = time.perf_counter()
-            compress_context(model, tokenizer, context, press)
-            times[spec].append(time.perf_counter() - start)
+            with one_shot_attention(spec.endswith(" one-shot")):
+                start = time.perf_counter()
+                compress_context(model, tokenizer, context, press)
+                times[spec].append(time.perf_counter() - start)
             print(spec, round(times[spec][-1], 1), "s", flush=True)
     ids, _ = split_prompt(tokenizer, context, loaded.chat)
     for spec, press in presses.items():  # kept sets, in a run of their own (tracking is not timed)
         cache = DynamicCache(config=model.config)
         origins = track_origins(cache)
-        with press(model):
+        with press(model), one_shot_attention(spec.endswith(" one-shot")):
             prefill(model, ids, cache, None, False, probe=probe_for(press, tokenizer, ids))
         kept[spec] = kept_sets(origins)
     rows = [{"method": s, "compress_s_median": round(statistics.median(t), 2), "compress_s_min": round(min(t), 2),
