@@ -28,7 +28,7 @@ from transformers import DynamicCache
 from ._compat.transformers_config import name_or_path
 from .adapters import resident_weight
 from .cache import VarlenLayer, cache_entries, fork_cache
-from .checks import check_int
+from .checks import check_int, first_line
 from .generation import decode, eos_ids, forward_step, prefill
 from .options import check
 from .press import KVPress, get_press
@@ -176,7 +176,7 @@ def load_context(path: str | Path, model, tokenizer) -> CompressedContext:
     try:
         blob = torch.load(path, map_location=model.device, weights_only=True)
     except Exception as err:  # a truncated or foreign file fails inside the unpickler
-        raise ValueError(f"{path} is not a saved restkv context ({str(err).splitlines()[0]})") from None
+        raise ValueError(f"{path} is not a saved restkv context ({first_line(err)})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ValueError(f"{path} is not a saved restkv context of format {FORMAT}")
     saved, ours = dict(blob["model"]), model_fingerprint(model)

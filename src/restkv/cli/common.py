@@ -26,14 +26,22 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _items(text: str) -> list[str]:
+    """The comma-separated items of ``text``; at least one (``--budgets ,`` would run nothing)."""
+    items = [part.strip() for part in text.split(",") if part.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of at least one item, got {text!r}")
+    return items
+
+
 def int_list(text: str) -> list[int]:
-    return [positive_int(part) for part in text.split(",") if part.strip()]
+    return [positive_int(part) for part in _items(text)]
 
 
 def ratio_list(text: str) -> list[float]:
     """``0.5,0.75``: compression ratios, each in (0, 1)."""
     out = []
-    for part in (p.strip() for p in text.split(",")):
+    for part in _items(text):
         try:
             value = float(part)
         except ValueError:
@@ -45,7 +53,7 @@ def ratio_list(text: str) -> list[float]:
 
 
 def name_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+    return _items(text)
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:

@@ -117,6 +117,8 @@ def run(args) -> int:
         load = partial(load_model, args.model, device=args.device, dtype=args.dtype, attn=args.attn)
         executor = RayExecutor(load, args.workers, args.address)
     groups = family.groups(loaded, options)
+    if not any(group.samples for group in groups):
+        raise UsageError(f"nothing to evaluate: {args.task} built no prompts with these options")
     command = " ".join(sys.argv)
     totals = run_eval(
         loaded, groups, configs, args.out, args.batch, command, family.mode, start, args.query_agnostic, kv_quant,
