@@ -17,6 +17,7 @@ import time
 
 from .._compat.transformers_serving import attaching_generation_state
 from .._compat.uvicorn_server import bound_port
+from ..checks import is_int
 from .paged import PagedEviction
 
 #: the extra request field that names a per-request press
@@ -114,8 +115,8 @@ def build_app(served: ServedModel):
     served.generation_state = state
     chat = ChatCompletionHandler(model_manager=models, generation_state=state)
     completion = CompletionHandler(model_manager=models, generation_state=state)
-    for handler in (chat, completion):
-        _accept_press_field(handler, eviction)
+    for handler, kind in ((chat, "chat"), (completion, "completion")):
+        _accept_press_field(handler, eviction, kind)
     app = build_server(
         models, chat, completion_handler=completion,
         response_handler=ResponseHandler(model_manager=models, generation_state=state),
@@ -131,13 +132,36 @@ def build_app(served: ServedModel):
     return app
 
 
-def _accept_press_field(handler, eviction: PagedEviction) -> None:
-    """Let ``handler`` take a ``restkv`` body field (transformers rejects fields it does not know)."""
+def check_request(body, kind: str) -> None:
+    """One sentence (a ValueError) for a request body the server cannot answer as asked: not an
+    object, a chat without a non-empty ``messages`` list, a completion without a ``prompt``, or
+    a token limit below 1 (which used to cost a whole prefill for an empty answer)."""
+    if not isinstance(body, dict):
+        raise ValueError("the request body must be a JSON object")
+    if kind == "chat":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+            raise ValueError("messages must be a non-empty list of message objects")
+    elif not isinstance(body.get("prompt"), (str, list)) or not body["prompt"]:
+        raise ValueError("prompt must be a non-empty string or list")
+    for field in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+        value = body.get(field)
+        if value is not None and (not is_int(value) or value < 1):
+            raise ValueError(f"{field} must be a positive integer, got {value!r}")
+
+
+def _accept_press_field(handler, eviction: PagedEviction, kind: str) -> None:
+    """Let ``handler`` take a ``restkv`` body field (transformers rejects fields it does not know),
+    and refuse with 400 what :func:`check_request` refuses, before any work."""
     from fastapi import HTTPException
 
     handle = handler.handle_request
 
     async def handle_request(body: dict, request_id: str):
+        try:
+            check_request(body, kind)
+        except ValueError as err:
+            raise HTTPException(status_code=400, detail=str(err)) from None
         if REQUEST_FIELD in body:
             try:
                 eviction.set_request_press(request_id, press_from_request(body.pop(REQUEST_FIELD)))
