@@ -7,8 +7,8 @@ under each ``--methods`` spec at ``--ratio``; the specs take turns within each r
 spell of the shared machine hits all of them. Reported per spec: the median and minimum compress
 wall time, and the share of kept entries (over layers and KV heads) it has in common with the
 first spec's. One torch thread. ``--one-shot`` adds each spec again as ``<spec> one-shot``, with
-ReST-KV's observation attention computed whole (``restkv.scorers.restkv.REDUCE_FROM`` raised
-past any window) instead of reduced 256 queries at a time: the cost of holding the map.
+ReST-KV's observation attention computed whole (``restkv.scorers.restkv.whole_attention_map``)
+instead of reduced 256 queries at a time: the cost of holding the map.
 
     .venv/bin/python benchmarks/profiling/probe_cost.py --out benchmarks/results/probe-cost/rows.json \\
         [--tokens 4096] [--ratio 0.5] [--repeats 2] \\
@@ -47,17 +47,11 @@ def shared(a: dict, b: dict) -> float:
     return common / sum(len(x) for heads in a.values() for x in heads)
 
 
-@contextlib.contextmanager
 def one_shot_attention(on: bool):
-    """Within the block, ReST-KV computes its window's whole attention map however long the window."""
-    import restkv.scorers.restkv as restkv_scorer
+    """ReST-KV's whole-map path within the block when ``on``, else nothing changes."""
+    from restkv.scorers.restkv import whole_attention_map
 
-    saved = restkv_scorer.REDUCE_FROM
-    restkv_scorer.REDUCE_FROM = 1 << 62 if on else saved
-    try:
-        yield
-    finally:
-        restkv_scorer.REDUCE_FROM = saved
+    return whole_attention_map() if on else contextlib.nullcontext()
 
 
 def main() -> None:

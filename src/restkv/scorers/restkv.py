@@ -16,6 +16,8 @@ Where we differ from the reference on purpose:
 
 from __future__ import annotations
 
+import contextlib
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +31,18 @@ METRIC_MODES = ("after", "before")
 #: observation windows from this many queries on (a reconstruction probe's) have their attention
 #: reduced chunk by chunk when nothing needs the whole map; shorter windows keep the one-shot path
 REDUCE_FROM = 512
+_WHOLE_MAP: ContextVar[bool] = ContextVar("restkv_whole_window_map", default=False)
+
+
+@contextlib.contextmanager
+def whole_attention_map():
+    """Within the block, ReST-KV holds its window's whole attention map however long the window
+    (the one-shot path): what the chunked reduction is measured against."""
+    token = _WHOLE_MAP.set(True)
+    try:
+        yield
+    finally:
+        _WHOLE_MAP.reset(token)
 #: float32 entries per temporary in the blocked output error (1 MiB: stays in a core's cache)
 _BLOCK_ELEMENTS = 1 << 18
 
@@ -144,7 +158,7 @@ class RestKVScorer(Scorer):
         heads = queries.shape[1]
         gram = head_gram(o_proj, heads) if self.use_wo else None
         attn = None  # the window's whole attention map [b,H,w,n], where something needs it
-        if self.metric_mode == "after" and self.pooling != "adaptive" and w >= REDUCE_FROM:
+        if self.metric_mode == "after" and self.pooling != "adaptive" and w >= REDUCE_FROM and not _WHOLE_MAP.get():
             # a probe's thousands of queries: only their temporal reduction is used, so it is
             # summed chunk by chunk and the map is never held whole
             attn_kw = {"scaling": scaling, "key_mask": key_mask, "softcap": softcap}
