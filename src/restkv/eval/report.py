@@ -459,7 +459,7 @@ def render_report(run_dir: str | Path) -> Path:
     for task in sorted({r["task"] for r in rows if r["task"].startswith("bench-")}):
         plot = plot_against_length(rows, task, run_dir / f"{file_stem(task)}.png")
         parts += [f"## {task}", "", bench_table(rows, task), "", *([f"![{task}]({plot.name})", ""] if plot else [])]
-    if _pyplot() is None:
+    if not available("plots"):
         parts += [NO_PLOTS, ""]
         print(f"restkv: {NO_PLOTS}", file=sys.stderr)
     out = run_dir / "report.md"
