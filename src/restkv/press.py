@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -157,26 +158,72 @@ class KVPress:
 
     @contextlib.contextmanager
     def __call__(self, model: nn.Module):
-        """Apply the press to ``model`` for the duration of the ``with`` block (one press at a time)."""
-        if getattr(model, _ACTIVE, None) is not None:
-            raise ValueError(
-                f"{model.__class__.__name__} is already under a press; a nested press would be ignored, "
-                "so leave the first `with` block before entering another"
-            )
+        """Apply the press to ``model`` for the duration of the ``with`` block (one press at a time).
+
+        The model is claimed before any hook goes on and released after every hook is off, so a
+        second press (nested, or in another thread) is refused instead of sharing the hooks.
+        """
         if self.scorer is not None:
             check_supported(model)
-        session = _Session(self, model) if self.scorer is not None else None
-        setattr(model, _ACTIVE, self)
+        claim = _claim(model, self)
+        session = None
         try:
+            if self.scorer is not None:
+                session = _Session(self, model)
             yield self
         finally:
-            delattr(model, _ACTIVE)
-            if session is not None:
-                session.remove()
+            _release(model, claim, session)
 
 
-#: the attribute that marks a model as being under a press
+#: the attribute that marks a model as being under a press (its value: the block's :class:`_Claim`)
 _ACTIVE = "_restkv_active_press"
+#: makes checking a model's marker and setting it one step for every thread
+_CLAIMS = threading.Lock()
+
+
+@dataclass(eq=False)
+class _Claim:
+    """Who holds a model: the press and the thread of one ``with`` block (compared by identity)."""
+
+    press: KVPress
+    thread: int
+
+
+def _claim(model: nn.Module, press: KVPress) -> _Claim:
+    """Mark ``model`` as under ``press`` in this thread, or refuse when any press holds it."""
+    with _CLAIMS:
+        held = vars(model).get(_ACTIVE)
+        if held is not None:
+            raise _refusal(model, held)
+        claim = _Claim(press, threading.get_ident())
+        vars(model)[_ACTIVE] = claim
+        return claim
+
+
+def _refusal(model: nn.Module, held: _Claim) -> ValueError:
+    """The one sentence for a model already held: by an outer block of this thread, or another thread."""
+    name = model.__class__.__name__
+    if getattr(held, "thread", None) == threading.get_ident():
+        return ValueError(
+            f"{name} is already under a press; a nested press would be ignored, "
+            "so leave the first `with` block before entering another"
+        )
+    return ValueError(
+        f"{name} is already under a press in another thread, and one model runs one press at a time, "
+        "so wait for that block to end or give this thread its own copy of the model"
+    )
+
+
+def _release(model: nn.Module, claim: _Claim, session: _Session | None) -> None:
+    """Take the block's hooks off, then its own marker (never another block's), the marker even
+    when taking a hook off raised: a model is never left marked, nor hooked, after its block."""
+    try:
+        if session is not None:
+            session.remove()
+    finally:
+        with _CLAIMS:
+            if vars(model).get(_ACTIVE) is claim:
+                del vars(model)[_ACTIVE]
 
 
 #: the settings of a press itself (everything else given to :func:`get_press` is the method's)
@@ -210,18 +257,21 @@ class _Session:
         self.modules = attention_modules(model)
         self.frequencies = rope_frequencies(model) if needs_frequencies(press) else {}
         decoder = decoder_model(model)
-        self.handles = [
-            decoder.register_forward_pre_hook(self._before_model, with_kwargs=True),
-            decoder.register_forward_hook(self._after_model, with_kwargs=True),
-        ]
-        for module in self.modules:
-            self.handles.append(module.register_forward_pre_hook(self._before_attention, with_kwargs=True))
-            self.handles.append(module.register_forward_hook(self._after_attention, with_kwargs=True))
+        self.handles = []
+        try:
+            self.handles.append(decoder.register_forward_pre_hook(self._before_model, with_kwargs=True))
+            self.handles.append(decoder.register_forward_hook(self._after_model, with_kwargs=True))
+            for module in self.modules:
+                self.handles.append(module.register_forward_pre_hook(self._before_attention, with_kwargs=True))
+                self.handles.append(module.register_forward_hook(self._after_attention, with_kwargs=True))
+        except BaseException:  # never leave half the hooks behind
+            self.remove()
+            raise
 
     def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
+        """Take every hook off (a handle already removed is skipped, so this cannot fail)."""
+        while self.handles:
+            self.handles.pop().remove()
 
     # -- hooks ------------------------------------------------------------------------------
     def _before_model(self, module, args, kwargs):
