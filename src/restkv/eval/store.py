@@ -67,6 +67,34 @@ def _lock(path: Path):
     return handle
 
 
+def _columns(db: sqlite3.Connection) -> set[str]:
+    """The columns of ``db``'s ``results`` table (none when it has no such table)."""
+    return {row[1] for row in db.execute("PRAGMA table_info(results)")}
+
+
+def _check_ours(path: Path) -> None:
+    """Raise ``sqlite3.DatabaseError`` unless the file at ``path`` is absent, empty, or a SQLite
+    database that restkv may write to: one with no tables yet, or with a ``results`` table of
+    restkv's columns (an older one may lack ``setting``). The file is opened read-only, so
+    another program's database is refused exactly as it was found."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+    try:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = {name for name in tables if not name.startswith("sqlite_")}  # SQLite's own bookkeeping
+        if not tables:  # a new database: restkv's to fill
+            return
+        if "results" not in tables:
+            raise sqlite3.DatabaseError("it holds other tables and no results table")
+        present = _columns(db)
+        missing = [c for c in COLUMNS if c not in present and c != "setting"]
+        if missing:  # another program's table of the same name
+            raise sqlite3.DatabaseError(f"its results table has no {', '.join(missing)} column")
+    finally:
+        db.close()
+
+
 class ResultStore:
     """Append-only results of evaluations and benchmarks, keyed by task, sample, model, method and budget."""
 
@@ -88,16 +116,13 @@ class ResultStore:
             )
         self.lock = _lock(self.path) if writer else None
         try:
+            _check_ours(self.path)  # read-only: another program's database is refused before anything is written
             self.db = sqlite3.connect(self.path, timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             columns = ", ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
             self.db.execute(f"CREATE TABLE IF NOT EXISTS results ({columns}, PRIMARY KEY ({', '.join(KEY)}))")
-            present = {row[1] for row in self.db.execute("PRAGMA table_info(results)")}
-            missing = [c for c in COLUMNS if c not in present and c != "setting"]
-            if missing:  # another program's table of the same name: never alter it
-                raise sqlite3.DatabaseError(f"its results table has no {', '.join(missing)} column")
-            if "setting" not in present:  # a database from before settings were recorded: its rows match none
+            if "setting" not in _columns(self.db):  # a database from before settings were recorded: its rows match none
                 self.db.execute("ALTER TABLE results ADD COLUMN setting TEXT")
             self.db.commit()
         except sqlite3.DatabaseError as err:
