@@ -8,11 +8,18 @@
   free blocks (``free_blocks``, ``count_free_blocks``, ``num_free_sectors``, ``num_sectors``).
 * ``transformers serve``'s ``CBGenerateManager`` / ``GenerationState`` keep their manager and
   settings in ``_cb``, ``_cb_config`` and ``_cb_manager``; restkv subclasses them to attach
-  eviction before the manager's thread starts.
+  eviction before the manager's thread starts and to check each request before it is queued
+  (``generate_streaming`` / ``generate_non_streaming``); the worker's fatal error is
+  ``background_thread_status.fatal_error``.
+* An allocator's ``needs_new_blocks(request_id, past, query)`` and ``blocks_per_sector``, and
+  the pool's ``num_sectors``, say whether a request can ever fit.
+* The manager's generation thread is not a daemon: one stuck in a forward pass keeps the
+  interpreter alive at exit, so :func:`exit_without_worker` leaves with ``os._exit``.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from .versions import require
@@ -74,9 +81,40 @@ def total_blocks(cache) -> int:
     return sum(cache.pool.num_sectors * a.blocks_per_sector for a in cache.cache_allocators.values())
 
 
-def attaching_generation_state(cb_config, attach: Callable[[object], None]):
+def request_sectors(cache, tokens: int) -> int:
+    """Sectors of ``cache``'s pool one fresh request holding ``tokens`` tokens needs, over all allocators
+    (each allocator says how many blocks that is for its attention type; sectors are shared)."""
+    check()
+    needed = 0
+    for allocator in cache.cache_allocators.values():
+        blocks = allocator.needs_new_blocks("restkv-capacity-probe", 0, tokens)  # an id no request has
+        needed += -(-blocks // allocator.blocks_per_sector)
+    return needed
+
+
+def pool_sectors(cache) -> int:
+    """Sectors ``cache``'s pool holds in all (the ones reserved for padding writes excluded)."""
+    check()
+    return cache.pool.num_sectors
+
+
+def worker_of(state):
+    """The ``ContinuousBatchingManager`` behind a ``GenerationState``, or None before the first request."""
+    check()
+    manager = state._cb_manager
+    return None if manager is None else manager._cb
+
+
+def worker_error(worker) -> BaseException | None:
+    """The error that stopped the continuous-batching worker's thread, if one did."""
+    return worker.background_thread_status.fatal_error
+
+
+def attaching_generation_state(cb_config, attach: Callable[[object], None], admit: Callable[[list, object, str], None]):
     """``transformers serve``'s ``GenerationState`` (continuous batching on, settings ``cb_config``)
-    whose continuous-batching manager runs ``attach(manager)`` right before its thread starts."""
+    whose continuous-batching manager runs ``attach(manager)`` right before its thread starts and
+    ``admit(input_ids, gen_config, request_id)`` before each request is handed to it (``admit``
+    raises to refuse the request before the scheduler sees it)."""
     check()
     from transformers.cli.serving.utils import CBGenerateManager, GenerationState
 
@@ -92,6 +130,14 @@ def attaching_generation_state(cb_config, attach: Callable[[object], None]):
             attach(self._cb)
             self._cb.start()
 
+        def generate_streaming(self, model, processor, inputs, gen_config, request_id, response_parser=None):
+            admit(inputs["input_ids"], gen_config, request_id)
+            return super().generate_streaming(model, processor, inputs, gen_config, request_id, response_parser)
+
+        async def generate_non_streaming(self, model, processor, inputs, gen_config, request_id):
+            admit(inputs["input_ids"], gen_config, request_id)
+            return await super().generate_non_streaming(model, processor, inputs, gen_config, request_id)
+
     class AttachingGenerationState(GenerationState):
         def get_manager(self, model_id, use_cb=False):
             if use_cb and self._cb_manager is None:
@@ -100,3 +146,9 @@ def attaching_generation_state(cb_config, attach: Callable[[object], None]):
             return super().get_manager(model_id, use_cb)
 
     return AttachingGenerationState(continuous_batching=True, cb_config=cb_config)
+
+
+def exit_without_worker(code: int) -> None:
+    """End the process now, without waiting for a batching thread that did not stop (transformers
+    starts it as a non-daemon thread, which the interpreter would otherwise wait for forever)."""
+    os._exit(code)

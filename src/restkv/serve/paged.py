@@ -123,6 +123,13 @@ class PagedEviction:
         with self.lock:
             return self._request_press.get(request_id, self.press)
 
+    def forget(self, request_id: str) -> None:
+        """Drop what is kept for a request that was refused or cancelled (it may never reach a batch)."""
+        with self.lock:
+            self._request_press.pop(request_id, None)
+            self._queries.pop(request_id, None)
+            self._dropped.pop(request_id, None)
+
     def detach(self) -> None:
         for handle in self._handles:
             handle.remove()
@@ -174,7 +181,7 @@ class PagedEviction:
                 n = len(state.initial_tokens)
                 window = min(press.scorer.window_size, n)
                 first, end = max(n - window, past), min(n, past + q)
-                if end > first and _budget(press, n) < n:
+                if end > first and budget_of(press, n) < n:
                     self._window_rows.append((rid, start + first - past, start + end - past))
             start += q
 
@@ -201,11 +208,15 @@ class PagedEviction:
                 continue
             before = blocks_of(cache, rid)
             kept = state.position_offset
-            if press is not None and queries is not None and _budget(press, len(state.initial_tokens)) < kept:
+            if press is not None and queries is not None and budget_of(press, len(state.initial_tokens)) < kept:
                 kept = self._compress(cache, state, queries, press)
             record = RequestRecord(rid, len(state.initial_tokens), kept, before, blocks_of(cache, rid), free_blocks(cache))
             with self.lock:
                 self.stats.records.append(record)
+        live = scheduler.active_requests.keys() | scheduler.waiting_requests.keys()
+        for table in (self._queries, self._dropped):  # cancelled requests leave the scheduler without a last batch
+            for rid in [r for r in table if r not in live]:
+                table.pop(rid, None)
         decoding = sum(1 for s in scheduler.active_requests.values() if s.generated_len() > 0)
         with self.lock:
             self.stats.peak_decoding = max(self.stats.peak_decoding, decoding)
@@ -226,7 +237,7 @@ class PagedEviction:
         rid, n = state.request_id, len(state.initial_tokens)
         if state.position_offset != n:
             raise RuntimeError(f"request {rid}: cache holds {state.position_offset} tokens, its prompt {n}")
-        budget, scorer = _budget(press, n), press.scorer
+        budget, scorer = budget_of(press, n), press.scorer
         count = len(self.modules)
         kept_count = None
         slots_of = {}  # the request's slots: the same for every layer of an allocator
@@ -271,5 +282,6 @@ def _evicting(press):
     return press if press is not None and press.scorer is not None else None
 
 
-def _budget(press, n: int) -> int:
+def budget_of(press, n: int) -> int:
+    """Entries per head ``press`` keeps of an ``n``-token prompt."""
     return tokens_to_keep(n, press.budget, press.compression_ratio, press.scorer.window_size)

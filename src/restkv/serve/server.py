@@ -1,13 +1,15 @@
-"""``restkv serve``'s app: transformers' own OpenAI-compatible server, its continuous batching under a press.
+"""``restkv serve``: transformers' chat and completion handlers and continuous batching, under a press.
 
-Everything that speaks HTTP and schedules requests is transformers' (``transformers serve``:
-``transformers.cli.serving``): its FastAPI app, its chat-completion and completion handlers, its
-continuous-batching generation manager. restkv adds three things through small subclasses and
-wrappers: the model is one already loaded (the embedded one, never fetched from a hub), the
-continuous-batching manager gets a :class:`~restkv.serve.paged.PagedEviction` attached before it
-starts, and a request may name its own press in an extra body field ``restkv``
-(``{"method": "snapkv", "budget": 256}``; the openai client sends it with ``extra_body``).
-``GET /v1/restkv/stats`` reports what eviction did and how many blocks the pool has free.
+What schedules requests and writes answers is transformers' (``transformers serve``'s handlers
+and continuous-batching manager, ``transformers.cli.serving``). restkv adds: the model is one
+already loaded (the embedded one, never fetched from a hub); the continuous-batching manager gets
+a :class:`~restkv.serve.paged.PagedEviction` attached before it starts; a request may name its own
+press in an extra body field ``restkv`` (``{"method": "snapkv", "budget": 256}``; the openai
+client sends it with ``extra_body``); and every request is checked where it enters (its fields,
+then whether the model's context and the cache pool can ever hold it) and gets a request id of
+ours. The app itself (:mod:`restkv.serve.app`) exposes chat and text completions, the model list,
+``/health`` (the batching worker's real state) and ``GET /v1/restkv/stats`` (what eviction did
+and how many blocks the pool has free): no reset, no model loading.
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ from __future__ import annotations
 import threading
 import time
 
-from .._compat.transformers_serving import attaching_generation_state
+from .._compat.transformers_serving import (
+    pool_sectors,
+    request_sectors,
+    total_blocks,
+    worker_error,
+    worker_of,
+)
 from .._compat.uvicorn_server import bound_port
-from ..checks import is_int
-from .paged import PagedEviction
-
-#: the extra request field that names a per-request press
-REQUEST_FIELD = "restkv"
+from ..checks import first_line, is_int
+from .paged import PagedEviction, budget_of
 
 
 def continuous_batching_config(page_size: int = 16, num_blocks: int | None = None, max_batch_tokens: int = 4096):
@@ -41,42 +46,55 @@ def continuous_batching_config(page_size: int = 16, num_blocks: int | None = Non
     )
 
 
-def press_from_request(spec) -> object:
-    """A press from a request's ``restkv`` field: ``{"method": NAME, "budget": N, ...parameters}``."""
-    from ..press import get_press
-
-    if not isinstance(spec, dict) or not isinstance(spec.get("method"), str):
-        raise ValueError(f'the {REQUEST_FIELD} field must be an object with a "method", got {spec!r}')
-    params = dict(spec)
-    return get_press(params.pop("method"), **params)
-
-
 class ServedModel:
-    """The app, its eviction and its uvicorn server, for one loaded model."""
+    """The app, its eviction and its uvicorn server, for one loaded model.
+
+    Args:
+        api_key: when set, every route but ``/health`` needs ``Authorization: Bearer <api_key>``.
+        allow_beyond_context: serve prompts longer than the model's trained context (refused with
+            413 otherwise).
+    """
+
+    #: seconds a stopping server waits for requests in flight before it closes them
+    GRACE_S = 5
 
     def __init__(self, loaded, press=None, *, name: str | None = None, page_size: int = 16,
-                 num_blocks: int | None = None, max_batch_tokens: int = 4096):  # fmt: skip
+                 num_blocks: int | None = None, max_batch_tokens: int = 4096, api_key: str | None = None,
+                 allow_beyond_context: bool = False):  # fmt: skip
         self.loaded = loaded
         self.name = name or getattr(loaded, "name", None) or "restkv-model"
         self.eviction = PagedEviction(loaded.model, press)
         self.cb_config = continuous_batching_config(page_size, num_blocks, max_batch_tokens)
+        self.api_key = api_key
+        self.context_limit = None if allow_beyond_context else context_limit(loaded.model)
+        from .app import build_app  # FastAPI is the serve extra's
+
         self.app = build_app(self)
         self.server = None
         self.thread = None
+        self._stopped_worker = None  # the worker stop_worker asked to stop, to tell whether it did
 
     # -- running ------------------------------------------------------------------------------
-    def run(self, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning") -> None:
-        """Serve in this thread until interrupted."""
+    def _config(self, host: str, port: int, **settings):
         import uvicorn
 
-        uvicorn.Server(uvicorn.Config(self.app, host=host, port=port, log_level=log_level)).run()
+        # without a bound a request that never ends (a stuck client, a dead worker) keeps SIGTERM waiting
+        return uvicorn.Config(self.app, host=host, port=port, timeout_graceful_shutdown=self.GRACE_S, **settings)
+
+    def run(self, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning") -> None:
+        """Serve in this thread until SIGINT or SIGTERM, then stop the batching worker."""
+        import uvicorn
+
+        try:
+            uvicorn.Server(self._config(host, port, log_level=log_level, lifespan="off")).run()
+        finally:
+            self.stop_worker()
 
     def start(self, host: str = "127.0.0.1", port: int = 0, timeout: float = 60.0) -> int:
         """Serve in a background thread; returns the port (a free one when ``port`` is 0)."""
         import uvicorn
 
-        config = uvicorn.Config(self.app, host=host, port=port, log_level="warning", lifespan="off")
-        self.server = uvicorn.Server(config)
+        self.server = uvicorn.Server(self._config(host, port, log_level="warning", lifespan="off"))
         self.thread = threading.Thread(target=self.server.run, name="restkv-serve", daemon=True)
         self.thread.start()
         deadline = time.monotonic() + timeout
@@ -87,86 +105,89 @@ class ServedModel:
         return bound_port(self.server)
 
     def stop(self) -> None:
-        """Stop the continuous-batching worker and the HTTP server."""
-        self.generation_state.shutdown()
-        self.eviction.detach()
+        """Stop the HTTP server and the continuous-batching worker."""
         if self.server is not None:
             self.server.should_exit = True
-            self.thread.join(timeout=10)
+            self.thread.join(timeout=self.GRACE_S + 5)
+        self.stop_worker()
+
+    def stop_worker(self) -> None:
+        """Stop the continuous-batching worker (waiting a few seconds at most) and remove the hooks."""
+        self._stopped_worker = worker_of(self.generation_state)
+        self.generation_state.shutdown()
+        self.eviction.detach()
+
+    def worker_alive(self) -> bool:
+        """Whether the continuous-batching worker's thread is still running."""
+        worker = worker_of(self.generation_state) or self._stopped_worker
+        return worker is not None and worker.is_running()
+
+    # -- what the routes ask ------------------------------------------------------------------
+    def health(self) -> tuple[int, dict]:
+        """The batching worker's real state: not started yet, running, stopped, or dead and why."""
+        worker = worker_of(self.generation_state)
+        if worker is None:
+            return 200, {"status": "ok", "worker": "not started (it starts with the first request)"}
+        error = worker_error(worker)
+        if error is not None:
+            return 503, {"status": "unhealthy", "worker": "dead", "reason": first_line(error)}
+        if not worker.is_running():
+            return 503, {"status": "unhealthy", "worker": "stopped"}
+        return 200, {"status": "ok", "worker": "running"}
+
+    def admit(self, input_ids, gen_config, request_id: str) -> None:
+        """Refuse, with 413 and the reason, a request the model's context or the cache pool can never
+        hold (the scheduler would fail it, and with it the worker every later request needs)."""
+        from fastapi import HTTPException
+
+        n, new = len(input_ids), gen_config.max_new_tokens or 0
+        if self.context_limit is not None and n + new > self.context_limit:
+            raise HTTPException(
+                status_code=413,
+                detail=f"the prompt ({n} tokens) and max_tokens ({new}) exceed the model's context of "
+                f"{self.context_limit} tokens; shorten them, or start the server with --allow-beyond-context",
+            )
+        cache = self._pool()
+        if cache is None:
+            return  # the worker died starting: the generation call reports it (503)
+        peak = peak_tokens(self.eviction.press_of(request_id), n, new)
+        if request_sectors(cache, peak) > pool_sectors(cache):
+            self.eviction.forget(request_id)
+            raise HTTPException(
+                status_code=413,
+                detail=f"the request needs room for {peak} tokens at once (prompt {n}, max_tokens {new}) and the "
+                f"cache pool holds {total_blocks(cache)} blocks of {self.cb_config.page_size} tokens; shorten it, "
+                "or start the server with more --num-blocks",
+            )
+
+    def _pool(self, timeout: float = 60.0):
+        """The paged cache, once the worker's thread has built it (right after the first request starts it)."""
+        deadline = time.monotonic() + timeout
+        while self.eviction.processor is None:
+            worker = worker_of(self.generation_state)
+            if worker is None or worker_error(worker) is not None or time.monotonic() > deadline:
+                return None
+            time.sleep(0.01)
+        return self.eviction.processor.cache
+
+    def cancel(self, request_id: str) -> None:
+        """Stop generating for a request whose client has gone, and forget what eviction kept for it."""
+        worker = worker_of(self.generation_state)
+        if worker is not None:
+            worker.cancel_request(request_id)
+        self.eviction.forget(request_id)
 
 
-def build_app(served: ServedModel):
-    """transformers' serving app over ``served.loaded``'s model, with eviction and the stats route."""
-    from transformers.cli.serving.chat_completion import ChatCompletionHandler
-    from transformers.cli.serving.completion import CompletionHandler
-    from transformers.cli.serving.model_manager import ModelManager, TimedModel
-    from transformers.cli.serving.response import ResponseHandler
-    from transformers.cli.serving.server import build_server
-    from transformers.cli.serving.systemone import SystemOneHandler
-    from transformers.cli.serving.transcription import TranscriptionHandler
-
-    eviction = served.eviction
-
-    models = ModelManager(device=str(served.loaded.model.device), continuous_batching=True, model_timeout=-1)
-    key = models.process_model_name(served.name)
-    models.loaded_models[key] = TimedModel(served.loaded.model, timeout_seconds=-1, processor=served.loaded.tokenizer)
-    models.force_model = served.name  # requests name this model, or none
-    state = attaching_generation_state(served.cb_config, eviction.attach)
-    served.generation_state = state
-    chat = ChatCompletionHandler(model_manager=models, generation_state=state)
-    completion = CompletionHandler(model_manager=models, generation_state=state)
-    for handler, kind in ((chat, "chat"), (completion, "completion")):
-        _accept_press_field(handler, eviction, kind)
-    app = build_server(
-        models, chat, completion_handler=completion,
-        response_handler=ResponseHandler(model_manager=models, generation_state=state),
-        transcription_handler=TranscriptionHandler(models, state),
-        systemone_handler=SystemOneHandler(model_manager=models, generation_state=state),
-        generation_state=state,
-    )  # fmt: skip
-
-    @app.get("/v1/restkv/stats")
-    def stats():
-        return {"model": served.name, "press": repr(eviction.press), **eviction.snapshot()}
-
-    return app
+def context_limit(model) -> int | None:
+    """The longest sequence the model was trained on (``max_position_embeddings``), if it says."""
+    config = getattr(model.config, "text_config", None) or model.config
+    limit = getattr(config, "max_position_embeddings", None)
+    return limit if is_int(limit) and limit > 0 else None
 
 
-def check_request(body, kind: str) -> None:
-    """One sentence (a ValueError) for a request body the server cannot answer as asked: not an
-    object, a chat without a non-empty ``messages`` list, a completion without a ``prompt``, or
-    a token limit below 1 (which used to cost a whole prefill for an empty answer)."""
-    if not isinstance(body, dict):
-        raise ValueError("the request body must be a JSON object")
-    if kind == "chat":
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-            raise ValueError("messages must be a non-empty list of message objects")
-    elif not isinstance(body.get("prompt"), (str, list)) or not body["prompt"]:
-        raise ValueError("prompt must be a non-empty string or list")
-    for field in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
-        value = body.get(field)
-        if value is not None and (not is_int(value) or value < 1):
-            raise ValueError(f"{field} must be a positive integer, got {value!r}")
-
-
-def _accept_press_field(handler, eviction: PagedEviction, kind: str) -> None:
-    """Let ``handler`` take a ``restkv`` body field (transformers rejects fields it does not know),
-    and refuse with 400 what :func:`check_request` refuses, before any work."""
-    from fastapi import HTTPException
-
-    handle = handler.handle_request
-
-    async def handle_request(body: dict, request_id: str):
-        try:
-            check_request(body, kind)
-        except ValueError as err:
-            raise HTTPException(status_code=400, detail=str(err)) from None
-        if REQUEST_FIELD in body:
-            try:
-                eviction.set_request_press(request_id, press_from_request(body.pop(REQUEST_FIELD)))
-            except ValueError as err:
-                raise HTTPException(status_code=400, detail=str(err)) from None
-        return await handle(body, request_id)
-
-    handler.handle_request = handle_request
+def peak_tokens(press, prompt: int, new: int) -> int:
+    """The most tokens a request's cache holds at once: its prompt, until compression right after
+    prefill leaves the budget to which the answer is added."""
+    if press is None:
+        return prompt + new
+    return max(prompt, budget_of(press, prompt) + new)
