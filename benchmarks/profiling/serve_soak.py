@@ -47,7 +47,7 @@ from restkv.eval.intervals import bootstrap_mean, wilson
 WORDS = "the river keeps a ledger of every stone it has moved and reads it back to the sea at night".split()
 LENGTHS = ((40, 0.4), (150, 0.3), (400, 0.2), (900, 0.1))  # words, share
 METHODS = (None, {"method": "full"}, {"method": "snapkv", "budget": 64}, {"method": "tova", "budget": 64},
-           {"method": "streamingllm", "budget": 64}, {"method": "restkv", "budget": 32})  # fmt: skip
+           {"method": "streamingllm", "budget": 64}, {"method": "restkv", "budget": 96})  # fmt: skip
 MALFORMED = ("no-messages", "messages-not-list", "max-tokens-0", "unknown-method", "not-json")
 WARMUP_REQUESTS = 50
 #: the event that ends a stream (transformers' server sends no ``[DONE]``): a chunk with a finish reason
