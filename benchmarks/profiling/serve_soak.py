@@ -10,7 +10,7 @@ the count). Each request draws, from a seeded generator:
 * a method through the ``restkv`` request field (none: the server's own press; ``full``, snapkv,
   tova, streamingllm, restkv at a smaller budget);
 * a kind: chat, chat streamed to the end, text completion, chat streamed and dropped by its
-  client after the first event (``--disconnect-share``, 10%), or a malformed body
+  client after 1-4 generated tokens (``--disconnect-share``, 10%), or a malformed body
   (``--malformed-share``, 2%: no messages, ``messages: "hi"``, ``max_tokens: 0``, an unknown
   method, a body that is not JSON).
 
@@ -97,7 +97,7 @@ def plan(rng: random.Random, args) -> dict:
     words = rng.choices([n for n, _ in LENGTHS], weights=[w for _, w in LENGTHS])[0]
     words = int(words * rng.uniform(0.8, 1.2))
     return {"kind": kind, "method": rng.choice(METHODS), "words": words, "max_tokens": rng.randint(4, 24),
-            "seed": rng.randrange(1 << 30)}  # fmt: skip
+            "seed": rng.randrange(1 << 30), "leave_after": rng.randint(1, 4)}  # fmt: skip
 
 
 def body_of(request: dict) -> bytes:
@@ -126,6 +126,20 @@ def body_of(request: dict) -> bytes:
     return json.dumps(body).encode()
 
 
+def read_events(response, count: int) -> int:
+    """Read up to ``count`` more server-sent events (generated tokens), fewer when the stream ends first."""
+    read = 0
+    while read < count:
+        line = response.readline()
+        if not line:
+            break
+        if line.startswith(b"data:"):
+            read += 1
+            if FINISHED.search(line.decode()):
+                break
+    return read
+
+
 def send(port: int, request: dict) -> dict:
     """Send one planned request; the row recorded for it."""
     kind = request["kind"]
@@ -143,6 +157,7 @@ def send(port: int, request: dict) -> dict:
             row["first_event_s"] = round(time.perf_counter() - start, 4)
             if kind == "stream-disconnect":
                 row["got_first_event"] = bool(first.strip())
+                row["events_read"] = read_events(response, request["leave_after"])
                 conn.sock.shutdown(socket.SHUT_RDWR)  # the client goes away mid-stream
             else:
                 text = first.decode() + response.read().decode()
