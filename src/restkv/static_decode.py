@@ -268,7 +268,8 @@ def announce_compile(shape: tuple) -> bool:
     _ANNOUNCED.add(shape)
     print(
         "restkv: compiling the decoding step (torch.compile) before the first token; on a 2-core CPU this took "
-        "71-148 s for SmolLM2 (benchmarks/results/decode-compiled), seconds when inductor's on-disk cache has it",
+        "71-160 s for SmolLM2 (benchmarks/results/decode-compiled), and about half of that again in every new "
+        "process (benchmarks/results/compiled-warm-start)",
         file=sys.stderr, flush=True,
     )  # fmt: skip
     return True
