@@ -89,7 +89,8 @@ def _layer_kind(context, kind: str) -> bool:
     if kind == "quantized":
         return any(isinstance(layer, BaseQuantizedLayer) for layer in _layers(context))
     return any(
-        not isinstance(layer, (DynamicLayer, BaseQuantizedLayer, VarlenLayer)) or not getattr(layer, "is_initialized", False)
+        not isinstance(layer, (DynamicLayer, BaseQuantizedLayer, VarlenLayer))
+        or not getattr(layer, "is_initialized", False)
         for layer in _layers(context)
     )
 
@@ -101,7 +102,9 @@ def _state(context):
 
 def _padded(context) -> bool:
     state = _state(context)
-    return state is not None and (state.prompt_mask is not None or any(s.valid is not None for s in state.layers.values()))
+    return state is not None and (
+        state.prompt_mask is not None or any(s.valid is not None for s in state.layers.values())
+    )
 
 
 def _sliding_model(context) -> bool:
@@ -172,6 +175,9 @@ RULES: tuple[Rule, ...] = (
     Rule("press", "probe", "a method that reads every prompt query (h2o)", "its own queries are its scores",
          lambda p, c: p.probe is not None and _method(p) and p.scorer.query_span != "window",
          lambda p: f"{p.name} does not read an observation window, so a probe would change nothing"),
+    Rule("press", "sparse_prefill", "the full cache", "sparse prefill is a press's, for a method's prefill",
+         lambda p, c: p.sparse_prefill is not None and not _method(p),
+         "sparse_prefill needs an eviction method (the full cache installs no hooks)"),
     # -- when a press meets a quantized cache -------------------------------------------------------
     Rule("quantized cache", "chunk_size", "a quantized cache", "each chunk would be quantized before scoring",
          lambda p, c: p.chunk_size is not None,
@@ -219,7 +225,8 @@ RULES: tuple[Rule, ...] = (
                        ("chunk_size", lambda p: p.chunk_size is not None),
                        ('window_size="auto"', lambda p: p.window_range is not None),
                        ("rerotate", lambda p: p.rerotate),
-                       ("probe", lambda p: p.probe is not None))),
+                       ("probe", lambda p: p.probe is not None),
+                       ("sparse_prefill", lambda p: p.sparse_prefill is not None))),
     Rule("serving", "a method that reads every prompt query (h2o)", "serving",
          "a server keeps only the observation window's queries",
          lambda p, c: _method(p) and p.scorer.query_span == "all",

@@ -46,6 +46,8 @@ from .probes import PROBES
 from .profiles import load_profile
 from .quantized import full_precision_layers, is_quantized, requantize
 from .scorers import Scorer, get_scorer
+from .sparse_prefill import LAYOUT_KEYWORD, SparsePrefill
+from .sparse_prefill import PATTERNS as SPARSE_PATTERNS
 from .state import PressStats, SequenceState, ensure_state, get_state, layer_state
 from .static_decode import StaticDecodeCache
 from .window import AUTO, DEFAULT_RANGE
@@ -87,6 +89,10 @@ class KVPress:
             reconstruction probe (the context re-read after a repeat instruction, see
             :mod:`restkv.probes`): its queries are the observation window, then it is removed.
             :func:`restkv.compress_context`, ``generate`` and the engine feed it.
+        sparse_prefill: ``"trishape"`` to run a prompt's attention block-sparse: each query reads
+            the first tokens, the ``sparse_local`` tokens before it, and the observation window
+            (with a probe) reads everything (see :mod:`restkv.sparse_prefill`); None: dense.
+        sparse_local: with ``sparse_prefill``, the tokens before each query it reads.
     """
 
     scorer: Scorer | None = None
@@ -102,6 +108,8 @@ class KVPress:
     block_size: int | None = None
     block_reduce: str = "sum"
     probe: str | None = None
+    sparse_prefill: str | None = None
+    sparse_local: int = 1024
     #: what the last prefill under this press did
     last_stats: PressStats = field(default_factory=PressStats, init=False, repr=False)
 
@@ -121,6 +129,9 @@ class KVPress:
         check_choice("block_reduce", self.block_reduce, BLOCK_REDUCTIONS)
         if self.probe is not None:
             check_choice("probe", self.probe, PROBES)
+        if self.sparse_prefill is not None:
+            check_choice("sparse_prefill", self.sparse_prefill, SPARSE_PATTERNS)
+        check_int("sparse_local", self.sparse_local, 1)
         check("press", self)  # which settings combine: restkv.options
 
     @property
@@ -145,6 +156,8 @@ class KVPress:
             params.update(block_size=self.block_size, block_reduce=self.block_reduce)
         if self.probe is not None:
             params["probe"] = self.probe
+        if self.sparse_prefill is not None:
+            params.update(sparse_prefill=self.sparse_prefill, sparse_local=self.sparse_local)
         return params
 
     @property
@@ -258,7 +271,10 @@ class _Session:
         self.frequencies = rope_frequencies(model) if needs_frequencies(press) else {}
         decoder = decoder_model(model)
         self.handles = []
+        self.sparse = None
         try:
+            if press.sparse_prefill is not None:
+                self.sparse = SparsePrefill(model, press)
             self.handles.append(decoder.register_forward_pre_hook(self._before_model, with_kwargs=True))
             self.handles.append(decoder.register_forward_hook(self._after_model, with_kwargs=True))
             for module in self.modules:
@@ -269,9 +285,13 @@ class _Session:
             raise
 
     def remove(self) -> None:
-        """Take every hook off (a handle already removed is skipped, so this cannot fail)."""
+        """Take every hook off (a handle already removed is skipped, so this cannot fail), and give
+        the model its own attention back."""
         while self.handles:
             self.handles.pop().remove()
+        if self.sparse is not None:
+            self.sparse.restore()
+            self.sparse = None
 
     # -- hooks ------------------------------------------------------------------------------
     def _before_model(self, module, args, kwargs):
@@ -303,8 +323,13 @@ class _Session:
         else:
             state.next_pos = state.next_pos + q
         mask = kwargs.get("attention_mask")
-        if fresh and isinstance(mask, torch.Tensor) and mask.dim() == 2 and not bool(mask.all()):
+        padded = isinstance(mask, torch.Tensor) and mask.dim() == 2 and not bool(mask.all())
+        if fresh and padded:
             state.prompt_mask = mask[:, -q:].bool()
+        if fresh and self.sparse is not None and not padded:  # padded rows keep SDPA's masks
+            layout = self.sparse.layout(q, step.probe)
+            if layout is not None:
+                kwargs[LAYOUT_KEYWORD] = layout
         if step.probe:  # sliding layers keep the probe's predecessors until it is cut out again
             for _, layer in sliding_layers(cache):
                 layer.record_past = True
@@ -358,7 +383,9 @@ class _Session:
             scorer = effective_scorer(self.press, state)
             n = layer.keys.shape[-2]
             queries = last_queries(module, hidden, kwargs["position_embeddings"], scorer.query_count(n))
-            compress_layer(self.press, module, cache, queries, state, self.press.last_stats, inv_freq=inv_freq, step=step)
+            compress_layer(
+                self.press, module, cache, queries, state, self.press.last_stats, inv_freq=inv_freq, step=step
+            )
         else:  # a chunk of a streamed prompt (the first one too when it carries a probe)
             recompress_chunk(
                 self.press, self.press.scorer, module, layer, hidden, kwargs["position_embeddings"], state, step,
