@@ -1,0 +1,119 @@
+"""Time to first token and pass-key accuracy, dense prefill against ``sparse_prefill="trishape"`` (issue 37).
+
+For each length, ``--samples`` pass-key prompts (the built-in task: a five-digit key at a random
+depth in repeated noise) are answered with ReST-KV at ``--budget``, one-pass prefill, dense and
+sparse interleaved prompt by prompt. Time to first token is the prefill's wall time (the prompt's
+forward and the compression; ``generate_with_stats``'s ``prefill_s``). One warm-up prompt per
+length and mode runs first and is not counted (FlexAttention compiles once per padded length). A
+row per prompt goes to ``rows.jsonl`` as it finishes, and a rerun skips the rows already there.
+
+    .venv/bin/python benchmarks/profiling/sparse_prefill_ttft.py --out benchmarks/results/sparse-prefill
+        [--lengths 4096,8192,16384] [--samples 6] [--budget 256] [--local 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from restkv import get_press
+from restkv.eval.intervals import bootstrap_mean, wilson
+from restkv.eval.tasks.base import token_counter
+from restkv.eval.tasks.passkey import passkey_samples, score
+from restkv.generation import generate_with_stats
+from restkv.models import load_model
+
+
+def presses(args) -> dict:
+    return {
+        "dense": get_press("restkv", budget=args.budget),
+        "trishape": get_press("restkv", budget=args.budget, sparse_prefill="trishape", sparse_local=args.local),
+    }
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    table = []
+    for length in sorted({r["length"] for r in rows}):
+        for mode in ("dense", "trishape"):
+            cell = [r for r in rows if r["length"] == length and r["mode"] == mode]
+            if not cell:
+                continue
+            ttft = bootstrap_mean([r["prefill_s"] for r in cell])
+            found = wilson(sum(r["score"] == 1.0 for r in cell), len(cell))
+            table.append({"length": length, "mode": mode, "n": len(cell), "ttft_s": round(ttft.value, 2),
+                          "ttft_95": [round(ttft.low, 2), round(ttft.high, 2)], "found": round(found.value, 3),
+                          "found_95": [round(found.low, 3), round(found.high, 3)]})  # fmt: skip
+        pairs = {}
+        for r in rows:
+            if r["length"] == length:
+                pairs.setdefault(r["sample"], {})[r["mode"]] = r["prefill_s"]
+        ratios = [p["trishape"] / p["dense"] for p in pairs.values() if len(p) == 2]
+        if ratios:
+            table.append({"length": length, "mode": "trishape / dense (paired)", "n": len(ratios),
+                          "median_ratio": round(statistics.median(ratios), 3),
+                          "ratio_95": [round(x, 3) for x in (bootstrap_mean(ratios).low, bootstrap_mean(ratios).high)]})  # fmt: skip
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--lengths", default="4096,8192,16384")
+    parser.add_argument("--samples", type=int, default=6)
+    parser.add_argument("--budget", type=int, default=256)
+    parser.add_argument("--local", type=int, default=1024)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "rows.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    done = {(r["length"], r["sample"], r["mode"]) for r in rows}
+    loaded = load_model(args.model, attn="sdpa")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    count = token_counter(loaded)
+    started, load = time.perf_counter(), os.getloadavg()
+    for length in (int(x) for x in args.lengths.split(",")):
+        samples = passkey_samples(args.samples + 1, length, count, seed=37)
+        warmup, samples = samples[0], samples[1:]
+        warm = False
+        for i, sample in enumerate(samples):
+            for mode, press in presses(args).items():
+                if (length, i, mode) in done:
+                    continue
+                if not warm:  # compile flex and settle the allocator for this length, uncounted
+                    for each in presses(args).values():
+                        generate_with_stats(model, tokenizer, warmup.prompt, each, max_new_tokens=2)
+                    warm = True
+                result = generate_with_stats(
+                    model, tokenizer, sample.prompt, press, max_new_tokens=sample.max_new_tokens
+                )
+                row = {"length": length, "sample": i, "mode": mode, "tokens": result.prompt_tokens,
+                       "prefill_s": round(result.prefill_s, 3), "answer": result.text.strip(),
+                       "score": score(result.text, sample), "load": os.getloadavg()[0]}  # fmt: skip
+                rows.append(row)
+                with path.open("a") as handle:
+                    handle.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
+    report = {
+        "table": summarize(rows),
+        "wall_s_this_run": round(time.perf_counter() - started, 1),
+        "load_start": load,
+        "load_end": os.getloadavg(),
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
+    (args.out / "summary.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(report["table"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
