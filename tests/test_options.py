@@ -41,6 +41,7 @@ PRESS_EXAMPLES = {
     ("probe", "chunk_size"): ("snapkv", dict(budget=24, probe="reconstruct", chunk_size=64)),
     ("probe", "the adakv allocator"): ("snapkv", dict(budget=24, probe="reconstruct", allocator="adakv")),
     ("probe", "a method that reads every prompt query (h2o)"): ("h2o", dict(budget=24, probe="reconstruct")),
+    ("sparse_prefill", "the full cache"): ("full", dict(sparse_prefill="trishape")),
 }
 
 
@@ -95,6 +96,7 @@ def test_quantized_cache_rules(settings, sentence):
         (dict(window_size="auto"), 'window_size="auto"'),
         (dict(rerotate=True), "rerotate"),
         (dict(probe="reconstruct"), "probe"),
+        (dict(sparse_prefill="trishape"), "sparse_prefill"),
     ],
 )
 def test_serving_rules(settings, sentence):
