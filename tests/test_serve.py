@@ -6,9 +6,6 @@ has a timeout and a bounded number of tokens.
 
 import concurrent.futures as cf
 import json
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 
@@ -19,7 +16,8 @@ import torch
 from restkv import get_press
 from restkv.cli import main
 from restkv.serve.server import ServedModel
-from tiny_models import CharTokenizer, TinyLoaded
+from serve_processes import serve_command, tiny_loaded
+from tiny_models import CharTokenizer
 
 W = 8
 PAGE = 16
@@ -27,20 +25,12 @@ BLOCKS = 64
 PROMPTS = ["".join(chr(65 + (7 * i + 3 * j) % 26) for j in range(100 + 9 * i)) for i in range(4)]
 
 
-def tiny_loaded():
-    loaded = TinyLoaded("llama")
-    loaded.model.set_attn_implementation("sdpa")
-    return loaded
-
-
 def client_of(port):
     return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=120, max_retries=0)
 
 
 def complete(client, name, prompt, extra=None, max_tokens=8):
-    reply = client.completions.create(
-        model=name, prompt=prompt, max_tokens=max_tokens, temperature=0, extra_body=extra
-    )
+    reply = client.completions.create(model=name, prompt=prompt, max_tokens=max_tokens, temperature=0, extra_body=extra)
     return reply.choices[0].text
 
 
@@ -186,29 +176,10 @@ def test_bad_serve_arguments_are_one_sentence_and_exit_2(argv, message, capsys):
     assert message in err and len(err.splitlines()) == 1
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_restkv_serve_command_answers_concurrent_chat_requests(tmp_path):
     """The real command on the embedded SmolLM2, queried by the openai client like any OpenAI server."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "restkv", "serve", "--budget", "48", "--param", "window_size=16",
-           "--port", str(port), "--num-blocks", "128", "--max-batch-tokens", "1024"]  # fmt: skip
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                name = stats(port)["model"]
-                break
-            except OSError:
-                assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-                assert time.monotonic() < deadline, "restkv serve did not come up"
-                time.sleep(0.5)
+    args = ("--budget", "48", "--param", "window_size=16", "--num-blocks", "128", "--max-batch-tokens", "1024")
+    with serve_command(tmp_path, *args) as (_, port, name):
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=600, max_retries=0)
         facts = " ".join(f"Box {i} holds a {c} ball." for i, c in enumerate("red blue green yellow".split() * 2))
 
@@ -223,11 +194,3 @@ def test_restkv_serve_command_answers_concurrent_chat_requests(tmp_path):
         records = stats(port)["requests"]
         assert len(records) == 2 and all(r["prompt_tokens"] > 48 and r["kept"] == 48 for r in records)
         assert all(r["blocks_after"] == 3 < r["blocks_before"] for r in records)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()

@@ -10,8 +10,6 @@ import concurrent.futures as cf
 import json
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -21,15 +19,9 @@ import pytest
 
 from restkv import get_press
 from restkv.serve.server import ServedModel
-from tiny_models import TinyLoaded
+from serve_processes import serve_command, tiny_loaded
 
 PROMPT = "".join(chr(65 + (7 * j) % 26) for j in range(100))
-
-
-def tiny_loaded():
-    loaded = TinyLoaded("llama")
-    loaded.model.set_attn_implementation("sdpa")
-    return loaded
 
 
 def call(port: int, route: str, body=None, headers=None, timeout: float = 60) -> tuple[int, dict, dict]:
@@ -77,7 +69,9 @@ def test_request_ids_are_the_servers_own_and_unique(served):
     server, port = served
     shared = {"X-Request-ID": "same-id"}
     with cf.ThreadPoolExecutor(4) as pool:
-        replies = list(pool.map(lambda i: call(port, "/v1/completions", completion(server, PROMPT[i:]), shared), range(4)))
+        replies = list(
+            pool.map(lambda i: call(port, "/v1/completions", completion(server, PROMPT[i:]), shared), range(4))
+        )
     assert [status for status, _, _ in replies] == [200] * 4
     ids = [headers["x-request-id"] for _, _, headers in replies]
     assert len(set(ids)) == 4 and "same-id" not in ids
@@ -147,7 +141,8 @@ def test_a_client_that_disconnects_cancels_its_request():
         client = socket.create_connection(("127.0.0.1", port), timeout=30)
         client.sendall(
             b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
         )
         deadline = time.monotonic() + 30
         while len(calls) < 20 and time.monotonic() < deadline:  # decoding has started
@@ -199,30 +194,11 @@ def test_health_reports_the_workers_real_state():
         server.stop()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sigterm_stops_the_server_with_a_request_in_flight(tmp_path):
     """Finding 7's last part: SIGTERM waited for every request in flight, however long (or for ever,
     behind a dead worker). Now the server gives them a few seconds and exits."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "restkv", "serve", "--method", "full", "--port", str(port),
-           "--num-blocks", "256", "--max-batch-tokens", "512"]  # fmt: skip
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                name = call(port, "/v1/models", timeout=5)[1]["data"][0]["id"]
-                break
-            except OSError:
-                assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-                assert time.monotonic() < deadline, "restkv serve did not come up"
-                time.sleep(0.5)
+    args = ("--method", "full", "--num-blocks", "256", "--max-batch-tokens", "512")
+    with serve_command(tmp_path, *args) as (proc, port, name):
         body = {"model": name, "prompt": "Count slowly:", "max_tokens": 3000, "temperature": 0}
         in_flight = threading.Thread(target=lambda: call(port, "/v1/completions", body, timeout=300), daemon=True)
         in_flight.start()
@@ -232,8 +208,3 @@ def test_sigterm_stops_the_server_with_a_request_in_flight(tmp_path):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=ServedModel.GRACE_S + 25)
         assert time.monotonic() - started < ServedModel.GRACE_S + 25
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import prompt_ids, tiny_model
 from transformers import DynamicCache
 
 import restkv.sparse_prefill as sparse
@@ -15,6 +14,7 @@ from restkv.generation import prefill
 from restkv.options import check
 from restkv.press import KVPress
 from restkv.sparse_prefill import SINK, SparsePrefill, TriShape, layout_for, tri_shape_attention
+from tiny_models import prompt_ids, tiny_model
 
 
 def qkv(n: int, heads: int = 4, kv_heads: int = 2, d: int = 16, seed: int = 0):
@@ -116,8 +116,9 @@ def test_what_sparse_prefill_refuses_is_one_sentence():
     with pytest.raises(ValueError, match="serving does not support sparse_prefill"):
         check("serving", get_press("restkv", budget=64, sparse_prefill="trishape"))
     eager = tiny_model("llama", attn="eager")
-    with pytest.raises(ValueError, match="runs on SDPA attention"), get_press(
-        "restkv", budget=64, sparse_prefill="trishape"
-    )(eager):
+    with (
+        pytest.raises(ValueError, match="runs on SDPA attention"),
+        get_press("restkv", budget=64, sparse_prefill="trishape")(eager),
+    ):
         pass
     assert eager.config._attn_implementation == "eager"
