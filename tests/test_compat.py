@@ -272,13 +272,20 @@ def test_the_serving_clis_managers_keep_the_fields_the_subclasses_read():
 
     config = ContinuousBatchingConfig()
     attached = []
-    state = transformers_serving.attaching_generation_state(config, attached.append)
+    state = transformers_serving.attaching_generation_state(config, attached.append, lambda *request: None)
     assert isinstance(state, GenerationState)
     assert state._cb_config is config and state._cb_manager is None
     manager = state.get_manager("model@main", use_cb=True)
     assert isinstance(manager, CBGenerateManager) and manager is state.get_manager("model@main", use_cb=True)
     assert manager._cb is None and manager._cb_config is config
     assert parameters(CBGenerateManager.init_cb) == ["self", "model", "gen_config"]
+    # the two calls the subclass checks each request in, with the arguments it passes on
+    assert parameters(CBGenerateManager.generate_streaming) == [
+        "self", "model", "processor", "inputs", "gen_config", "request_id", "response_parser",
+    ]  # fmt: skip
+    assert parameters(CBGenerateManager.generate_non_streaming) == [
+        "self", "model", "processor", "inputs", "gen_config", "request_id",
+    ]  # fmt: skip
     assert attached == []  # attach runs when the manager starts, with the first request
 
 
