@@ -59,6 +59,22 @@ def run_pair(model, presses, body, delays=(0.0, 0.0)):
     return refused, other
 
 
+def meet_before_hooks(monkeypatch) -> None:
+    """Make two threads' press blocks meet right before building hooks: in the old code both were
+    there, past the marker check, before either set the marker."""
+    met = threading.Barrier(2, timeout=1)
+    original = restkv.press._Session.__init__
+
+    def wait_for_the_other(self, press, model):
+        try:
+            met.wait()
+        except threading.BrokenBarrierError:
+            pass  # the other thread was refused: it never builds hooks
+        original(self, press, model)
+
+    monkeypatch.setattr(restkv.press._Session, "__init__", wait_for_the_other)
+
+
 def forward(model):
     """A short prefill, so a block does what a real one does with the hooks it installed."""
     ids = prompt_ids(64)
@@ -69,18 +85,7 @@ def forward(model):
 def test_two_threads_with_two_presses_one_is_refused_and_no_hook_is_left(monkeypatch):
     """Finding 1: both threads passed the marker check; one raised AttributeError and left its hooks."""
     model = tiny_model("llama")
-    met = threading.Barrier(2, timeout=1)
-    original = restkv.press._Session.__init__
-
-    def wait_for_the_other(self, press, model_):
-        # old code: both threads are here, past the check, before either set the marker
-        try:
-            met.wait()
-        except threading.BrokenBarrierError:
-            pass  # the other thread was refused: it never builds hooks
-        original(self, press, model_)
-
-    monkeypatch.setattr(restkv.press._Session, "__init__", wait_for_the_other)
+    meet_before_hooks(monkeypatch)
     presses = (get_press("snapkv", budget=40, window_size=8), get_press("tova", budget=40))
     refused, other = run_pair(model, presses, lambda: forward(model))
     assert other == []
@@ -121,21 +126,11 @@ def test_a_press_block_that_raised_leaves_no_hook_behind_and_its_own_error_goes_
             raise RuntimeError("inside the block")
     assert_released(model)
 
-    met = threading.Barrier(2, timeout=1)
-    original = restkv.press._Session.__init__
-
-    def wait_for_the_other(self, press_, model_):
-        try:
-            met.wait()
-        except threading.BrokenBarrierError:
-            pass
-        original(self, press_, model_)
-
     def failing():
         forward(model)
         raise RuntimeError("inside the block")
 
-    monkeypatch.setattr(restkv.press._Session, "__init__", wait_for_the_other)
+    meet_before_hooks(monkeypatch)
     presses = (get_press("snapkv", budget=40, window_size=8), get_press("tova", budget=40))
     refused, other = run_pair(model, presses, failing)
     assert len(refused) == 1

@@ -166,8 +166,7 @@ class SparsePrefill:
                 "load it with attn='sdpa' (--attn sdpa)"
             )
         self.local = press.sparse_local
-        window = press.window_range[1] if press.window_range is not None else press.scorer.window_size
-        self.window = window
+        self.window = press.window_range[1] if press.window_range is not None else press.scorer.window_size
         for config in self.configs:
             set_attention_implementation(config, SPARSE_ATTENTION)
 
