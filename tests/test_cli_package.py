@@ -110,3 +110,22 @@ def test_python_dash_m_runs_the_command(module):
     done = subprocess.run([sys.executable, "-m", module, "models"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "smollm2-135m-instruct" in done.stdout
+
+
+def test_sigterm_runs_every_finally_and_exits_143(monkeypatch, capsys):
+    import os
+    import signal
+
+    cleaned = []
+
+    def terminated(args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.sigtimedwait([], 1)  # the handler raises before this wait ends
+        finally:
+            cleaned.append(True)
+
+    monkeypatch.setattr(cli.methods, "run", terminated)
+    assert main(["methods"]) == 143
+    assert cleaned == [True] and "restkv: stopped by SIGTERM after" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the process's own handler is back

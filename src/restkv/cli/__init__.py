@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 
 from .._compat.versions import UnsupportedVersionError
@@ -34,6 +36,17 @@ from .common import UsageError
 EXIT_USAGE = 2
 #: as a program killed by SIGPIPE reports itself (128 + 13)
 EXIT_BROKEN_PIPE = 141
+#: as a program stopped by SIGTERM reports itself (128 + 15)
+EXIT_TERMINATED = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is so that every ``finally`` runs (a store is closed, a
+    run's log line written) as for Ctrl-C; Python's default SIGTERM skips them."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
 
 #: the subcommands, in the order ``restkv --help`` lists them
 COMMANDS = (
@@ -63,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
     args = build_parser().parse_args(argv)  # argparse itself exits with 2 on malformed arguments
     start = time.perf_counter()
+    previous = signal.getsignal(signal.SIGTERM)
+    ours = previous is signal.SIG_DFL and threading.current_thread() is threading.main_thread()
+    if ours:  # a caller's own handler stays (and only the main thread may set one)
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         status = args.run(args)
         sys.stdout.flush()  # here, where a reader that left is caught, not at the interpreter's exit
@@ -74,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `restkv methods | head`: the reader left; nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot raise
         return EXIT_BROKEN_PIPE
-    except KeyboardInterrupt:
-        print(
-            f"\nrestkv: interrupted after {time.perf_counter() - start:.0f} s; finished rows are kept", file=sys.stderr
-        )
-        return 130
+    except KeyboardInterrupt as stop:
+        how = "stopped by SIGTERM" if isinstance(stop, Terminated) else "interrupted"
+        print(f"\nrestkv: {how} after {time.perf_counter() - start:.0f} s; finished rows are kept", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(stop, Terminated) else 130
+    finally:
+        if ours:
+            signal.signal(signal.SIGTERM, previous)

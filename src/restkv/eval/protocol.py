@@ -169,6 +169,9 @@ def run_mode(
                 if i == 0 and rate is None and len(todo) > 1:
                     left = (time.perf_counter() - start) * (len(todo) - 1)
                     print(f"restkv: {mode}: about {duration(left)} left", file=sys.stderr)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM (the CLI turns it into one): the log says so
+            record["stopped"] = "interrupted"
+            raise
         finally:
             bar.close()
             record.update(wall_s=round(time.perf_counter() - started, 1), load_end=load_average())
