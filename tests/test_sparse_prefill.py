@@ -1,6 +1,7 @@
-"""Block-sparse prefill (``sparse_prefill="trishape"``, issue 37): the tri-shape attention is SDPA under
-the same mask, a mask that keeps every block is dense prefill, the observation window attends
-densely, and the model gets its own attention back after the press block."""
+"""Block-sparse prefill (``sparse_prefill="trishape"`` and ``"xattention"``, issue 37): each pattern's
+attention is SDPA under the same mask, a mask that keeps every block is dense prefill, the
+observation window attends densely, XAttention's estimate is the tiles' mass and keeps a far block
+that holds a query's attention, and the model gets its own attention back after the press block."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from restkv import get_press
 from restkv.generation import prefill
 from restkv.options import check
 from restkv.press import KVPress
-from restkv.sparse_prefill import SINK, SparsePrefill, TriShape, layout_for, tri_shape_attention
+from restkv.sparse_prefill import (
+    BLOCK, SINK, SparsePrefill, TriShape, XAttention, antidiagonal_mass, layout_for, sparse_attention,
+)  # fmt: skip
 from tiny_models import prompt_ids, tiny_model
 
 
@@ -33,20 +36,20 @@ def test_tri_shape_attention_is_sdpa_under_the_same_mask():
     q, k, v = qkv(300)  # not a whole number of blocks: padded inside
     layout = TriShape(300, local=64, dense_tail=20)
     expected = sdpa(q, k, v, layout.dense_mask())
-    torch.testing.assert_close(tri_shape_attention(q, k, v, layout, None), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sparse_attention(q, k, v, layout, None), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_a_mask_that_keeps_every_block_is_dense_attention():
     q, k, v = qkv(300)
     everything = TriShape(300, local=300, dense_tail=0)
     assert bool(everything.dense_mask().equal(torch.ones(300, 300).tril().bool()))
-    torch.testing.assert_close(tri_shape_attention(q, k, v, everything, None), sdpa(q, k, v), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sparse_attention(q, k, v, everything, None), sdpa(q, k, v), atol=1e-5, rtol=1e-5)
 
 
 def test_the_dense_tail_reads_every_key_and_the_rest_does_not():
     q, k, v = qkv(300)
     layout = TriShape(300, local=64, dense_tail=20)
-    out, dense = tri_shape_attention(q, k, v, layout, None), sdpa(q, k, v)
+    out, dense = sparse_attention(q, k, v, layout, None), sdpa(q, k, v)
     torch.testing.assert_close(out[:, -20:], dense[:, -20:], atol=1e-5, rtol=1e-5)
     assert (out[:, SINK + 64 : -20] - dense[:, SINK + 64 : -20]).abs().max() > 1e-3
 
@@ -81,8 +84,8 @@ def test_sparse_prefill_runs_flex_on_the_prompt_only_and_gives_the_model_back(mo
     model, ids = tiny_model("llama", attn="sdpa"), prompt_ids(2000)
     dense_logits, _ = _prefill(model, ids, get_press("restkv", budget=64))
     calls = []
-    original = sparse.tri_shape_attention
-    monkeypatch.setattr(sparse, "tri_shape_attention", lambda *a: calls.append(a[3]) or original(*a))
+    original = sparse.sparse_attention
+    monkeypatch.setattr(sparse, "sparse_attention", lambda *a: calls.append(a[3]) or original(*a))
     press = get_press("restkv", budget=64, sparse_prefill="trishape", sparse_local=128)
     logits, cache = _prefill(model, ids, press)
     window = press.scorer.window_size
@@ -122,3 +125,82 @@ def test_what_sparse_prefill_refuses_is_one_sentence():
     ):
         pass
     assert eager.config._attn_implementation == "eager"
+
+
+def padded(*tensors, to: int = 1024):
+    return [torch.nn.functional.pad(t, (0, 0, 0, to - t.shape[2])) for t in tensors]
+
+
+def test_antidiagonal_mass_at_stride_one_is_each_tiles_attention_mass():
+    q, k, _ = qkv(1000, heads=2, kv_heads=2)
+    q, k = padded(q, k)
+    index = torch.arange(1024)
+    weights = (q @ k.transpose(-1, -2) / 4).masked_fill((index > index[:, None]) | (index >= 1000), float("-inf"))
+    blocks = 1024 // BLOCK
+    true = weights.softmax(-1).view(1, 2, blocks, BLOCK, blocks, BLOCK).sum((3, 5))
+    torch.testing.assert_close(antidiagonal_mass(q, k, 1, 0.25, 1000), true, atol=1e-5, rtol=1e-5)
+    coarse = antidiagonal_mass(q, k, 8, 0.25, 1000)  # each of a block's 16 reduced rows sums to 1
+    torch.testing.assert_close(coarse.sum(-1), torch.full((1, 2, blocks), BLOCK / 8.0))
+
+
+def test_xattention_reads_the_chosen_tiles_exactly_and_keeps_first_diagonal_and_tail(monkeypatch):
+    q, k, v = qkv(1000)
+    layout = XAttention(1000, dense_tail=140, threshold=0.3, stride=8)
+    chosen = layout.chosen_blocks(*padded(q, k.repeat_interleave(2, 1)), None)
+    blocks = chosen.shape[-1]
+    causal = torch.ones(blocks, blocks).tril().bool()
+    assert bool((chosen <= causal).all()) and bool(chosen[..., 0].all())
+    assert bool(chosen.diagonal(dim1=-2, dim2=-1).all()) and bool(chosen[..., 6:, :].eq(causal[6:]).all())
+    assert not bool(chosen[..., 5, :].eq(causal[5]).all())  # a row before the tail skipped tiles
+    monkeypatch.setattr(sparse, "MAX_KEPT_SHARE", 1.0)
+    index = torch.arange(1000)
+    tokens = chosen.repeat_interleave(BLOCK, -1).repeat_interleave(BLOCK, -2)[..., :1000, :1000] & (index <= index[:, None])
+    expected = sdpa(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), tokens)
+    torch.testing.assert_close(sparse_attention(q, k, v, layout, None), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_xattention_with_threshold_one_is_dense_attention_and_too_dense_layers_decline(monkeypatch):
+    q, k, v = qkv(1000)
+    everything = XAttention(1000, dense_tail=20, threshold=1.0, stride=8)
+    assert sparse_attention(q, k, v, everything, None) is None  # keeps every tile: SDPA runs it
+    monkeypatch.setattr(sparse, "MAX_KEPT_SHARE", 1.0)
+    torch.testing.assert_close(sparse_attention(q, k, v, everything, None), sdpa(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+def test_xattention_keeps_a_far_block_that_holds_a_querys_attention_where_the_tri_shape_drops_it():
+    q, k, _ = qkv(1024, heads=1, kv_heads=1)
+    q, k = q * 0.1, k * 0.1  # flat attention everywhere ...
+    k[:, :, 3 * BLOCK + 5] = 4.0  # ... but for one key in block 3 (a needle)
+    q[:, :, 6 * BLOCK :] = 4.0  # that every query of blocks 6 and 7 draws on
+    chosen = XAttention(1024, dense_tail=0, threshold=0.9, stride=8).chosen_blocks(q, k, None)
+    assert bool(chosen[0, 0, 6:, 3].all()) and not bool(chosen[0, 0, 6, 4:6].any())
+    tri = TriShape(1024, local=256, dense_tail=0).dense_mask()
+    assert not bool(tri[6 * BLOCK :, 3 * BLOCK + 5].any())
+
+
+def test_a_press_with_xattention_prefills_sparsely_and_exactly_as_dense_at_threshold_one(monkeypatch):
+    model, ids = tiny_model("llama", attn="sdpa"), prompt_ids(2000)
+    dense_logits, dense_cache = _prefill(model, ids, get_press("restkv", budget=64))
+    monkeypatch.setattr(sparse, "MAX_KEPT_SHARE", 1.0)
+    press = get_press("restkv", budget=64, sparse_prefill="xattention", sparse_threshold=1.0)
+    logits, cache = _prefill(model, ids, press)
+    torch.testing.assert_close(logits, dense_logits, atol=1e-4, rtol=1e-4)
+    for ours, theirs in zip(cache.layers, dense_cache.layers, strict=True):
+        torch.testing.assert_close(ours.keys, theirs.keys, atol=1e-4, rtol=1e-4)
+    layouts = []
+    original = sparse.sparse_attention
+    monkeypatch.setattr(sparse, "sparse_attention", lambda *a: layouts.append(a[3]) or original(*a))
+    press = get_press("restkv", budget=64, sparse_prefill="xattention", sparse_threshold=0.5, sparse_stride=16)
+    logits, _ = _prefill(model, ids, press)
+    assert layouts and set(layouts) == {XAttention(2000, press.scorer.window_size, 0.5, 16)}
+    assert (logits - dense_logits).abs().max() > 1e-4
+    assert press.params()["sparse_threshold"] == 0.5 and "sparse_local" not in press.params()
+
+
+def test_xattention_settings_refused_in_one_sentence():
+    with pytest.raises(ValueError, match="sparse_threshold must be a number in"):
+        get_press("restkv", budget=64, sparse_prefill="xattention", sparse_threshold=0)
+    with pytest.raises(ValueError, match="sparse_stride must be one of"):
+        get_press("restkv", budget=64, sparse_prefill="xattention", sparse_stride=3)
+    with pytest.raises(ValueError, match="sparse_stride must be a positive integer"):
+        get_press("restkv", budget=64, sparse_prefill="xattention", sparse_stride=8.0)

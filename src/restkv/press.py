@@ -48,6 +48,7 @@ from .quantized import full_precision_layers, is_quantized, requantize
 from .scorers import Scorer, get_scorer
 from .sparse_prefill import LAYOUT_KEYWORD, SparsePrefill
 from .sparse_prefill import PATTERNS as SPARSE_PATTERNS
+from .sparse_prefill import STRIDES as SPARSE_STRIDES
 from .state import PressStats, SequenceState, ensure_state, get_state, layer_state
 from .static_decode import StaticDecodeCache
 from .window import AUTO, DEFAULT_RANGE
@@ -89,10 +90,16 @@ class KVPress:
             reconstruction probe (the context re-read after a repeat instruction, see
             :mod:`restkv.probes`): its queries are the observation window, then it is removed.
             :func:`restkv.compress_context`, ``generate`` and the engine feed it.
-        sparse_prefill: ``"trishape"`` to run a prompt's attention block-sparse: each query reads
-            the first tokens, the ``sparse_local`` tokens before it, and the observation window
-            (with a probe) reads everything (see :mod:`restkv.sparse_prefill`); None: dense.
-        sparse_local: with ``sparse_prefill``, the tokens before each query it reads.
+        sparse_prefill: run a prompt's attention block-sparse (see :mod:`restkv.sparse_prefill`);
+            the observation window (with a probe) reads everything. ``"xattention"``: each query
+            block reads the key blocks that hold ``sparse_threshold`` of its attention, estimated
+            from antidiagonals ``sparse_stride`` apart; ``"trishape"``: each query reads the first
+            tokens and the ``sparse_local`` tokens before it. None: dense.
+        sparse_local: with ``"trishape"``, the tokens before each query it reads.
+        sparse_threshold: with ``"xattention"``, the share of each query block's estimated
+            attention its kept key blocks hold (1 keeps every block).
+        sparse_stride: with ``"xattention"``, the antidiagonal stride of the estimate (a divisor of
+            128; larger is cheaper and coarser).
     """
 
     scorer: Scorer | None = None
@@ -110,6 +117,8 @@ class KVPress:
     probe: str | None = None
     sparse_prefill: str | None = None
     sparse_local: int = 1024
+    sparse_threshold: float = 0.9
+    sparse_stride: int = 8
     #: what the last prefill under this press did
     last_stats: PressStats = field(default_factory=PressStats, init=False, repr=False)
 
@@ -132,6 +141,11 @@ class KVPress:
         if self.sparse_prefill is not None:
             check_choice("sparse_prefill", self.sparse_prefill, SPARSE_PATTERNS)
         check_int("sparse_local", self.sparse_local, 1)
+        if not is_number(self.sparse_threshold) or not 0 < self.sparse_threshold <= 1:
+            raise ValueError(f"sparse_threshold must be a number in (0, 1], got {self.sparse_threshold!r}")
+        self.sparse_threshold = float(self.sparse_threshold)
+        check_int("sparse_stride", self.sparse_stride, 1)
+        check_choice("sparse_stride", self.sparse_stride, SPARSE_STRIDES)
         check("press", self)  # which settings combine: restkv.options
 
     @property
@@ -156,8 +170,11 @@ class KVPress:
             params.update(block_size=self.block_size, block_reduce=self.block_reduce)
         if self.probe is not None:
             params["probe"] = self.probe
-        if self.sparse_prefill is not None:
+        if self.sparse_prefill == "trishape":
             params.update(sparse_prefill=self.sparse_prefill, sparse_local=self.sparse_local)
+        elif self.sparse_prefill is not None:
+            params.update(sparse_prefill=self.sparse_prefill, sparse_threshold=self.sparse_threshold,
+                          sparse_stride=self.sparse_stride)  # fmt: skip
         return params
 
     @property

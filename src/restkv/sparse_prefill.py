@@ -1,16 +1,27 @@
-"""Block-sparse prefill: a prompt's attention under a tri-shape block mask, through FlexAttention.
+"""Block-sparse prefill: a prompt's attention under a block mask, through FlexAttention.
 
 A dense prefill lets every query read every earlier key, so its attention grows as ``n^2`` and is
 most of a long prompt's arithmetic (about 73% of SmolLM2's at 16K tokens, counted from its
-shapes). Under ``sparse_prefill="trishape"`` a prompt's query reads only:
+shapes). Two patterns decide which ``BLOCK x BLOCK`` tiles of the causal attention are computed.
+
+``sparse_prefill="xattention"`` (Xu et al. 2025, arXiv 2503.16428) chooses per layer, head and
+query block from the attention itself: each tile's mass is estimated from strided antidiagonals
+(query rows and key rows taken ``sparse_stride`` apart, one product per ``sparse_stride^2``
+pairs), and a query block keeps its heaviest key blocks until they hold ``sparse_threshold`` of
+its estimated mass, with the first block (the sinks) and its own diagonal block always. A layer
+whose choice keeps more than :data:`MAX_KEPT_SHARE` of the tiles runs dense. Because the choice
+follows the attention, the columns a needle draws stay (which a fixed pattern drops).
+
+Under ``sparse_prefill="trishape"`` a prompt's query reads only:
 
 * the first :data:`SINK` tokens (the attention sinks every query leans on),
 * the ``sparse_local`` tokens right before it,
 * everything, when it is one of the prompt's last rows: the observation window (and a probe fed
   in the same forward), which therefore attends densely.
 
-Those are MInference's A-shape with a dense last band (OpenVINO GenAI calls it tri-shape). Because
-the window attends densely, a window scorer's observation queries (ReST-KV's included) see the
+Those are MInference's A-shape with a dense last band (OpenVINO GenAI calls it tri-shape). It
+costs no estimate and loses needles (measured). Under both patterns the query blocks of the
+observation window attend densely; because the window attends densely, a window scorer's observation queries (ReST-KV's included) see the
 exact attention over the keys the sparse forward produced; the keys themselves differ from a
 dense prefill's wherever earlier layers attended sparsely, so the kept set can differ (measured,
 not assumed: ``benchmarks/results/sparse-prefill``).
@@ -39,7 +50,7 @@ from ._compat.transformers_config import attention_implementation, set_attention
 from .adapters import is_sliding
 
 #: the patterns ``sparse_prefill`` takes
-PATTERNS = ("trishape",)
+PATTERNS = ("trishape", "xattention")
 #: the attention implementation a model runs under while a press with ``sparse_prefill`` holds it
 SPARSE_ATTENTION = "restkv_sparse_prefill"
 #: the keyword that carries a forward's :class:`TriShape` to every attention layer
@@ -48,10 +59,90 @@ LAYOUT_KEYWORD = "restkv_sparse_layout"
 BLOCK = 128
 #: the leading tokens every query reads
 SINK = BLOCK
+#: the antidiagonal strides XAttention's estimate takes (a stride divides a block)
+STRIDES = (1, 2, 4, 8, 16, 32, 64, 128)
 #: a mask that keeps more than this share of the causal blocks is left to SDPA: flex does the
 #: same work 1.5-1.7x slower here, so below about 0.6 it starts to pay, and the margin covers
 #: the padding and the projections, which sparsity does not touch
 MAX_KEPT_SHARE = 0.45
+
+
+def causal(batch, head, q, k):
+    """The mask inside a diagonal tile (keys past the prompt are only ever on the diagonal tiles
+    of padded rows, whose output is dropped)."""
+    return k <= q
+
+
+@dataclass(frozen=True)
+class XAttention:
+    """Which tiles a prompt of ``tokens`` tokens computes is chosen per layer from its attention:
+    see the module's docstring. Its last ``dense_tail`` rows read everything."""
+
+    tokens: int
+    dense_tail: int
+    threshold: float
+    stride: int
+
+    def chosen_blocks(self, query: torch.Tensor, key: torch.Tensor, scaling: float | None) -> torch.Tensor:
+        """``[b, H, blocks, blocks]`` booleans: the key blocks each query block reads (causal, the
+        first and the diagonal always, every block for the dense tail's rows). ``query``
+        ``[b, H, n, d]`` and ``key`` ``[b, H, n, d]``, ``n`` a whole number of blocks."""
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        mass = antidiagonal_mass(query, key, self.stride, scale, self.tokens)
+        blocks = mass.shape[-1]
+        if self.threshold >= 1:
+            chosen = torch.ones_like(mass, dtype=torch.bool)
+        else:
+            share = mass / mass.sum(-1, keepdim=True).clamp_min(torch.finfo(mass.dtype).tiny)
+            values, order = share.sort(-1, descending=True)
+            before = values.cumsum(-1) - values  # a block is kept while the mass before it falls short
+            chosen = torch.zeros_like(share, dtype=torch.bool).scatter_(-1, order, before < self.threshold)
+        index = torch.arange(blocks, device=mass.device)
+        chosen[..., index, index] = True
+        chosen[..., 0] = True
+        chosen[..., (self.tokens - self.dense_tail) // BLOCK :, :] = True
+        return chosen & (index[None, :] <= index[:, None])
+
+
+def antidiagonal_mass(query, key, stride: int, scale: float, tokens: int) -> torch.Tensor:
+    """``[b, H, blocks, blocks]``: each tile's attention mass estimated from its antidiagonals.
+
+    Query rows ``stride - 1 - s`` and key rows ``s`` (``s < stride``) of every ``stride``-row group
+    are laid side by side, so one product of the reshaped rows sums a ``stride x stride``
+    sub-tile's antidiagonal: every row and every column of the tile is touched at ``1/stride`` of
+    the dot products (XAttention's estimate). The softmax runs over those sums, causally, and
+    keys past ``tokens`` weigh nothing."""
+    b, heads, n, _ = query.shape
+    per, blocks = BLOCK // stride, n // BLOCK
+    rows = torch.cat([query[:, :, stride - 1 - s :: stride] for s in range(stride)], dim=-1).float()
+    cols = torch.cat([key[:, :, s::stride] for s in range(stride)], dim=-1).float()
+    mass = rows.new_zeros(b, heads, blocks, blocks)
+    index = torch.arange(n // stride, device=query.device)
+    step = max(1, 256 // per)  # query blocks per product: bounds the logits at 256 x n/stride a head
+    for first in range(0, blocks, step):
+        last = min(blocks, first + step)
+        logits = rows[:, :, first * per : last * per] @ cols[:, :, : last * per].transpose(-1, -2)
+        logits.mul_(scale / stride)
+        r, c = index[first * per : last * per, None], index[None, : last * per]
+        logits.masked_fill_((c > r) | (c * stride >= tokens), float("-inf"))
+        share = logits.softmax(-1).view(b, heads, last - first, per, last, per)
+        mass[:, :, first:last, :last] = share.sum((3, 5))
+    return mass
+
+
+def block_mask_of(chosen: torch.Tensor):
+    """The FlexAttention block mask of ``chosen`` ``[b, H, blocks, blocks]``: the diagonal tiles
+    under :func:`causal`, every other chosen tile whole."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    diagonal = torch.eye(chosen.shape[-1], dtype=torch.bool, device=chosen.device)
+
+    def listed(tiles):
+        order = torch.argsort(tiles.to(torch.uint8), dim=-1, descending=True, stable=True)
+        return tiles.sum(-1, dtype=torch.int32), order.to(torch.int32)
+
+    partial, whole = listed(chosen & diagonal), listed(chosen & ~diagonal)
+    return BlockMask.from_kv_blocks(*partial, *whole, BLOCK_SIZE=BLOCK, mask_mod=causal)
 
 
 @dataclass(frozen=True)
@@ -119,15 +210,25 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def tri_shape_attention(query, key, value, layout: TriShape, scaling: float | None) -> torch.Tensor:
+def sparse_attention(query, key, value, layout, scaling: float | None) -> torch.Tensor | None:
     """Attention ``[b, tokens, H, d]`` of ``query`` ``[b, H, tokens, d]`` over ``key``/``value``
-    ``[b, H_kv, tokens, d]`` under ``layout`` (padded to :func:`padded_length` inside)."""
+    ``[b, H_kv, tokens, d]`` under ``layout`` (padded to :func:`padded_length` inside); None when
+    an :class:`XAttention` layer chose more than :data:`MAX_KEPT_SHARE` of its tiles (run it dense)."""
     n = query.shape[2]
     pad = padded_length(n) - n
     if pad:
         query, key, value = (torch.nn.functional.pad(t, (0, 0, 0, pad)) for t in (query, key, value))
-    mask = _block_mask(layout, n + pad, str(query.device))
-    out = _compiled_flex()(query, key, value, block_mask=mask, scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
+    gqa = query.shape[1] != key.shape[1]
+    if isinstance(layout, TriShape):
+        mask = _block_mask(layout, n + pad, str(query.device))
+    else:
+        grouped = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1) if gqa else key
+        chosen = layout.chosen_blocks(query, grouped, scaling)
+        blocks = chosen.shape[-1]
+        if float(chosen.sum()) > MAX_KEPT_SHARE * chosen.shape[0] * chosen.shape[1] * blocks * (blocks + 1) / 2:
+            return None
+        mask = block_mask_of(chosen)
+    out = _compiled_flex()(query, key, value, block_mask=mask, scale=scaling, enable_gqa=gqa)
     return out[:, :, :n].transpose(1, 2).contiguous()
 
 
@@ -142,11 +243,12 @@ def sparse_prefill_attention(module, query, key, value, attention_mask, scaling=
         or is_sliding(module, None)
         or kwargs.get("softcap") is not None
     )
-    if dense:
+    out = None if dense else sparse_attention(query, key, value, layout, scaling)
+    if out is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
-    return tri_shape_attention(query, key, value, layout, scaling), None
+    return out, None
 
 
 AttentionInterface.register(SPARSE_ATTENTION, sparse_prefill_attention)
@@ -165,14 +267,21 @@ class SparsePrefill:
                 f"sparse_prefill runs on SDPA attention and this model uses {self.own!r}; "
                 "load it with attn='sdpa' (--attn sdpa)"
             )
-        self.local = press.sparse_local
+        self.pattern, self.local = press.sparse_prefill, press.sparse_local
+        self.threshold, self.stride = press.sparse_threshold, press.sparse_stride
         self.window = press.window_range[1] if press.window_range is not None else press.scorer.window_size
         for config in self.configs:
             set_attention_implementation(config, SPARSE_ATTENTION)
 
-    def layout(self, tokens: int, probe: int) -> TriShape | None:
-        """The layout of a fresh forward of ``tokens`` tokens whose last ``probe`` are a probe."""
-        return layout_for(tokens, self.local, self.window + probe)
+    def layout(self, tokens: int, probe: int) -> TriShape | XAttention | None:
+        """The layout of a fresh forward of ``tokens`` tokens whose last ``probe`` are a probe
+        (None: dense)."""
+        tail = self.window + probe
+        if self.pattern == "trishape":
+            return layout_for(tokens, self.local, tail)
+        if tokens < tail + 4 * BLOCK:  # too few blocks outside the dense tail to skip any
+            return None
+        return XAttention(tokens, tail, self.threshold, self.stride)
 
     def restore(self) -> None:
         for config in self.configs:
