@@ -1,14 +1,17 @@
-"""Time to first token and pass-key accuracy, dense prefill against ``sparse_prefill="trishape"`` (issue 37).
+"""Time to first token, pass-key accuracy and kept sets, dense prefill against ``sparse_prefill`` (issue 37).
 
 For each length, ``--samples`` pass-key prompts (the built-in task: a five-digit key at a random
 depth in repeated noise) are answered with ReST-KV at ``--budget``, one-pass prefill, dense and
-sparse interleaved prompt by prompt. Time to first token is the prefill's wall time (the prompt's
-forward and the compression; ``generate_with_stats``'s ``prefill_s``). One warm-up prompt per
-length and mode runs first and is not counted (FlexAttention compiles once per padded length). A
-row per prompt goes to ``rows.jsonl`` as it finishes, and a rerun skips the rows already there.
+each sparse mode (``--modes``) interleaved prompt by prompt. Time to first token is the prefill's
+wall time (the prompt's forward and the compression; ``generate_with_stats``'s ``prefill_s``).
+One warm-up prompt per length runs first and is not counted (FlexAttention compiles once per
+padded length). A row per prompt goes to ``rows.jsonl`` as it finishes, and a rerun skips the rows
+already there. The entries each layer keeps are saved under ``kept/``, and a sparse row records
+the share of dense prefill's kept entries it did not keep (per layer and KV head, averaged).
 
     .venv/bin/python benchmarks/profiling/sparse_prefill_ttft.py --out benchmarks/results/sparse-prefill
-        [--lengths 4096,8192,16384] [--samples 6] [--budget 256] [--local 1024]
+        [--lengths 4096,8192,16384] [--samples 6] [--budget 256] [--modes trishape,xattention,xattention:0.9]
+        [--local 1024] [--threshold 0.9] [--stride 8]
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+import restkv.compress
 from restkv import get_press
 from restkv.eval.intervals import bootstrap_mean, wilson
 from restkv.eval.tasks.base import token_counter
@@ -32,34 +36,72 @@ from restkv.models import load_model
 
 
 def presses(args) -> dict:
-    return {
-        "dense": get_press("restkv", budget=args.budget),
-        "trishape": get_press("restkv", budget=args.budget, sparse_prefill="trishape", sparse_local=args.local),
+    options = {
+        "trishape": {"sparse_local": args.local},
+        "xattention": {"sparse_threshold": args.threshold, "sparse_stride": args.stride},
     }
+    out = {"dense": get_press("restkv", budget=args.budget)}
+    for mode in args.modes.split(","):
+        pattern, _, threshold = mode.partition(":")  # xattention:0.9 sets its own threshold
+        settings = {**options[pattern], **({"sparse_threshold": float(threshold)} if threshold else {})}
+        out[mode] = get_press("restkv", budget=args.budget, sparse_prefill=pattern, **settings)
+    return out
+
+
+class KeptSets:
+    """The entries each layer kept in the last prefill (``restkv.compress.keep`` observed)."""
+
+    def __init__(self):
+        self.layers: dict[int, torch.Tensor] = {}
+        original = restkv.compress.keep
+
+        def observed(layer, idx, state, context, **kwargs):
+            self.layers[context.index] = idx[0].sort(-1).values.clone()
+            return original(layer, idx, state, context, **kwargs)
+
+        restkv.compress.keep = observed
+
+
+def missed_share(dense: dict, sparse: dict) -> float:
+    """The share of dense prefill's kept entries that sparse prefill did not keep."""
+    shares = []
+    for layer, ours in dense.items():
+        theirs = sparse[layer]
+        for head in range(ours.shape[0]):
+            shared = torch.isin(ours[head], theirs[head]).sum().item()
+            shares.append(1 - shared / ours.shape[1])
+    return sum(shares) / len(shares)
 
 
 def summarize(rows: list[dict]) -> list[dict]:
     table = []
+    modes = sorted({r["mode"] for r in rows}, key=lambda m: (m != "dense", m))
     for length in sorted({r["length"] for r in rows}):
-        for mode in ("dense", "trishape"):
+        for mode in modes:
             cell = [r for r in rows if r["length"] == length and r["mode"] == mode]
             if not cell:
                 continue
             ttft = bootstrap_mean([r["prefill_s"] for r in cell])
             found = wilson(sum(r["score"] == 1.0 for r in cell), len(cell))
-            table.append({"length": length, "mode": mode, "n": len(cell), "ttft_s": round(ttft.value, 2),
-                          "ttft_95": [round(ttft.low, 2), round(ttft.high, 2)], "found": round(found.value, 3),
-                          "found_95": [round(found.low, 3), round(found.high, 3)]})  # fmt: skip
+            entry = {"length": length, "mode": mode, "n": len(cell), "ttft_s": round(ttft.value, 2),
+                     "ttft_95": [round(ttft.low, 2), round(ttft.high, 2)], "found": round(found.value, 3),
+                     "found_95": [round(found.low, 3), round(found.high, 3)]}  # fmt: skip
+            missed = [r["kept_missed"] for r in cell if r.get("kept_missed") is not None]
+            if missed:
+                share = bootstrap_mean(missed)
+                entry.update(kept_missed=round(share.value, 3), kept_missed_95=[round(share.low, 3), round(share.high, 3)])
+            table.append(entry)
         pairs = {}
         for r in rows:
             if r["length"] == length:
                 pairs.setdefault(r["sample"], {})[r["mode"]] = r["prefill_s"]
-        ratios = [p["trishape"] / p["dense"] for p in pairs.values() if len(p) == 2]
-        if ratios:
-            mean = bootstrap_mean(ratios)
-            table.append({"length": length, "mode": "trishape / dense (paired)", "n": len(ratios),
-                          "mean_ratio": round(mean.value, 3), "mean_ratio_95": [round(mean.low, 3), round(mean.high, 3)],
-                          "median_ratio": round(statistics.median(ratios), 3)})  # fmt: skip
+        for mode in modes[1:]:
+            ratios = [p[mode] / p["dense"] for p in pairs.values() if mode in p and "dense" in p]
+            if ratios:
+                mean = bootstrap_mean(ratios)
+                table.append({"length": length, "mode": f"{mode} / dense (paired)", "n": len(ratios),
+                              "mean_ratio": round(mean.value, 3), "mean_ratio_95": [round(mean.low, 3), round(mean.high, 3)],
+                              "median_ratio": round(statistics.median(ratios), 3)})  # fmt: skip
     return table
 
 
@@ -70,7 +112,10 @@ def main() -> None:
     parser.add_argument("--lengths", default="4096,8192,16384")
     parser.add_argument("--samples", type=int, default=6)
     parser.add_argument("--budget", type=int, default=256)
+    parser.add_argument("--modes", default="trishape", help="sparse modes, comma-separated")
     parser.add_argument("--local", type=int, default=1024)
+    parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--stride", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -81,6 +126,8 @@ def main() -> None:
     loaded = load_model(args.model, attn="sdpa")
     model, tokenizer = loaded.model, loaded.tokenizer
     count = token_counter(loaded)
+    kept = KeptSets()
+    (args.out / "kept").mkdir(exist_ok=True)
     started, load = time.perf_counter(), os.getloadavg()
     for length in (int(x) for x in args.lengths.split(",")):
         samples = passkey_samples(args.samples + 1, length, count, seed=37)
@@ -97,9 +144,15 @@ def main() -> None:
                 result = generate_with_stats(
                     model, tokenizer, sample.prompt, press, max_new_tokens=sample.max_new_tokens
                 )
+                torch.save(kept.layers, args.out / "kept" / f"{length}-{i}-{mode}.pt")
+                dense_kept = args.out / "kept" / f"{length}-{i}-dense.pt"
+                missed = None
+                if mode != "dense" and dense_kept.exists():
+                    missed = round(missed_share(torch.load(dense_kept), kept.layers), 4)
                 row = {"length": length, "sample": i, "mode": mode, "tokens": result.prompt_tokens,
                        "prefill_s": round(result.prefill_s, 3), "answer": result.text.strip(),
-                       "score": score(result.text, sample), "load": os.getloadavg()[0]}  # fmt: skip
+                       "score": score(result.text, sample), "kept_missed": missed,
+                       "load": os.getloadavg()[0]}  # fmt: skip
                 rows.append(row)
                 with path.open("a") as handle:
                     handle.write(json.dumps(row) + "\n")

@@ -20,6 +20,11 @@ hits every setting alike):
   Options after ``-``: ``w<N>`` SnapKV window (OpenVINO default 8; ours is 32), ``sum`` for
   ``AggregationMode.SUM`` (default NORM_SUM), ``rkv`` for ADAPTIVE_RKV, ``rot`` for cache rotation,
   ``r<N>`` recent size, ``s<N>`` start size. E.g. ``evict128-w32``.
+- ``xattn<T>``: the full cache with OpenVINO's own XAttention sparse prefill
+  (``use_sparse_attention``, ``SparseAttentionMode.XATTENTION``) at threshold ``T``/100; options
+  ``d<N>``: prompt tokens at the end that attend densely (``num_last_dense_tokens_in_prefill``,
+  default 32, our observation window), ``b<N>`` its block size, ``s<N>`` its stride (default:
+  the library's). E.g. ``xattn90``, ``xattn95-b128``.
 
 Precision (``--precision``): ``fp32``: the fp32-weights IR, ``INFERENCE_PRECISION_HINT=f32`` (this
 CPU has avx512_bf16, where the plugin's default would be bf16) and an f32 KV cache;
@@ -56,9 +61,21 @@ BLOCK = 32  # the CPU plugin's KV cache block size (tokens)
 
 
 def parse_setting(name: str) -> dict:
-    """``full`` or ``evict<B>[-opt...]`` -> a dict with budget and eviction options."""
+    """``full``, ``evict<B>[-opt...]`` or ``xattn<T>[-opt...]`` -> a dict with budget, eviction
+    and sparse prefill options."""
     if name == "full":
         return {"name": name, "budget": None}
+    if name.startswith("xattn"):
+        head, *opts = name[len("xattn") :].split("-")
+        if not head.isdigit() or not 0 < int(head) <= 100:
+            raise SystemExit(f"setting {name!r}: xattn needs a threshold in percent, e.g. xattn90")
+        sparse = {"threshold": int(head) / 100, "dense_tail": 32}
+        for opt in opts:
+            keys = {"d": "dense_tail", "b": "block_size", "s": "stride"}
+            if opt[:1] not in keys or not opt[1:].isdigit():
+                raise SystemExit(f"setting {name!r}: unknown option {opt!r}")
+            sparse[keys[opt[0]]] = int(opt[1:])
+        return {"name": name, "budget": None, "sparse": sparse}
     if not name.startswith("evict"):
         raise SystemExit(f"unknown setting {name!r}: use full or evict<B>[-w<N>][-sum|-rkv][-rot][-r<N>][-s<N>]")
     head, *opts = name[len("evict") :].split("-")
@@ -106,6 +123,18 @@ def build_pipeline(ov_genai, model_dir: Path, setting: dict, precision: str, thr
             aggregation_mode=getattr(ov_genai.AggregationMode, setting["mode"]), apply_rotation=setting["rotation"],
             snapkv_window_size=setting["window"], **extra,
         )  # fmt: skip
+    sparse = setting.get("sparse")
+    if sparse is not None:
+        attention = ov_genai.SparseAttentionConfig()
+        attention.mode = ov_genai.SparseAttentionMode.XATTENTION
+        attention.xattention_threshold = sparse["threshold"]
+        attention.num_last_dense_tokens_in_prefill = sparse["dense_tail"]
+        if "block_size" in sparse:
+            attention.xattention_block_size = sparse["block_size"]
+        if "stride" in sparse:
+            attention.xattention_stride = sparse["stride"]
+        config.use_sparse_attention = True
+        config.sparse_attention_config = attention
     return ov_genai.ContinuousBatchingPipeline(str(model_dir), config, "CPU", properties(precision, threads))
 
 
@@ -231,6 +260,7 @@ def row(prompt, setting, res, tokenizer, args, rep, load_s, rss_before, rss_load
         "engine": "openvino-genai", "library": args.library, "setting": setting["name"],
         "method": method_label(setting, args.precision), "budget": setting["budget"],
         "eviction": {k: v for k, v in setting.items() if k not in ("name", "budget")} if setting["budget"] else None,
+        "sparse_prefill": setting.get("sparse"),
         "precision": args.precision, "threads": args.threads, "repeat": rep,
         "task": prompt["task"], "sample_id": prompt["sample_id"],
         "prediction_ids": tokens, "prediction": tokenizer.decode([t for t in tokens if t not in eos], skip_special_tokens=True),
