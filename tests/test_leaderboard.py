@@ -56,3 +56,12 @@ def test_report_writes_the_leaderboard(tmp_path: Path, capsys):
     assert main(["report", str(tmp_path), "--leaderboard"]) == 0
     text = (tmp_path / "leaderboard.md").read_text()
     assert text == leaderboard_markdown(rows())
+
+
+def test_a_method_with_fewer_prompts_is_listed_last_and_never_the_best_other():
+    partial = [row("a", "a0", "lucky(compression_ratio=0.5)", 1.0), row("b", "b0", "lucky(compression_ratio=0.5)", 1.0)]
+    table = leaderboard_markdown(rows() + partial)
+    lines = [line for line in table.splitlines()[3:] if "| 0.5 |" in line]
+    assert [line.split(" | ")[0].strip("| ") for line in lines] == ["good", "same", "bad", "lucky"]
+    assert "vs lucky" not in table and "tie vs same" in lines[0]
+    assert lines[-1].split(" | ")[3] == "2" and "vs good" in lines[-1]

@@ -42,6 +42,8 @@ def leaderboard_markdown(rows: list[dict], *, seed: int = 0) -> str:
     Columns: the mean over tasks and its interval; n prompts; the paired difference against
     the best other compressing method at the same ratio (``tie`` when its interval contains 0);
     the paired difference against the full cache. Only prompts both sides ran are paired.
+    A method that ran fewer prompts than the most at its ratio is listed after the others and is
+    never the best other: a mean over a few prompts must not set the bar for the rest.
     """
     configs = scores_by_config(rows)
     if not configs:
@@ -56,9 +58,10 @@ def leaderboard_markdown(rows: list[dict], *, seed: int = 0) -> str:
         lines.append(f"| {FULL} | - | {_cell(means[full])} | {means[full].n} | - | - |")
     ratios = sorted({r for _, r in configs if r is not None})
     for ratio in ratios:
-        here = sorted((c for c in configs if c[1] == ratio), key=lambda c: -means[c].value)
+        most = max(means[c].n for c in configs if c[1] == ratio)
+        here = sorted((c for c in configs if c[1] == ratio), key=lambda c: (means[c].n < most, -means[c].value))
         for config in here:
-            others = [c for c in here if c != config]
+            others = [c for c in here if c != config and means[c].n == most]
             versus = "-"
             if others:
                 best = others[0]
