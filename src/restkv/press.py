@@ -117,8 +117,8 @@ class KVPress:
     probe: str | None = None
     sparse_prefill: str | None = None
     sparse_local: int = 1024
-    sparse_threshold: float = 0.9
-    sparse_stride: int = 8
+    sparse_threshold: float = 0.95
+    sparse_stride: int = 16
     #: what the last prefill under this press did
     last_stats: PressStats = field(default_factory=PressStats, init=False, repr=False)
 
