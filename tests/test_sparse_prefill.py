@@ -15,8 +15,16 @@ from restkv.generation import prefill
 from restkv.options import check
 from restkv.press import KVPress
 from restkv.sparse_prefill import (
-    BLOCK, SINK, SparsePrefill, TriShape, XAttention, antidiagonal_mass, layout_for, sparse_attention,
-)  # fmt: skip
+    BLOCK,
+    SINK,
+    Band,
+    SparsePrefill,
+    TriShape,
+    XAttention,
+    antidiagonal_mass,
+    layout_for,
+    sparse_attention,
+)
 from tiny_models import prompt_ids, tiny_model
 
 
@@ -204,3 +212,27 @@ def test_xattention_settings_refused_in_one_sentence():
         get_press("restkv", budget=64, sparse_prefill="xattention", sparse_stride=3)
     with pytest.raises(ValueError, match="sparse_stride must be a positive integer"):
         get_press("restkv", budget=64, sparse_prefill="xattention", sparse_stride=8.0)
+
+
+def test_a_sliding_layers_band_is_its_exact_window_attention():
+    q, k, v = qkv(1000)
+    index = torch.arange(1000)
+    for window in (16, 200, 512):
+        band = (index <= index[:, None]) & (index[:, None] - index < window)
+        expected = sdpa(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), band)
+        torch.testing.assert_close(sparse_attention(q, k, v, Band(1000, window), None), expected, atol=1e-5, rtol=1e-5)
+    assert Band(32768, 512).kept_share() < 0.05 and Band(512, 512).kept_share() == 1.0
+
+
+def test_sliding_layers_prefill_as_their_own_window_under_sparse_prefill(monkeypatch):
+    model, ids = tiny_model("gemma3_text", attn="sdpa"), prompt_ids(2000)
+    dense_logits, dense_cache = _prefill(model, ids, get_press("restkv", budget=64))
+    monkeypatch.setattr(sparse, "MAX_KEPT_SHARE", 1.0)  # every layer through flex, the full ones keeping everything
+    layouts = []
+    original = sparse.sparse_attention
+    monkeypatch.setattr(sparse, "sparse_attention", lambda *a: layouts.append(a[3]) or original(*a))
+    logits, cache = _prefill(model, ids, get_press("restkv", budget=64, sparse_prefill="xattention", sparse_threshold=1.0))
+    assert Band(2000, model.config.sliding_window) in layouts and any(isinstance(x, XAttention) for x in layouts)
+    torch.testing.assert_close(logits, dense_logits, atol=1e-4, rtol=1e-4)
+    for ours, theirs in zip(cache.layers, dense_cache.layers, strict=True):
+        torch.testing.assert_close(ours.keys, theirs.keys, atol=1e-4, rtol=1e-4)
