@@ -4,8 +4,8 @@ For each length, ``--samples`` pass-key prompts (the built-in task: a five-digit
 depth in repeated noise) are answered with ReST-KV at ``--budget``, one-pass prefill, dense and
 each sparse mode (``--modes``) interleaved prompt by prompt. Time to first token is the prefill's
 wall time (the prompt's forward and the compression; ``generate_with_stats``'s ``prefill_s``).
-One warm-up prompt per length runs first and is not counted (FlexAttention compiles once per
-padded length). A row per prompt goes to ``rows.jsonl`` as it finishes, and a rerun skips the rows
+One warm-up prompt per length runs first in the sparse modes and is not counted (FlexAttention
+compiles once per padded length; dense SDPA compiles nothing). A row per prompt goes to ``rows.jsonl`` as it finishes, and a rerun skips the rows
 already there. The entries each layer keeps are saved under ``kept/``, and a sparse row records
 the share of dense prefill's kept entries it did not keep (per layer and KV head, averaged).
 
@@ -117,13 +117,14 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.9)
     parser.add_argument("--stride", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", default="auto", help="as restkv's --dtype (gemma3-270m: bfloat16)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "rows.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
     done = {(r["length"], r["sample"], r["mode"]) for r in rows}
-    loaded = load_model(args.model, attn="sdpa")
+    loaded = load_model(args.model, attn="sdpa", dtype=args.dtype)
     model, tokenizer = loaded.model, loaded.tokenizer
     count = token_counter(loaded)
     kept = KeptSets()
@@ -137,9 +138,10 @@ def main() -> None:
             for mode, press in presses(args).items():
                 if (length, i, mode) in done:
                     continue
-                if not warm:  # compile flex and settle the allocator for this length, uncounted
-                    for each in presses(args).values():
-                        generate_with_stats(model, tokenizer, warmup.prompt, each, max_new_tokens=2)
+                if not warm:  # compile flex for this length, uncounted (dense SDPA compiles nothing)
+                    for name, each in presses(args).items():
+                        if name != "dense":
+                            generate_with_stats(model, tokenizer, warmup.prompt, each, max_new_tokens=2)
                     warm = True
                 result = generate_with_stats(
                     model, tokenizer, sample.prompt, press, max_new_tokens=sample.max_new_tokens
