@@ -236,3 +236,25 @@ def test_sliding_layers_prefill_as_their_own_window_under_sparse_prefill(monkeyp
     torch.testing.assert_close(logits, dense_logits, atol=1e-4, rtol=1e-4)
     for ours, theirs in zip(cache.layers, dense_cache.layers, strict=True):
         torch.testing.assert_close(ours.keys, theirs.keys, atol=1e-4, rtol=1e-4)
+
+
+def test_the_evaluation_engine_prefills_a_sparse_config_through_its_own_press(monkeypatch):
+    from restkv.eval.engine import Engine
+    from restkv.generation import greedy_decode
+    from restkv.pipeline import shares_probe
+    from restkv.specs import MethodConfig
+
+    model, ids = tiny_model("llama", attn="sdpa"), prompt_ids(2000)
+    dense = MethodConfig.make("restkv", 64)
+    sparse_config = MethodConfig.make("restkv", 64, sparse_prefill="xattention", sparse_threshold=0.5)
+    layouts = []
+    original = sparse.sparse_attention
+    monkeypatch.setattr(sparse, "sparse_attention", lambda *a: layouts.append(a[3]) or original(*a))
+    engine = Engine(model, [dense, sparse_config])
+    assert engine.streamed(sparse_config) and not engine.streamed(dense)
+    outcomes = {o.config: o for o in engine.run(ids, max_new_tokens=4, batch=1)}
+    assert layouts  # the shared dense prefill was not reused for it
+    tokens, *_ = greedy_decode(model, ids, sparse_config.press(), max_new_tokens=4)
+    assert outcomes[sparse_config].token_ids == tokens
+    probed = get_press("restkv", budget=64, probe="reconstruct", sparse_prefill="xattention")
+    assert not shares_probe(model, probed)

@@ -172,7 +172,8 @@ def shares_probe(model, press) -> bool:
     """Whether ``press``'s reconstruction probe can be read from one recorded forward shared by
     every such press (:meth:`Pipeline.record` with a probe, then :meth:`Pipeline.derive`): a
     press with a probe and no chunks, on a model without sliding-window layers (those would
-    have to keep the probe's predecessors, which only a press's own forward arranges)."""
-    if press.probe is None or press.chunk_size is not None:
+    have to keep the probe's predecessors, which only a press's own forward arranges) and a dense
+    prefill (``sparse_prefill`` changes the keys the probe reads)."""
+    if press.probe is None or press.chunk_size is not None or press.sparse_prefill is not None:
         return False
     return not sliding_layers(DynamicCache(config=model.config))

@@ -1,9 +1,9 @@
 """The evaluation engine: every configuration on every prompt, orchestrated on the library's pipeline.
 
 Each prompt is prefilled once with the full cache and each method and budget gets its compressed
-cache from that record, or is streamed chunk by chunk when it has ``chunk_size``
-(:mod:`restkv.pipeline`); a sweep of many methods costs one prefill plus one cheap compression
-and one decode per method. A sweep of streamed configurations alone skips the full-cache
+cache from that record, or prefills through its own press when the shared dense prefill is not
+what it computes (``chunk_size``, a probe of its own, ``sparse_prefill``; :mod:`restkv.pipeline`);
+a sweep of many methods costs one prefill plus one cheap compression and one decode per method. A sweep of streamed configurations alone skips the full-cache
 reference (its KL is then None). The engine adds what an evaluation needs on top: which
 prompts and configurations, batching, questions fed after a query-agnostic compression, and
 the full cache's reference answer.
@@ -122,10 +122,10 @@ class Engine:
                              "(Engine(..., repeat_prompt=restkv.probes.repeat_prompt_ids(tokenizer)))")  # fmt: skip
 
     def streamed(self, config: MethodConfig) -> bool:
-        """Whether ``config`` prefills through its own press, in chunks or followed by a probe (then
-        it never reads the shared full prefill)."""
+        """Whether ``config`` prefills through its own press, in chunks, followed by a probe or
+        with sparse attention (then it never reads the shared full prefill, which is dense)."""
         press = self.presses[config]
-        return press.chunk_size is not None or press.probe is not None
+        return press.chunk_size is not None or press.probe is not None or press.sparse_prefill is not None
 
     def shares_probe(self, config: MethodConfig) -> bool:
         """Whether ``config``'s probe is read from one recorded forward of the context and its
