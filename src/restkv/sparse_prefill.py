@@ -19,22 +19,23 @@ Under ``sparse_prefill="trishape"`` a prompt's query reads only:
 * everything, when it is one of the prompt's last rows: the observation window (and a probe fed
   in the same forward), which therefore attends densely.
 
-Those are MInference's A-shape with a dense last band (OpenVINO GenAI calls it tri-shape). It
-costs no estimate and loses needles (measured). Under both patterns the query blocks of the
-observation window attend densely, so a window scorer's observation queries (ReST-KV's
-included) see the exact attention over the keys the sparse forward produced; the keys themselves differ from a
-dense prefill's wherever earlier layers attended sparsely, so the kept set can differ (measured,
-not assumed: ``benchmarks/results/sparse-prefill``).
+Those are MInference's A-shape with a dense last band (OpenVINO GenAI calls it tri-shape). It costs
+no estimate and loses needles (measured). Under both patterns the query blocks of the observation
+window attend densely, so a window scorer's observation queries (ReST-KV's included) see the exact
+attention over the keys the sparse forward produced; the keys themselves differ from a dense
+prefill's wherever earlier layers attended sparsely, so the kept set can differ (measured, not
+assumed: ``benchmarks/results/sparse-prefill``).
 
 Only a forward that fills a fresh cache in one piece goes sparse (a one-pass prompt, or the first
-chunk of a streamed one); later chunks, questions and decoding steps attend densely.
-Sliding-window layers keep their own window exactly, but as a :class:`Band` block mask rather
-than SDPA's dense mask (which computes every query-key pair and masks most of them away): for
-gemma-3's 512-token windows that is the same attention at a fraction of the work.
-It runs on PyTorch's FlexAttention, compiled, with blocks of :data:`BLOCK` tokens: on this machine flex costs 1.5-1.7x SDPA for the same causal work
-and 0.30x SDPA when it keeps 16% of the blocks (``benchmarks/results/flex-vs-sdpa``), so a prompt
-whose mask would keep almost every block is left to SDPA. Each padded length compiles once per
-process (5-11 s here); lengths are padded up to shared sizes so nearby prompts share a graph.
+chunk of a streamed one); later chunks, questions and decoding steps attend densely. Sliding-window
+layers keep their own window exactly, but as a :class:`Band` block mask rather than SDPA's dense
+mask (which computes every query-key pair and masks most of them away): for gemma-3's 512-token
+windows that is the same attention at a fraction of the work. It runs on PyTorch's FlexAttention,
+compiled, with blocks of :data:`BLOCK` tokens: on this machine flex costs 1.5-1.7x SDPA for the
+same causal work and 0.30x SDPA when it keeps 16% of the blocks
+(``benchmarks/results/flex-vs-sdpa``), so a prompt whose mask would keep almost every block is left to SDPA. Each padded length
+compiles once per process (5-11 s here); lengths are padded up to shared sizes so nearby prompts
+share a graph.
 """
 
 from __future__ import annotations
