@@ -6,8 +6,9 @@ each sparse mode (``--modes``) interleaved prompt by prompt. Time to first token
 wall time (the prompt's forward and the compression; ``generate_with_stats``'s ``prefill_s``).
 One warm-up prompt per length runs first in the sparse modes and is not counted (FlexAttention
 compiles once per padded length; dense SDPA compiles nothing). A row per prompt goes to ``rows.jsonl`` as it finishes, and a rerun skips the rows
-already there. The entries each layer keeps are saved under ``kept/``, and a sparse row records
-the share of dense prefill's kept entries it did not keep (per layer and KV head, averaged).
+already there. With ``--kept-sets`` the entries each layer keeps (from a second, untimed prefill
+with origin tracking) are saved under ``kept/``, and a sparse row records the share of dense
+prefill's kept entries it did not keep (per layer and KV head, averaged).
 
     .venv/bin/python benchmarks/profiling/sparse_prefill_ttft.py --out benchmarks/results/sparse-prefill
         [--lengths 4096,8192,16384] [--samples 6] [--budget 256] [--modes trishape,xattention,xattention:0.9]
@@ -25,14 +26,15 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import DynamicCache
 
-import restkv.compress
 from restkv import get_press
 from restkv.eval.intervals import bootstrap_mean, wilson
 from restkv.eval.tasks.base import token_counter
 from restkv.eval.tasks.passkey import passkey_samples, score
-from restkv.generation import generate_with_stats
+from restkv.generation import encode_prompt, generate_with_stats, prefill
 from restkv.models import load_model
+from restkv.origins import track_origins
 
 
 def presses(args) -> dict:
@@ -48,18 +50,14 @@ def presses(args) -> dict:
     return out
 
 
-class KeptSets:
-    """The entries each layer kept in the last prefill (``restkv.compress.keep`` observed)."""
-
-    def __init__(self):
-        self.layers: dict[int, torch.Tensor] = {}
-        original = restkv.compress.keep
-
-        def observed(layer, idx, state, context, **kwargs):
-            self.layers[context.index] = idx[0].sort(-1).values.clone()
-            return original(layer, idx, state, context, **kwargs)
-
-        restkv.compress.keep = observed
+def kept_sets(model, tokenizer, prompt: str, press) -> dict[int, torch.Tensor]:
+    """Per compressed layer, the prompt tokens ``[H_kv, kept]`` (sorted) that ``press`` keeps, from
+    a second, untimed prefill of the same ids with origin tracking on."""
+    cache = DynamicCache(config=model.config)
+    origins = track_origins(cache)
+    with torch.inference_mode(), press(model):
+        prefill(model, encode_prompt(tokenizer, prompt).to(model.device), cache)
+    return {index: kept[0].sort(-1).values for index, kept in origins.kept.items()}
 
 
 def missed_share(dense: dict, sparse: dict) -> float:
@@ -118,6 +116,7 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", default="auto", help="as restkv's --dtype (gemma3-270m: bfloat16)")
+    parser.add_argument("--kept-sets", action="store_true", help="record kept sets (one more prefill per row)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -127,7 +126,6 @@ def main() -> None:
     loaded = load_model(args.model, attn="sdpa", dtype=args.dtype)
     model, tokenizer = loaded.model, loaded.tokenizer
     count = token_counter(loaded)
-    kept = KeptSets()
     (args.out / "kept").mkdir(exist_ok=True)
     started, load = time.perf_counter(), os.getloadavg()
     for length in (int(x) for x in args.lengths.split(",")):
@@ -146,11 +144,13 @@ def main() -> None:
                 result = generate_with_stats(
                     model, tokenizer, sample.prompt, press, max_new_tokens=sample.max_new_tokens
                 )
-                torch.save(kept.layers, args.out / "kept" / f"{length}-{i}-{mode}.pt")
-                dense_kept = args.out / "kept" / f"{length}-{i}-dense.pt"
                 missed = None
-                if mode != "dense" and dense_kept.exists():
-                    missed = round(missed_share(torch.load(dense_kept), kept.layers), 4)
+                if args.kept_sets:
+                    kept = kept_sets(model, tokenizer, sample.prompt, press)
+                    torch.save(kept, args.out / "kept" / f"{length}-{i}-{mode}.pt")
+                    dense_kept = args.out / "kept" / f"{length}-{i}-dense.pt"
+                    if mode != "dense" and dense_kept.exists():
+                        missed = round(missed_share(torch.load(dense_kept), kept), 4)
                 row = {"length": length, "sample": i, "mode": mode, "tokens": result.prompt_tokens,
                        "prefill_s": round(result.prefill_s, 3), "answer": result.text.strip(),
                        "score": score(result.text, sample), "kept_missed": missed,
