@@ -126,7 +126,8 @@ def main() -> None:
     loaded = load_model(args.model, attn="sdpa", dtype=args.dtype)
     model, tokenizer = loaded.model, loaded.tokenizer
     count = token_counter(loaded)
-    (args.out / "kept").mkdir(exist_ok=True)
+    if args.kept_sets:
+        (args.out / "kept").mkdir(exist_ok=True)
     started, load = time.perf_counter(), os.getloadavg()
     for length in (int(x) for x in args.lengths.split(",")):
         samples = passkey_samples(args.samples + 1, length, count, seed=37)

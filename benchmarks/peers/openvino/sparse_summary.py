@@ -18,7 +18,7 @@ from pathlib import Path
 from restkv.eval.intervals import bootstrap_mean, wilson
 
 
-def main() -> None:
+def main(keys: dict[str, str]) -> None:
     rows = [json.loads(line) for line in Path(sys.argv[1]).read_text().splitlines()]
     rows = [r for r in rows if not r["sample_id"].endswith("-0")]
     table = []
@@ -30,7 +30,7 @@ def main() -> None:
             pairs.setdefault(r["sample_id"], {})[r["setting"]] = r
         for setting in settings:
             cell = [p[setting] for p in pairs.values() if setting in p]
-            found = [key_found(r) for r in cell]
+            found = [keys[r["sample_id"]] in r["prediction"] for r in cell]
             rate = wilson(sum(found), len(found))
             entry = {"prompt_tokens": length, "setting": setting, "n": len(cell),
                      "found": f"{sum(found)}/{len(found)} ({rate.low:.0%}-{rate.high:.0%})"}  # fmt: skip
@@ -45,12 +45,8 @@ def main() -> None:
     print(json.dumps(table, indent=1))
 
 
-def key_found(row: dict) -> bool:
-    """Whether the prediction holds the sample's key (restkv's pass-key task, rebuilt from its seed)."""
-    return KEYS[row["sample_id"]] in row["prediction"]
-
-
-def _keys() -> dict[str, str]:
+def pass_keys() -> dict[str, str]:
+    """Each sample's key (restkv's pass-key task, rebuilt from its seed)."""
     from restkv.eval.tasks.base import token_counter
     from restkv.eval.tasks.passkey import passkey_samples
     from restkv.models import load_model
@@ -65,5 +61,4 @@ def _keys() -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    KEYS = _keys()
-    main()
+    main(pass_keys())

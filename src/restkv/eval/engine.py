@@ -3,10 +3,10 @@
 Each prompt is prefilled once with the full cache and each method and budget gets its compressed
 cache from that record, or prefills through its own press when the shared dense prefill is not
 what it computes (``chunk_size``, a probe of its own, ``sparse_prefill``; :mod:`restkv.pipeline`);
-a sweep of many methods costs one prefill plus one cheap compression and one decode per method. A sweep of streamed configurations alone skips the full-cache
-reference (its KL is then None). The engine adds what an evaluation needs on top: which
-prompts and configurations, batching, questions fed after a query-agnostic compression, and
-the full cache's reference answer.
+a sweep of many methods costs one prefill plus one cheap compression and one decode per method.
+A sweep of streamed configurations alone skips the full-cache reference (its KL is then None).
+The engine adds what an evaluation needs on top: which prompts and configurations, batching,
+questions fed after a query-agnostic compression, and the full cache's reference answer.
 
 Fidelity is measured by teacher forcing: the full cache's greedy answer is fed to each
 compressed cache, and the next-token distributions are compared with the full cache's.
