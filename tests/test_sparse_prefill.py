@@ -1,7 +1,8 @@
-"""Block-sparse prefill (``sparse_prefill="trishape"`` and ``"xattention"``, issue 37): each pattern's
-attention is SDPA under the same mask, a mask that keeps every block is dense prefill, the
-observation window attends densely, XAttention's estimate is the tiles' mass and keeps a far block
-that holds a query's attention, and the model gets its own attention back after the press block."""
+"""Block-sparse prefill (``sparse_prefill="trishape"``, ``"xattention"`` and ``"vertical_slash"``,
+issue 37): each pattern's attention is SDPA under the same mask, a mask that keeps every block is
+dense prefill, the observation window attends densely, XAttention's and vertical-slash's estimates
+are the attention's mass and keep a far block that holds a query's attention, and the model gets
+its own attention back after the press block."""
 
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ from restkv.sparse_prefill import (
     Band,
     SparsePrefill,
     TriShape,
+    VerticalSlash,
     XAttention,
     antidiagonal_mass,
     layout_for,
     sparse_attention,
+    vertical_slash_mass,
 )
 from tiny_models import prompt_ids, tiny_model
 
@@ -258,3 +261,50 @@ def test_the_evaluation_engine_prefills_a_sparse_config_through_its_own_press(mo
     assert outcomes[sparse_config].token_ids == tokens
     probed = get_press("restkv", budget=64, probe="reconstruct", sparse_prefill="xattention")
     assert not shares_probe(model, probed)
+
+
+def test_vertical_slash_mass_is_the_last_queries_attention_per_key_block_and_per_distance_block():
+    q, k, _ = qkv(1000, heads=2, kv_heads=2)
+    q, k = padded(q, k)
+    index = torch.arange(1024)
+    weights = (q @ k.transpose(-1, -2) / 4).masked_fill((index > index[:, None]) | (index >= 1000), float("-inf"))
+    last = weights.softmax(-1)[:, :, 1000 - sparse.LAST_QUERIES : 1000]  # [1, 2, 64, 1024]
+    vertical, slash = vertical_slash_mass(q, k, 0.25, 1000)
+    torch.testing.assert_close(vertical, last.sum(-2).view(1, 2, 8, BLOCK).sum(-1), atol=1e-5, rtol=1e-5)
+    rows = torch.arange(1000 - sparse.LAST_QUERIES, 1000)
+    distance = (rows[:, None] - index).clamp_min(0) // BLOCK  # keys past a row weigh 0
+    expected = torch.zeros(1, 2, 8).index_add_(-1, distance.flatten(), last.flatten(2))
+    torch.testing.assert_close(slash, expected, atol=1e-5, rtol=1e-5)
+    assert float(slash[..., 0].min()) > 0 and float(slash.sum()) == pytest.approx(2 * sparse.LAST_QUERIES, rel=1e-5)
+
+
+def test_vertical_slash_reads_a_needles_column_and_the_local_slash_in_every_query_block(monkeypatch):
+    q, k, v = qkv(1024, heads=1, kv_heads=1)
+    q, k = q * 0.1, k * 0.1  # flat attention everywhere ...
+    k[:, :, 3 * BLOCK + 5] = 4.0  # ... but for one key in block 3 (a needle)
+    q[:, :, 7 * BLOCK :] = 4.0  # that the last queries draw on
+    layout = VerticalSlash(1024, dense_tail=0, threshold=0.5)
+    chosen = layout.chosen_blocks(q, k, None)
+    assert bool(chosen[0, 0, 3:, 3].all())  # the needle's column, below the diagonal, for every query block
+    assert bool(chosen[0, 0, 0].equal(torch.arange(8) == 0)) and bool(chosen.diagonal(dim1=-2, dim2=-1).all())
+    assert not bool(chosen[0, 0, 6, 4]) and int(chosen.sum()) < 36  # not every causal tile
+    monkeypatch.setattr(sparse, "MAX_KEPT_SHARE", 1.0)
+    index = torch.arange(1024)
+    tokens = chosen.repeat_interleave(BLOCK, -1).repeat_interleave(BLOCK, -2) & (index <= index[:, None])
+    torch.testing.assert_close(sparse_attention(q, k, v, layout, None), sdpa(q, k, v, tokens), atol=1e-5, rtol=1e-5)
+
+
+def test_a_press_with_vertical_slash_prefills_sparsely_and_exactly_as_dense_at_threshold_one(monkeypatch):
+    model, ids = tiny_model("llama", attn="sdpa"), prompt_ids(2000)
+    dense_logits, _ = _prefill(model, ids, get_press("restkv", budget=64))
+    monkeypatch.setattr(sparse, "MAX_KEPT_SHARE", 1.0)
+    logits, _ = _prefill(model, ids, get_press("restkv", budget=64, sparse_prefill="vertical_slash", sparse_threshold=1.0))
+    torch.testing.assert_close(logits, dense_logits, atol=1e-4, rtol=1e-4)
+    layouts = []
+    original = sparse.sparse_attention
+    monkeypatch.setattr(sparse, "sparse_attention", lambda *a: layouts.append(a[3]) or original(*a))
+    press = get_press("restkv", budget=64, sparse_prefill="vertical_slash", sparse_threshold=0.5)
+    logits, _ = _prefill(model, ids, press)
+    assert layouts and set(layouts) == {VerticalSlash(2000, press.scorer.window_size, 0.5)}
+    assert (logits - dense_logits).abs().max() > 1e-4
+    assert press.params()["sparse_threshold"] == 0.5 and "sparse_stride" not in press.params()

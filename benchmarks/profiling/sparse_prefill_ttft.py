@@ -11,7 +11,7 @@ with origin tracking) are saved under ``kept/``, and a sparse row records the sh
 prefill's kept entries it did not keep (per layer and KV head, averaged).
 
     .venv/bin/python benchmarks/profiling/sparse_prefill_ttft.py --out benchmarks/results/sparse-prefill
-        [--lengths 4096,8192,16384] [--samples 6] [--budget 256] [--modes trishape,xattention,xattention:0.9]
+        [--lengths 4096,8192,16384] [--samples 6] [--budget 256] [--modes trishape,xattention,xattention:0.9,vertical_slash]
         [--local 1024] [--threshold 0.9] [--stride 8]
 """
 
@@ -41,6 +41,7 @@ def presses(args) -> dict:
     options = {
         "trishape": {"sparse_local": args.local},
         "xattention": {"sparse_threshold": args.threshold, "sparse_stride": args.stride},
+        "vertical_slash": {"sparse_threshold": args.threshold},
     }
     out = {"dense": get_press("restkv", budget=args.budget)}
     for mode in args.modes.split(","):

@@ -93,11 +93,14 @@ class KVPress:
         sparse_prefill: run a prompt's attention block-sparse (see :mod:`restkv.sparse_prefill`);
             the observation window (with a probe) reads everything. ``"xattention"``: each query
             block reads the key blocks that hold ``sparse_threshold`` of its attention, estimated
-            from antidiagonals ``sparse_stride`` apart; ``"trishape"``: each query reads the first
-            tokens and the ``sparse_local`` tokens before it. None: dense.
+            from antidiagonals ``sparse_stride`` apart; ``"vertical_slash"``: every query block
+            reads the key blocks and block diagonals that hold ``sparse_threshold`` of the last
+            64 queries' attention; ``"trishape"``: each query reads the first tokens and the
+            ``sparse_local`` tokens before it. None: dense.
         sparse_local: with ``"trishape"``, the tokens before each query it reads.
         sparse_threshold: with ``"xattention"``, the share of each query block's estimated
-            attention its kept key blocks hold (1 keeps every block).
+            attention its kept key blocks hold; with ``"vertical_slash"``, the share of the last
+            queries' attention its key blocks and diagonals hold (1 keeps every block).
         sparse_stride: with ``"xattention"``, the antidiagonal stride of the estimate (a divisor of
             128; larger is cheaper and coarser).
     """
@@ -172,6 +175,8 @@ class KVPress:
             params["probe"] = self.probe
         if self.sparse_prefill == "trishape":
             params.update(sparse_prefill=self.sparse_prefill, sparse_local=self.sparse_local)
+        elif self.sparse_prefill == "vertical_slash":
+            params.update(sparse_prefill=self.sparse_prefill, sparse_threshold=self.sparse_threshold)
         elif self.sparse_prefill is not None:
             params.update(sparse_prefill=self.sparse_prefill, sparse_threshold=self.sparse_threshold,
                           sparse_stride=self.sparse_stride)  # fmt: skip

@@ -12,6 +12,14 @@ its estimated mass, with the first block (the sinks) and its own diagonal block 
 whose choice keeps more than :data:`MAX_KEPT_SHARE` of the tiles runs dense. Because the choice
 follows the attention, the columns a needle draws stay (which a fixed pattern drops).
 
+``sparse_prefill="vertical_slash"`` (MInference's pattern, Jiang et al. 2024, arXiv 2407.02490,
+at tile granularity) reads one estimate per layer and head: the attention of the prompt's last
+:data:`LAST_QUERIES` queries, summed per key block (a "vertical": a key block every later query
+reads, such as a needle's) and per block of query-key distance (a "slash": a diagonal band). The
+heaviest verticals and slashes until each holds ``sparse_threshold`` of that attention are read by
+every query block. The estimate costs one ``64 x n`` product, against XAttention's ``n^2 /
+stride``, but it sees only what the prompt's end attends to.
+
 Under ``sparse_prefill="trishape"`` a prompt's query reads only:
 
 * the first :data:`SINK` tokens (the attention sinks every query leans on),
@@ -20,7 +28,7 @@ Under ``sparse_prefill="trishape"`` a prompt's query reads only:
   in the same forward), which therefore attends densely.
 
 Those are MInference's A-shape with a dense last band (OpenVINO GenAI calls it tri-shape). It costs
-no estimate and loses needles (measured). Under both patterns the query blocks of the observation
+no estimate and loses needles (measured). Under every pattern the query blocks of the observation
 window attend densely, so a window scorer's observation queries (ReST-KV's included) see the exact
 attention over the keys the sparse forward produced; the keys themselves differ from a dense
 prefill's wherever earlier layers attended sparsely, so the kept set can differ (measured, not
@@ -53,7 +61,7 @@ from ._compat.transformers_config import attention_implementation, set_attention
 from .adapters import is_sliding
 
 #: the patterns ``sparse_prefill`` takes
-PATTERNS = ("trishape", "xattention")
+PATTERNS = ("trishape", "vertical_slash", "xattention")
 #: the attention implementation a model runs under while a press with ``sparse_prefill`` holds it
 SPARSE_ATTENTION = "restkv_sparse_prefill"
 #: the keyword that carries a forward's :class:`TriShape` to every attention layer
@@ -62,6 +70,8 @@ LAYOUT_KEYWORD = "restkv_sparse_layout"
 BLOCK = 128
 #: the leading tokens every query reads
 SINK = BLOCK
+#: the last queries whose attention ``"vertical_slash"`` reads (MInference's estimate uses 64)
+LAST_QUERIES = 64
 #: the antidiagonal strides XAttention's estimate takes (a stride divides a block)
 STRIDES = (1, 2, 4, 8, 16, 32, 64, 128)
 #: a mask that keeps more than this share of the causal blocks is left to SDPA: flex does the
@@ -92,19 +102,72 @@ class XAttention:
         ``[b, H, n, d]`` and ``key`` ``[b, H, n, d]``, ``n`` a whole number of blocks."""
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         mass = antidiagonal_mass(query, key, self.stride, scale, self.tokens)
-        blocks = mass.shape[-1]
-        if self.threshold >= 1:
-            chosen = torch.ones_like(mass, dtype=torch.bool)
-        else:
-            share = mass / mass.sum(-1, keepdim=True).clamp_min(torch.finfo(mass.dtype).tiny)
-            values, order = share.sort(-1, descending=True)
-            before = values.cumsum(-1) - values  # a block is kept while the mass before it falls short
-            chosen = torch.zeros_like(share, dtype=torch.bool).scatter_(-1, order, before < self.threshold)
-        index = torch.arange(blocks, device=mass.device)
-        chosen[..., index, index] = True
-        chosen[..., 0] = True
-        chosen[..., (self.tokens - self.dense_tail) // BLOCK :, :] = True
-        return chosen & (index[None, :] <= index[:, None])
+        return with_fixed_tiles(heaviest(mass, self.threshold), self.tokens, self.dense_tail)
+
+
+@dataclass(frozen=True)
+class VerticalSlash:
+    """Which tiles a prompt of ``tokens`` tokens computes is chosen per layer and head from the
+    attention of its last :data:`LAST_QUERIES` queries (MInference's vertical-slash estimate, at
+    tile granularity): the key blocks ("verticals") and the block diagonals ("slashes") that hold
+    ``threshold`` of those queries' attention are read by every query block. Its last
+    ``dense_tail`` rows read everything."""
+
+    tokens: int
+    dense_tail: int
+    threshold: float
+
+    def chosen_blocks(self, query: torch.Tensor, key: torch.Tensor, scaling: float | None) -> torch.Tensor:
+        """``[b, H, blocks, blocks]`` booleans, as :meth:`XAttention.chosen_blocks`."""
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        vertical, slash = vertical_slash_mass(query, key, scale, self.tokens)
+        verticals, slashes = heaviest(vertical, self.threshold), heaviest(slash, self.threshold)
+        blocks = vertical.shape[-1]
+        index = torch.arange(blocks, device=query.device)
+        distance = (index[:, None] - index[None, :]).clamp_min(0)
+        # a slash at a distance in block d runs through the tiles d and d + 1 blocks below the diagonal
+        on_slash = slashes[..., distance] | slashes[..., (distance - 1).clamp_min(0)]
+        return with_fixed_tiles(verticals[..., None, :] | on_slash, self.tokens, self.dense_tail)
+
+
+def heaviest(mass: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Booleans over ``mass``'s last dimension: its heaviest entries until they hold ``threshold``
+    of the sum (a block is kept while the mass before it falls short)."""
+    if threshold >= 1:
+        return torch.ones_like(mass, dtype=torch.bool)
+    share = mass / mass.sum(-1, keepdim=True).clamp_min(torch.finfo(mass.dtype).tiny)
+    values, order = share.sort(-1, descending=True)
+    before = values.cumsum(-1) - values
+    return torch.zeros_like(share, dtype=torch.bool).scatter_(-1, order, before < threshold)
+
+
+def with_fixed_tiles(chosen: torch.Tensor, tokens: int, dense_tail: int) -> torch.Tensor:
+    """``chosen`` ``[..., blocks, blocks]`` with the tiles every pattern reads (the first key block,
+    the diagonal, every tile of the dense tail's rows), causal."""
+    blocks = chosen.shape[-1]
+    index = torch.arange(blocks, device=chosen.device)
+    chosen = chosen.clone()
+    chosen[..., index, index] = True
+    chosen[..., 0] = True
+    chosen[..., (tokens - dense_tail) // BLOCK :, :] = True
+    return chosen & (index[None, :] <= index[:, None])
+
+
+def vertical_slash_mass(query, key, scale: float, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[b, H, blocks]`` twice: the attention of the last :data:`LAST_QUERIES` of ``tokens``
+    queries summed per key block (verticals) and per block of query-key distance (slashes)."""
+    b, heads, n, _ = query.shape
+    last = min(LAST_QUERIES, tokens)
+    rows = torch.arange(tokens - last, tokens, device=query.device)
+    keys = torch.arange(n, device=query.device)
+    logits = (query[:, :, rows].float() @ key.float().transpose(-1, -2)).mul_(scale)
+    logits.masked_fill_((keys > rows[:, None]) | (keys >= tokens), float("-inf"))
+    weights = logits.softmax(-1)  # [b, H, last, n]
+    vertical = weights.sum(-2).view(b, heads, n // BLOCK, BLOCK).sum(-1)
+    slash = weights.new_zeros(b, heads, n)
+    for i, row in enumerate(rows.tolist()):  # row ``row``'s keys, nearest first, are distances 0, 1, ...
+        slash[..., : row + 1] += weights[:, :, i, : row + 1].flip(-1)
+    return vertical, slash.view(b, heads, n // BLOCK, BLOCK).sum(-1)
 
 
 def antidiagonal_mass(query, key, stride: int, scale: float, tokens: int) -> torch.Tensor:
@@ -249,7 +312,8 @@ def _compiled_flex():
 def sparse_attention(query, key, value, layout, scaling: float | None) -> torch.Tensor | None:
     """Attention ``[b, tokens, H, d]`` of ``query`` ``[b, H, tokens, d]`` over ``key``/``value``
     ``[b, H_kv, tokens, d]`` under ``layout`` (padded to :func:`padded_length` inside); None when
-    an :class:`XAttention` layer chose more than :data:`MAX_KEPT_SHARE` of its tiles (run it dense)."""
+    an :class:`XAttention` or :class:`VerticalSlash` layer chose more than :data:`MAX_KEPT_SHARE`
+    of its tiles (run it dense)."""
     n = query.shape[2]
     pad = padded_length(n) - n
     if pad:
@@ -316,7 +380,7 @@ class SparsePrefill:
         for config in self.configs:
             set_attention_implementation(config, SPARSE_ATTENTION)
 
-    def layout(self, tokens: int, probe: int) -> TriShape | XAttention | None:
+    def layout(self, tokens: int, probe: int) -> TriShape | XAttention | VerticalSlash | None:
         """The layout of a fresh forward of ``tokens`` tokens whose last ``probe`` are a probe
         (None: dense)."""
         tail = self.window + probe
@@ -324,6 +388,8 @@ class SparsePrefill:
             return layout_for(tokens, self.local, tail)
         if tokens < tail + 4 * BLOCK:  # too few blocks outside the dense tail to skip any
             return None
+        if self.pattern == "vertical_slash":
+            return VerticalSlash(tokens, tail, self.threshold)
         return XAttention(tokens, tail, self.threshold, self.stride)
 
     def restore(self) -> None:
