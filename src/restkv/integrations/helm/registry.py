@@ -1,0 +1,72 @@
+"""HELM deployments of restkv models: :func:`register` one, :func:`register_embedded` the defaults."""
+
+from __future__ import annotations
+
+from helm.benchmark.model_deployment_registry import ClientSpec, ModelDeployment, register_model_deployment
+from helm.benchmark.model_metadata_registry import (
+    get_model_metadata,
+    get_unknown_model_metadata,
+    register_model_metadata,
+)
+from helm.benchmark.tokenizer_config_registry import TokenizerConfig, TokenizerSpec, register_tokenizer_config
+
+from ...models import EMBEDDED
+from .client import press_of
+
+#: the ratios of the ReST-KV deployments registered for every embedded model
+RATIOS = (0.25, 0.5, 0.75)
+#: HELM's name of this package's models (``restkv/<model>``)
+ORGANIZATION = "restkv"
+
+
+def deployment_entry(name: str, model: str, method: str = "full", tokenizer_name: str | None = None) -> dict:
+    """The ``model_deployments.yaml`` entry of ``model`` under ``method`` (what :func:`register`
+    registers), for users who keep their deployments in HELM's ``prod_env``."""
+    return {
+        "name": name,
+        "model_name": name,
+        "tokenizer_name": tokenizer_name or f"{ORGANIZATION}/{model}",
+        "max_sequence_length": EMBEDDED[model].context if model in EMBEDDED else 8192,
+        "client_spec": {
+            "class_name": "restkv.integrations.helm.client.RestkvClient",
+            "args": {"model": model, "method": method},
+        },
+    }
+
+
+def register(name: str, model: str, method: str = "full", max_sequence_length: int | None = None) -> None:
+    """Register with HELM the deployment ``name``: ``model`` under ``method``, with its tokenizer
+    (``restkv/<model>``) and HELM's default metadata when the name has none."""
+    press_of(method)  # one sentence now rather than inside helm-run
+    tokenizer = f"{ORGANIZATION}/{model}"
+    register_tokenizer_config(
+        TokenizerConfig(tokenizer, TokenizerSpec("restkv.integrations.helm.client.RestkvTokenizer", {"model": model}))
+    )
+    entry = deployment_entry(name, model, method, tokenizer)
+    if max_sequence_length is not None:
+        entry["max_sequence_length"] = max_sequence_length
+    try:
+        get_model_metadata(model_name=name)
+    except ValueError:
+        register_model_metadata(get_unknown_model_metadata(name))
+    register_model_deployment(
+        ModelDeployment(
+            name=name,
+            model_name=name,
+            tokenizer_name=tokenizer,
+            max_sequence_length=entry["max_sequence_length"],
+            client_spec=ClientSpec(**entry["client_spec"]),
+        )  # fmt: skip
+    )
+
+
+def register_embedded() -> list[str]:
+    """Register every embedded model, full and under ReST-KV at :data:`RATIOS`; returns the names."""
+    names = []
+    for model in EMBEDDED:
+        names.append(f"{ORGANIZATION}/{model}")
+        register(names[-1], model)
+        for ratio in RATIOS:
+            names.append(f"{ORGANIZATION}/{model}-restkv-{ratio}")
+            register(names[-1], model, f"restkv[compression_ratio={ratio}]")
+    return names
