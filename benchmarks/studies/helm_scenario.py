@@ -4,7 +4,8 @@ Runs ``helm-run`` (the HELM environment, ``make .venv-helm``) on ``--scenario`` 
 ``--deployments`` (names restkv registers in HELM: ``restkv/<model>`` and
 ``restkv/<model>-restkv-<ratio>``), then reads HELM's per-instance stats and writes, per
 deployment, the mean of ``--metric`` with its bootstrap 95% interval and its paired difference
-against the first deployment on the same instances. HELM's request cache under ``--out/prod_env``
+against the first deployment on the same instances, and every instance's score (HELM's run
+folders under ``--out/runs`` hold the rest and stay out of git: their names carry ``:``). HELM's request cache under ``--out/prod_env``
 makes a rerun (or one with more instances) reuse every answer already computed.
 
     .venv-helm/bin/python benchmarks/studies/helm_scenario.py --out benchmarks/results/helm \\
@@ -74,7 +75,7 @@ def main() -> None:
             row["minus_reference"] = round(paired.difference.value, 4)
             row["minus_reference_95"] = [round(paired.difference.low, 4), round(paired.difference.high, 4)]
         rows.append(row)
-    report = {"scenario": args.scenario, "metric": args.metric, "reference": reference, "rows": rows,
+    report = {"scenario": args.scenario, "metric": args.metric, "reference": reference, "rows": rows, "scores": scores,
               "wall_s": round(wall, 1), "load_start": load, "load_end": os.getloadavg(),
               "command": " ".join([Path(sys.executable).name, *sys.argv])}  # fmt: skip
     name = args.scenario.replace(":", "-").replace("=", "-").replace(",", "-")
