@@ -18,17 +18,18 @@ from helm.common.request import Request
 
 from restkv.generation import generate_with_stats
 from restkv.models import load_model
+from restkv.press import get_press
 
 MODEL = "smollm2-135m-instruct"
 NAME = f"restkv/{MODEL}"
 
 
-def _client_and_tokenizer(method: str):
+def _client_and_tokenizer(method: str, settings: dict | None = None):
     from restkv.integrations.helm import RestkvClient, RestkvTokenizer
 
     cache = BlackHoleCacheBackendConfig().get_cache_config("restkv")
     tokenizer = RestkvTokenizer(cache, NAME, MODEL)
-    return RestkvClient(cache, tokenizer, NAME, MODEL, method), tokenizer
+    return RestkvClient(cache, tokenizer, NAME, MODEL, method, settings), tokenizer
 
 
 def _request(prompt: str, **settings) -> Request:
@@ -43,21 +44,22 @@ def test_helm_finds_the_deployments_through_restkvs_entry_point():
     assert any(getattr(module, "__name__", "") == "restkv.integrations.helm" for module in loaded)
     full, pressed = get_model_deployment(NAME), get_model_deployment(f"{NAME}-restkv-0.5")
     assert full.client_spec.class_name == "restkv.integrations.helm.client.RestkvClient"
-    assert full.client_spec.args == {"model": MODEL, "method": "full"}
-    assert pressed.client_spec.args["method"] == "restkv[compression_ratio=0.5]"
+    assert full.client_spec.args == {"model": MODEL, "method": "full", "settings": {}}
+    assert pressed.client_spec.args == {"model": MODEL, "method": "restkv", "settings": {"compression_ratio": 0.5}}
     assert pressed.tokenizer_name == NAME and pressed.max_sequence_length == 8192
 
 
-@pytest.mark.parametrize("method", ["full", "restkv[budget=48]", "snapkv[compression_ratio=0.5]"])
-def test_a_request_is_answered_as_restkv_answers_the_prompt_under_the_press(method):
-    from restkv.integrations.helm.client import press_of
-
+@pytest.mark.parametrize(
+    ("method", "settings"), [("full", None), ("restkv", {"budget": 48}), ("snapkv", {"compression_ratio": 0.5})]
+)
+def test_a_request_is_answered_as_restkv_answers_the_prompt_under_the_press(method, settings):
     prompt = "Remember the code 4812. " + "The sky was grey and the road was long. " * 12 + "What was the code?"
-    client, _ = _client_and_tokenizer(method)
+    client, _ = _client_and_tokenizer(method, settings)
     result = client.make_request(_request(prompt))
     assert result.success, result.error
     loaded = load_model(MODEL)
-    expected = generate_with_stats(loaded.model, loaded.tokenizer, prompt, press_of(method), 12, loaded.chat)
+    press = get_press(method, **(settings or {}))
+    expected = generate_with_stats(loaded.model, loaded.tokenizer, prompt, press, 12, loaded.chat)
     assert result.completions[0].text == expected.text
     if method != "full":
         assert expected.kept_entries < expected.full_entries  # the press really evicted
@@ -84,16 +86,18 @@ def test_stop_sequences_cut_the_answer_and_set_the_finish_reason():
     ],
 )
 def test_what_a_greedy_pressed_model_cannot_serve_is_refused_in_one_sentence(settings, says):
-    client, _ = _client_and_tokenizer("restkv[budget=48]")
+    client, _ = _client_and_tokenizer("restkv", {"budget": 48})
     result = client.make_request(_request("Hello", **settings))
     assert not result.success and says in result.error and result.error.count(". ") == 0
 
 
 def test_a_wrong_method_fails_when_helm_builds_the_client():
     with pytest.raises(ValueError, match="budget"):
-        _client_and_tokenizer("restkv[budget=-3]")
-    with pytest.raises(ValueError, match="must look like"):
-        _client_and_tokenizer("restkv[budget")
+        _client_and_tokenizer("restkv", {"budget": -3})
+    with pytest.raises(ValueError, match="unknown method"):
+        _client_and_tokenizer("restkv[budget=48]")
+    with pytest.raises(ValueError, match="settings must be a mapping"):
+        _client_and_tokenizer("restkv", ["budget", 48])
 
 
 def test_helm_run_evaluates_a_pressed_model_on_a_locally_generated_scenario(tmp_path: Path):

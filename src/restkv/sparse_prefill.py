@@ -2,7 +2,7 @@
 
 A dense prefill lets every query read every earlier key, so its attention grows as ``n^2`` and is
 most of a long prompt's arithmetic (about 73% of SmolLM2's at 16K tokens, counted from its
-shapes). Two patterns decide which ``BLOCK x BLOCK`` tiles of the causal attention are computed.
+shapes). Three patterns decide which ``BLOCK x BLOCK`` tiles of the causal attention are computed.
 
 ``sparse_prefill="xattention"`` (Xu et al. 2025, arXiv 2503.16428) chooses per layer, head and
 query block from the attention itself: each tile's mass is estimated from strided antidiagonals

@@ -10,9 +10,10 @@ both in one environment, ``helm-run`` knows these model deployments without any 
   removing ``ratio`` of each prompt's cache (0.25, 0.5, 0.75).
 
 Any other model, method or setting is one entry in HELM's own ``prod_env/model_deployments.yaml``
-(see :func:`~restkv.integrations.helm.registry.deployment_entry`, or ``docs/guides/evaluate.md``): the client is
-:class:`~restkv.integrations.helm.client.RestkvClient`, its ``args`` are a model (embedded name, folder or hub id) and a method
-spec as ``restkv eval`` takes it (``snapkv[compression_ratio=0.5]``).
+(:func:`~restkv.integrations.helm.registry.deployment_entry` writes one; see
+``docs/guides/evaluation.md``): the client is :class:`~restkv.integrations.helm.client.RestkvClient`,
+its ``args`` a model (embedded name, folder or hub id), a method name and its settings
+(``method: snapkv``, ``settings: {compression_ratio: 0.5}``).
 
 Every request is one prompt, compressed at prefill by the press and answered greedily on the
 compressed cache (:func:`restkv.generation.generate_with_stats`); HELM's stop sequences cut the

@@ -13,14 +13,14 @@ from helm.tokenizers.huggingface_tokenizer import HuggingFaceTokenizer
 from ...generation import eos_ids, generate_with_stats
 from ...models import load_model, model_source
 from ...press import get_press
-from ...specs import parse_method_spec
 
 
-def press_of(method: str):
-    """The press of a method spec (``full``, ``restkv[compression_ratio=0.5]``); one sentence
-    (``ValueError``) when the spec or its settings are wrong."""
-    name, params = parse_method_spec(method)
-    return get_press(name, **params)
+def press_of(method: str, settings: dict | None = None):
+    """The press of ``method`` with ``settings`` (``"full"``; ``"restkv"`` with
+    ``{"compression_ratio": 0.5}``); one sentence (``ValueError``) when they are wrong."""
+    if not isinstance(settings, dict | None):
+        raise ValueError(f"settings must be a mapping of the method's parameters, got {settings!r}")
+    return get_press(method, **(settings or {}))
 
 
 #: HELM sends requests from several threads; a press hooks the shared model for one prompt at a
@@ -50,16 +50,18 @@ class RestkvClient(CachingClient):
         tokenizer, tokenizer_name: HELM's tokenizer of the deployment (injected), which cuts the
             answer at the request's stop sequences.
         model: an embedded model name, a model folder or a hub id.
-        method: a method spec, e.g. ``full`` or ``restkv[compression_ratio=0.5]``.
+        method: a method name (``full``, ``restkv``, ``snapkv``, ...; ``restkv methods`` lists them).
+        settings: the method's and the press's parameters, e.g. ``{"compression_ratio": 0.5}``.
         dtype, attn: as :func:`restkv.models.load_model` takes them.
     """
 
     def __init__(self, cache_config, tokenizer, tokenizer_name: str, model: str, method: str = "full",
-                 dtype: str = "auto", attn: str = "auto"):  # fmt: skip
+                 settings: dict | None = None, dtype: str = "auto", attn: str = "auto"):  # fmt: skip
         super().__init__(cache_config=cache_config)
         self.tokenizer, self.tokenizer_name = tokenizer, tokenizer_name
         self.model, self.method, self.dtype, self.attn = model, method, dtype, attn
-        self.press = press_of(method)  # a wrong spec fails when HELM builds the client, not per request
+        self.press = press_of(method, settings)  # wrong settings fail when HELM builds the client
+        self.settings = dict(settings or {})
 
     def make_request(self, request: Request) -> RequestResult:
         refusal = refused(request)
@@ -68,7 +70,7 @@ class RestkvClient(CachingClient):
         with _LOCK:
             loaded = _loaded(self.model, self.dtype, self.attn)
         prompt, chat = self._prompt(request, loaded)
-        raw = {"model": self.model, "method": self.method, "dtype": self.dtype, "attn": self.attn,
+        raw = {"model": self.model, "method": self.method, "settings": self.settings, "dtype": self.dtype, "attn": self.attn,
                "prompt": prompt, "chat": chat, "max_tokens": request.max_tokens}  # fmt: skip
 
         def answer() -> dict:

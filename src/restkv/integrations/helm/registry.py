@@ -19,7 +19,9 @@ RATIOS = (0.25, 0.5, 0.75)
 ORGANIZATION = "restkv"
 
 
-def deployment_entry(name: str, model: str, method: str = "full", tokenizer_name: str | None = None) -> dict:
+def deployment_entry(
+    name: str, model: str, method: str = "full", settings: dict | None = None, tokenizer_name: str | None = None
+) -> dict:
     """The ``model_deployments.yaml`` entry of ``model`` under ``method`` (what :func:`register`
     registers), for users who keep their deployments in HELM's ``prod_env``."""
     return {
@@ -29,20 +31,22 @@ def deployment_entry(name: str, model: str, method: str = "full", tokenizer_name
         "max_sequence_length": EMBEDDED[model].context if model in EMBEDDED else 8192,
         "client_spec": {
             "class_name": "restkv.integrations.helm.client.RestkvClient",
-            "args": {"model": model, "method": method},
+            "args": {"model": model, "method": method, "settings": dict(settings or {})},
         },
     }
 
 
-def register(name: str, model: str, method: str = "full", max_sequence_length: int | None = None) -> None:
-    """Register with HELM the deployment ``name``: ``model`` under ``method``, with its tokenizer
-    (``restkv/<model>``) and HELM's default metadata when the name has none."""
-    press_of(method)  # one sentence now rather than inside helm-run
+def register(
+    name: str, model: str, method: str = "full", settings: dict | None = None, max_sequence_length: int | None = None
+) -> None:
+    """Register with HELM the deployment ``name``: ``model`` under ``method`` with ``settings``,
+    with its tokenizer (``restkv/<model>``) and HELM's default metadata when the name has none."""
+    press_of(method, settings)  # one sentence now rather than inside helm-run
     tokenizer = f"{ORGANIZATION}/{model}"
     register_tokenizer_config(
         TokenizerConfig(tokenizer, TokenizerSpec("restkv.integrations.helm.client.RestkvTokenizer", {"model": model}))
     )
-    entry = deployment_entry(name, model, method, tokenizer)
+    entry = deployment_entry(name, model, method, settings, tokenizer)
     if max_sequence_length is not None:
         entry["max_sequence_length"] = max_sequence_length
     try:
@@ -68,5 +72,5 @@ def register_embedded() -> list[str]:
         register(names[-1], model)
         for ratio in RATIOS:
             names.append(f"{ORGANIZATION}/{model}-restkv-{ratio}")
-            register(names[-1], model, f"restkv[compression_ratio={ratio}]")
+            register(names[-1], model, "restkv", {"compression_ratio": ratio})
     return names
