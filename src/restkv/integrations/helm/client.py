@@ -70,8 +70,8 @@ class RestkvClient(CachingClient):
         with _LOCK:
             loaded = _loaded(self.model, self.dtype, self.attn)
         prompt, chat = self._prompt(request, loaded)
-        raw = {"model": self.model, "method": self.method, "settings": self.settings, "dtype": self.dtype, "attn": self.attn,
-               "prompt": prompt, "chat": chat, "max_tokens": request.max_tokens}  # fmt: skip
+        raw = {"model": self.model, "method": self.method, "settings": self.settings, "dtype": self.dtype,
+               "attn": self.attn, "prompt": prompt, "chat": chat, "max_tokens": request.max_tokens}  # fmt: skip
 
         def answer() -> dict:
             with _LOCK:
@@ -79,8 +79,7 @@ class RestkvClient(CachingClient):
                     loaded.model, loaded.tokenizer, prompt, self.press, request.max_tokens, chat
                 )
             ended = bool(result.token_ids) and result.token_ids[-1] in eos_ids(loaded.tokenizer, loaded.model)
-            return {"text": result.text, "prompt_tokens": result.prompt_tokens, "kept": result.kept_entries,
-                    "full": result.full_entries, "finished": ended or len(result.token_ids) < request.max_tokens}  # fmt: skip
+            return {"text": result.text, "finished": ended or len(result.token_ids) < request.max_tokens}
 
         response, cached = self.cache.get(CachingClient.make_cache_key(raw, request), wrap_request_time(answer))
         completion = truncate_and_tokenize_response_text(

@@ -23,7 +23,8 @@ def deployment_entry(
     name: str, model: str, method: str = "full", settings: dict | None = None, tokenizer_name: str | None = None
 ) -> dict:
     """The ``model_deployments.yaml`` entry of ``model`` under ``method`` (what :func:`register`
-    registers), for users who keep their deployments in HELM's ``prod_env``."""
+    registers), for users who keep their deployments in HELM's ``prod_env``; a model that is not
+    embedded gets a ``max_sequence_length`` of 8192, to be set to its own."""
     return {
         "name": name,
         "model_name": name,
@@ -36,9 +37,7 @@ def deployment_entry(
     }
 
 
-def register(
-    name: str, model: str, method: str = "full", settings: dict | None = None, max_sequence_length: int | None = None
-) -> None:
+def register(name: str, model: str, method: str = "full", settings: dict | None = None) -> None:
     """Register with HELM the deployment ``name``: ``model`` under ``method`` with ``settings``,
     with its tokenizer (``restkv/<model>``) and HELM's default metadata when the name has none."""
     press_of(method, settings)  # one sentence now rather than inside helm-run
@@ -47,8 +46,6 @@ def register(
         TokenizerConfig(tokenizer, TokenizerSpec("restkv.integrations.helm.client.RestkvTokenizer", {"model": model}))
     )
     entry = deployment_entry(name, model, method, settings, tokenizer)
-    if max_sequence_length is not None:
-        entry["max_sequence_length"] = max_sequence_length
     try:
         get_model_metadata(model_name=name)
     except ValueError:
@@ -60,7 +57,7 @@ def register(
             tokenizer_name=tokenizer,
             max_sequence_length=entry["max_sequence_length"],
             client_spec=ClientSpec(**entry["client_spec"]),
-        )  # fmt: skip
+        )
     )
 
 
