@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from helm.benchmark.model_deployment_registry import ClientSpec, ModelDeployment, register_model_deployment
 from helm.benchmark.model_metadata_registry import (
     get_model_metadata,
@@ -41,10 +43,7 @@ def register(name: str, model: str, method: str = "full", settings: dict | None 
     """Register with HELM the deployment ``name``: ``model`` under ``method`` with ``settings``,
     with its tokenizer (``restkv/<model>``) and HELM's default metadata when the name has none."""
     press_of(method, settings)  # one sentence now rather than inside helm-run
-    tokenizer = f"{ORGANIZATION}/{model}"
-    register_tokenizer_config(
-        TokenizerConfig(tokenizer, TokenizerSpec("restkv.integrations.helm.client.RestkvTokenizer", {"model": model}))
-    )
+    tokenizer = _register_tokenizer(model)
     entry = deployment_entry(name, model, method, settings, tokenizer)
     try:
         get_model_metadata(model_name=name)
@@ -59,6 +58,16 @@ def register(name: str, model: str, method: str = "full", settings: dict | None 
             client_spec=ClientSpec(**entry["client_spec"]),
         )
     )
+
+
+@functools.cache
+def _register_tokenizer(model: str) -> str:
+    """Register ``model``'s tokenizer as ``restkv/<model>`` once per process (HELM appends every
+    registration to a list, so the deployments of one model share one entry); returns its name."""
+    name = f"{ORGANIZATION}/{model}"
+    spec = TokenizerSpec("restkv.integrations.helm.client.RestkvTokenizer", {"model": model})
+    register_tokenizer_config(TokenizerConfig(name, spec))
+    return name
 
 
 def register_embedded() -> list[str]:
